@@ -1,0 +1,38 @@
+//! The `config` capability: the plugin's `[config]` values, read-only.
+
+use super::CallRecord;
+use crate::runtime::bindings::weir::plugin::config::Host;
+use crate::runtime::bindings::CapabilityError;
+use crate::runtime::HostState;
+
+impl Host for HostState {
+    async fn get(&mut self, key: String) -> Result<Option<String>, CapabilityError> {
+        let value = self.grants.config.get(&key).cloned();
+        self.record(|| CallRecord {
+            capability: "config",
+            op: "get",
+            target: key,
+            result: value
+                .as_ref()
+                .map_or("not set".into(), |v| format!("{v:?}")),
+        });
+        Ok(value)
+    }
+
+    async fn get_all(&mut self) -> Result<Vec<(String, String)>, CapabilityError> {
+        let all: Vec<(String, String)> = self
+            .grants
+            .config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let n = all.len();
+        self.record(|| CallRecord {
+            capability: "config",
+            op: "get-all",
+            target: String::new(),
+            result: format!("{n} values"),
+        });
+        Ok(all)
+    }
+}

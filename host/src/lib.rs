@@ -1,0 +1,14 @@
+//! Weir: a host that hands Kafka events to sandboxed WebAssembly handlers.
+//!
+//! The path of an event: a source (a Kafka topic; a file in `weir invoke`) builds an
+//! [`event::EventRecord`]; the [`runtime`] calls the plugin's `handle` under its
+//! limits; the plugin reaches the world only through [`capabilities`] granted by
+//! its [`manifest`]; what it published comes back with the outcome.
+
+pub mod capabilities;
+pub mod event;
+pub mod invoke;
+pub mod manifest;
+pub mod runtime;
+pub mod storage_key;
+pub mod topics;

@@ -1,0 +1,89 @@
+//! The `weir` command.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use weir_host::invoke::{self, InvokeOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "weir",
+    version,
+    about = "Hands Kafka events to sandboxed WebAssembly handlers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one plugin over events from a JSON Lines file (or stdin), without a broker.
+    ///
+    /// Prints each event's outcome, every capability call and every published
+    /// message. Exit status: 0 if every event was handled, 1 if any failed,
+    /// 2 if the plugin, manifest or events could not be used.
+    Invoke {
+        /// The plugin component (`<name>.wasm`; its manifest `<name>.toml` sits beside it).
+        wasm: PathBuf,
+        /// JSON Lines events file; `-` or nothing reads standard input.
+        events: Option<PathBuf>,
+        /// The manifest, when it is not next to the component.
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        /// One JSON object per event (and a final summary) instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Topic prefix shown to the plugin (`{prefix}-{topic}`).
+        #[arg(long, default_value = "dev")]
+        prefix: String,
+        /// Keep storage (and scheduled deletions) in this directory instead of a temporary one.
+        #[arg(long)]
+        storage_dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Invoke {
+            wasm,
+            events,
+            manifest,
+            json,
+            prefix,
+            storage_dir,
+        } => {
+            // Plugin log lines are part of the report; the log shows only problems
+            // unless RUST_LOG asks for more.
+            init_tracing("warn");
+            let opts = InvokeOptions {
+                wasm,
+                events,
+                manifest,
+                json,
+                prefix,
+                storage_dir,
+            };
+            let runtime = tokio::runtime::Runtime::new().expect("start the async runtime");
+            let mut stdout = std::io::stdout().lock();
+            match runtime.block_on(invoke::run(&opts, &mut stdout)) {
+                Ok(summary) if summary.failed == 0 => ExitCode::SUCCESS,
+                Ok(_) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,279 @@
+//! Per-instance state: WASI, limits, the plugin's grants, and what the current
+//! event has done so far (capability calls, queued messages, output).
+
+use crate::capabilities::{Backends, CallRecord, Grants, OutgoingMessage};
+use bytes::Bytes;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use wasmtime::component::ResourceTable;
+use wasmtime::ResourceLimiter;
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// Output a plugin may write per event before the rest is dropped.
+pub const MAX_OUTPUT_PER_EVENT: usize = 64 * 1024;
+
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limiter: MemoryLimiter,
+    pub(crate) grants: Arc<Grants>,
+    pub(crate) backends: Backends,
+    /// When the current call must end.
+    pub(crate) deadline: Option<Instant>,
+    pub(crate) event_coordinates: Option<String>,
+    pub(crate) record_calls: bool,
+    calls: Vec<CallRecord>,
+    pub(crate) outbox: Vec<OutgoingMessage>,
+    pub(crate) log_lines: u32,
+    stdout: CapturedOutput,
+    stderr: CapturedOutput,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl HostState {
+    pub(crate) fn new(
+        grants: Arc<Grants>,
+        backends: Backends,
+        memory_limit: usize,
+        record_calls: bool,
+    ) -> Self {
+        let (stdout, stderr) = (CapturedOutput::default(), CapturedOutput::default());
+        // No preopened directories, no network, no environment, no arguments:
+        // plugins reach the world through Weir's capabilities only.
+        let wasi = WasiCtx::builder()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .build();
+        HostState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter {
+                limit: memory_limit,
+                exceeded: None,
+            },
+            grants,
+            backends,
+            deadline: None,
+            event_coordinates: None,
+            record_calls,
+            calls: Vec::new(),
+            outbox: Vec::new(),
+            log_lines: 0,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Record a capability call, if recording is on (the closure is not run otherwise).
+    pub(crate) fn record(&mut self, call: impl FnOnce() -> CallRecord) {
+        if self.record_calls {
+            self.calls.push(call());
+        }
+    }
+
+    pub(crate) fn begin_event(&mut self, coordinates: String) {
+        self.event_coordinates = Some(coordinates);
+        self.calls.clear();
+        self.outbox.clear();
+        self.log_lines = 0;
+        self.stdout.clear();
+        self.stderr.clear();
+    }
+
+    /// End the event: log what the plugin printed, hand back what it did.
+    pub(crate) fn end_event(&mut self) -> EventEffects {
+        self.deadline = None;
+        let event = self.event_coordinates.take().unwrap_or_default();
+        let mut panic = None;
+        for (stream, out) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
+            let text = out.take_text();
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                tracing::info!(target: "weir::plugin", plugin = %self.grants.plugin, event = %event, stream, "{line}");
+            }
+            if stream == "stderr" {
+                panic = panic_message(&text);
+            }
+        }
+        EventEffects {
+            calls: std::mem::take(&mut self.calls),
+            outbox: std::mem::take(&mut self.outbox),
+            panic,
+        }
+    }
+}
+
+/// What one event did, handed back when it ends.
+pub(crate) struct EventEffects {
+    pub calls: Vec<CallRecord>,
+    pub outbox: Vec<OutgoingMessage>,
+    /// A Rust panic message the plugin printed to stderr, if any.
+    pub panic: Option<String>,
+}
+
+/// `panicked at src/lib.rs:10:9: boom` from Rust's panic output.
+fn panic_message(stderr: &str) -> Option<String> {
+    let mut lines = stderr.lines();
+    let at = lines
+        .by_ref()
+        .find_map(|l| l.split_once("panicked at ").map(|(_, a)| a))?;
+    let message = lines.next().unwrap_or("").trim();
+    Some(format!("panicked at {} {message}", at.trim()))
+}
+
+/// The call ran past its deadline.
+#[derive(Debug)]
+pub struct DeadlineExceeded;
+
+impl fmt::Display for DeadlineExceeded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("deadline exceeded")
+    }
+}
+
+impl std::error::Error for DeadlineExceeded {}
+
+/// The guest tried to grow its memory past the limit.
+#[derive(Debug)]
+pub struct MemoryLimitExceeded {
+    pub desired: usize,
+    pub limit: usize,
+}
+
+impl fmt::Display for MemoryLimitExceeded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "tried to grow its memory to {} but limits.memory is {}",
+            bytesize::ByteSize::b(self.desired as u64),
+            bytesize::ByteSize::b(self.limit as u64)
+        )
+    }
+}
+
+impl std::error::Error for MemoryLimitExceeded {}
+
+/// Caps linear memory; a growth past the cap traps with [`MemoryLimitExceeded`].
+pub(crate) struct MemoryLimiter {
+    pub(crate) limit: usize,
+    pub(crate) exceeded: Option<usize>,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            self.exceeded = Some(desired);
+            return Err(wasmtime::Error::new(MemoryLimitExceeded {
+                desired,
+                limit: self.limit,
+            }));
+        }
+        Ok(maximum.is_none_or(|max| desired <= max))
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000 && maximum.is_none_or(|max| desired <= max))
+    }
+}
+
+/// A plugin's stdout or stderr for the current event, bounded; bytes past the
+/// bound are dropped rather than failing the plugin.
+#[derive(Clone, Default)]
+pub(crate) struct CapturedOutput(Arc<Mutex<Vec<u8>>>);
+
+impl CapturedOutput {
+    fn clear(&self) {
+        self.0.lock().expect("output lock").clear();
+    }
+
+    fn take_text(&self) -> String {
+        let bytes = std::mem::take(&mut *self.0.lock().expect("output lock"));
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    fn push(&self, bytes: &[u8]) {
+        let mut buf = self.0.lock().expect("output lock");
+        let room = MAX_OUTPUT_PER_EVENT.saturating_sub(buf.len());
+        buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+}
+
+impl wasmtime_wasi::cli::IsTerminal for CapturedOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl wasmtime_wasi::cli::StdoutStream for CapturedOutput {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+}
+
+impl OutputStream for CapturedOutput {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.push(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(64 * 1024)
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for CapturedOutput {
+    async fn ready(&mut self) {}
+}
+
+impl tokio::io::AsyncWrite for CapturedOutput {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.push(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}

@@ -1,0 +1,8 @@
+//! End-to-end tests: real plugins compiled to wasm32-wasip2 components, run by the
+//! real host runtime and the real `weir` binary.
+
+mod support;
+
+mod faults;
+mod invoke_cli;
+mod seed_plugins;

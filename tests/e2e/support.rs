@@ -1,0 +1,121 @@
+//! Test harness: builds the plugins once per test run and loads them into a host.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+use weir_host::capabilities::{Backends, MemoryCache};
+use weir_host::event::EventRecord;
+use weir_host::manifest::Manifest;
+use weir_host::runtime::{Plugin, Runtime};
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ has a parent")
+        .to_path_buf()
+}
+
+/// Build every plugin crate to wasm32-wasip2 (once per test process) and return
+/// the directory holding the components. A failed build fails the test: no plugin,
+/// no test.
+pub fn wasm_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = workspace_root();
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("target"));
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(&root)
+            .args(["build", "--release", "--target", "wasm32-wasip2"])
+            .args([
+                "-p",
+                "track-deletions",
+                "-p",
+                "audio-uploaded",
+                "-p",
+                "envelope-router",
+            ])
+            .args(["-p", "faulty", "-p", "rogue"])
+            .status()
+            .expect("run cargo to build the plugins");
+        assert!(
+            status.success(),
+            "building the plugins for wasm32-wasip2 failed (is the target installed? `just setup`)"
+        );
+        target.join("wasm32-wasip2").join("release")
+    })
+}
+
+/// The component of a plugin crate (`track-deletions` → `track_deletions.wasm`).
+pub fn wasm(crate_name: &str) -> PathBuf {
+    wasm_dir().join(format!("{}.wasm", crate_name.replace('-', "_")))
+}
+
+/// The example manifest of a seed plugin.
+pub fn example_manifest(name: &str) -> PathBuf {
+    workspace_root()
+        .join("examples/plugins")
+        .join(format!("{name}.toml"))
+}
+
+/// A host with in-memory cache and storage in a temporary directory.
+pub struct TestHost {
+    pub runtime: Runtime,
+    pub cache: Arc<MemoryCache>,
+    pub backends: Backends,
+    pub storage_dir: tempfile::TempDir,
+}
+
+impl TestHost {
+    pub fn new() -> Self {
+        let storage_dir = tempfile::tempdir().expect("temp dir");
+        Self::with_storage(storage_dir)
+    }
+
+    pub fn with_storage(storage_dir: tempfile::TempDir) -> Self {
+        let cache = Arc::new(MemoryCache::new(64 * 1024 * 1024));
+        let mut backends = Backends::local(storage_dir.path()).expect("local backends");
+        backends.cache = cache.clone();
+        TestHost {
+            runtime: Runtime::new().expect("runtime"),
+            cache,
+            backends,
+            storage_dir,
+        }
+    }
+
+    /// Load a plugin from a component and a manifest file.
+    pub async fn load(&self, wasm: &Path, manifest: &Path) -> Plugin {
+        let manifest = Manifest::load(manifest).unwrap_or_else(|e| panic!("{e}"));
+        self.runtime
+            .load(wasm, manifest, self.backends.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Load a plugin with manifest text given inline.
+    pub async fn load_with(&self, wasm: &Path, manifest_toml: &str) -> Plugin {
+        let manifest = Manifest::parse(manifest_toml, Path::new("inline.toml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        self.runtime
+            .load(wasm, manifest, self.backends.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+/// An event on `dev-{topic}`, partition 0, at `offset`.
+pub fn event(topic: &str, offset: i64, key: Option<&str>, payload: &[u8]) -> EventRecord {
+    EventRecord {
+        topic: format!("dev-{topic}"),
+        logical_topic: topic.to_string(),
+        partition: 0,
+        offset,
+        timestamp_ms: Some(1_764_000_000_000),
+        key: key.map(|k| k.as_bytes().to_vec()),
+        payload: payload.to_vec(),
+        headers: vec![],
+    }
+}
