@@ -241,6 +241,9 @@ fn print_report(
     for call in &report.calls {
         writeln!(out, "    {call}")?;
     }
+    for line in &report.output {
+        writeln!(out, "    {line}")?;
+    }
     for msg in &report.published {
         print_message(out, msg)?;
     }

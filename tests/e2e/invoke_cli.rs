@@ -114,6 +114,45 @@ fn invoke_exits_1_when_events_fail_and_says_why() {
     );
 }
 
+#[test]
+fn invoke_shows_what_the_plugin_printed_and_why_it_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("faulty.toml");
+    std::fs::write(
+        &manifest,
+        "name = \"faulty\"\ntopics = [\"t\"]\n[limits]\ntimeout = \"200ms\"\n",
+    )
+    .unwrap();
+    let events = dir.path().join("e.jsonl");
+    std::fs::write(&events, "{\"payload_text\": \"print:hello from the plugin\"}\n{\"payload_text\": \"trap\"}\n{\"payload_text\": \"loop\"}\n{\"payload_text\": \"ok\"}\n").unwrap();
+    let out = weir(&[
+        "invoke",
+        wasm("faulty").to_str().unwrap(),
+        events.to_str().unwrap(),
+        "--manifest",
+        manifest.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(text.contains("stdout: hello from the plugin"), "{text}");
+    assert!(
+        text.contains("TRAPPED: wasm trap: wasm `unreachable` instruction executed"),
+        "{text}"
+    );
+    assert!(
+        text.contains("panicked at tests/plugins/faulty/src/lib.rs"),
+        "{text}"
+    );
+    assert!(
+        text.contains("TIMED OUT: did not finish within limits.timeout = 200ms"),
+        "{text}"
+    );
+    assert!(
+        text.contains("4 event(s): 2 handled, 2 failed (1 timed out, 1 trapped)"),
+        "{text}"
+    );
+}
+
 /// Exit status 2 and exactly one line on stderr that contains every `needle`.
 fn assert_one_line_error(out: &Output, needles: &[&str]) {
     let err = stderr(out);

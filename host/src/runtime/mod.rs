@@ -211,6 +211,10 @@ pub struct Report {
     pub published: Vec<OutgoingMessage>,
     /// Capability calls, when call recording is on.
     pub calls: Vec<CallRecord>,
+    /// Lines the plugin wrote to stdout or stderr (`stdout: ...`), when call
+    /// recording is on; they are always logged.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub output: Vec<String>,
     pub duration_us: u64,
 }
 
@@ -320,6 +324,7 @@ impl Plugin {
                     outcome: Outcome::Unavailable(failure.message),
                     published: vec![],
                     calls: vec![],
+                    output: vec![],
                     duration_us: started.elapsed().as_micros() as u64,
                 };
             }
@@ -356,6 +361,7 @@ impl Plugin {
             outcome,
             published,
             calls: effects.calls,
+            output: effects.output,
             duration_us: started.elapsed().as_micros() as u64,
         }
     }
@@ -392,7 +398,7 @@ fn classify(
         return (Outcome::OutOfMemory(why.clone()), why);
     }
     let why = match err.downcast_ref::<wasmtime::Trap>() {
-        Some(trap) => format!("trapped: {trap}{}", load::guest_frames(err)),
+        Some(trap) => format!("{trap}{}", load::guest_frames(err)),
         None => load::chain(err),
     };
     (Outcome::Trap(why.clone()), why)

@@ -95,10 +95,14 @@ impl HostState {
         self.deadline = None;
         let event = self.event_coordinates.take().unwrap_or_default();
         let mut panic = None;
+        let mut output = Vec::new();
         for (stream, out) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
             let text = out.take_text();
             for line in text.lines().filter(|l| !l.trim().is_empty()) {
                 tracing::info!(target: "weir::plugin", plugin = %self.grants.plugin, event = %event, stream, "{line}");
+                if self.record_calls {
+                    output.push(format!("{stream}: {line}"));
+                }
             }
             if stream == "stderr" {
                 panic = panic_message(&text);
@@ -107,6 +111,7 @@ impl HostState {
         EventEffects {
             calls: std::mem::take(&mut self.calls),
             outbox: std::mem::take(&mut self.outbox),
+            output,
             panic,
         }
     }
@@ -116,6 +121,8 @@ impl HostState {
 pub(crate) struct EventEffects {
     pub calls: Vec<CallRecord>,
     pub outbox: Vec<OutgoingMessage>,
+    /// `stdout: line` / `stderr: line`, when calls are recorded.
+    pub output: Vec<String>,
     /// A Rust panic message the plugin printed to stderr, if any.
     pub panic: Option<String>,
 }

@@ -18,7 +18,7 @@ use weir_sdk::{cache, config, log, reject, storage, Event, Handler};
 
 /// Only the version, read first so each version can be decoded on its own terms.
 #[derive(Deserialize)]
-struct Versioned {
+struct TrackDeletedEvent {
     #[serde(
         rename = "SchemaVersion",
         alias = "schemaVersion",
@@ -73,7 +73,7 @@ struct TrackDeletions;
 
 impl Handler for TrackDeletions {
     fn handle(event: Event) -> weir_sdk::Result {
-        match event.json::<Versioned>()?.schema_version {
+        match event.json::<TrackDeletedEvent>()?.schema_version {
             2 => handle_v2(event.json()?),
             1 => handle_v1(event.json()?),
             other => Err(reject(format!(
