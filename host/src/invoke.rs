@@ -93,6 +93,16 @@ pub async fn run(opts: &InvokeOptions, out: &mut dyn Write) -> Result<Summary, I
         }
     };
     let backends = Backends::local(&storage_dir).map_err(InvokeError)?;
+    // A kept storage directory may hold deletions scheduled by an earlier run:
+    // carry out the ones now due, as a running host would.
+    let swept = match &opts.storage_dir {
+        None => Default::default(),
+        Some(_) => backends
+            .deletions
+            .sweep(crate::capabilities::storage::now_ms())
+            .await
+            .map_err(|e| InvokeError(format!("cannot sweep scheduled deletions: {e}")))?,
+    };
     let runtime =
         Runtime::new().map_err(|e| InvokeError(format!("cannot start the runtime: {e}")))?;
     let mut plugin = runtime
@@ -112,6 +122,16 @@ pub async fn run(opts: &InvokeOptions, out: &mut dyn Write) -> Result<Summary, I
             events.len()
         )
         .map_err(io)?;
+        for d in &swept.deleted {
+            writeln!(
+                out,
+                "carried out a scheduled deletion that was due: {} (due {}, by {})",
+                d.key,
+                rfc3339(d.due_ms),
+                d.plugin
+            )
+            .map_err(io)?;
+        }
     }
     let mut summary = Summary::default();
     for (i, (line, event)) in events.iter().enumerate() {
@@ -147,7 +167,11 @@ pub async fn run(opts: &InvokeOptions, out: &mut dyn Write) -> Result<Summary, I
         .await
         .map_err(|e| InvokeError(format!("cannot read scheduled deletions: {e}")))?;
     if opts.json {
-        let value = serde_json::json!({ "summary": summary, "scheduled_deletions": pending });
+        let value = serde_json::json!({
+            "summary": summary,
+            "scheduled_deletions": pending,
+            "deletions_carried_out": swept.deleted,
+        });
         writeln!(out, "{value}").map_err(io)?;
     } else {
         let failures: Vec<String> = summary

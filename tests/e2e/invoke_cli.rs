@@ -153,6 +153,50 @@ fn invoke_shows_what_the_plugin_printed_and_why_it_failed() {
     );
 }
 
+#[test]
+fn invoke_with_a_kept_storage_dir_carries_out_deletions_that_fell_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("storage");
+    let object = storage.join("audio/user-1/t1.mp3");
+    std::fs::create_dir_all(object.parent().unwrap()).unwrap();
+    std::fs::write(&object, "audio").unwrap();
+    let events = dir.path().join("e.jsonl");
+    std::fs::write(
+        &events,
+        r#"{"payload": {"SchemaVersion": 2, "TrackId": "t1", "UserId": "user-1", "ObjectKey": "audio/user-1/t1.mp3", "FileSizeBytes": 1, "DeletedAt": "2020-01-01T00:00:00Z", "ScheduledDeletionAt": "2020-01-02T00:00:00Z", "CorrelationId": "c", "Timestamp": "2020-01-01T00:00:00Z"}}"#,
+    )
+    .unwrap();
+    let run = || {
+        invoke(
+            "track-deletions",
+            events.to_str().unwrap(),
+            &["--storage-dir", storage.to_str().unwrap()],
+        )
+    };
+    let first = run();
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(
+        stdout(&first).contains(
+            "scheduled deletions now pending:\n  audio/user-1/t1.mp3  due 2020-01-02T00:00:00.000Z"
+        ),
+        "{}",
+        stdout(&first)
+    );
+    assert!(object.exists(), "not yet: the host sweeps when it starts");
+
+    // The next run (a restarted host) finds the schedule and carries it out.
+    std::fs::write(&events, "").unwrap();
+    let second = run();
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert!(
+        stdout(&second)
+            .contains("carried out a scheduled deletion that was due: audio/user-1/t1.mp3"),
+        "{}",
+        stdout(&second)
+    );
+    assert!(!object.exists());
+}
+
 /// Exit status 2 and exactly one line on stderr that contains every `needle`.
 fn assert_one_line_error(out: &Output, needles: &[&str]) {
     let err = stderr(out);
