@@ -8,7 +8,7 @@ weir := target_dir / "debug" / "weir"
 
 # Example plugins, and the test-only fault plugins the tests also need.
 example_plugins := "track-deletions audio-uploaded envelope-router"
-test_plugins := "faulty rogue"
+test_plugins := "echo faulty rogue"
 
 # List the recipes
 default:

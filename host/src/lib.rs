@@ -6,9 +6,14 @@
 //! its [`manifest`]; what it published comes back with the outcome.
 
 pub mod capabilities;
+pub mod config;
+pub mod devbroker;
+pub mod dispatch;
 pub mod event;
 pub mod invoke;
+pub mod kafka;
 pub mod manifest;
+pub mod run;
 pub mod runtime;
 pub mod storage_key;
 pub mod topics;

@@ -18,6 +18,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Consume the plugins' topics and hand every event to its plugin, until SIGTERM or Ctrl-C.
+    ///
+    /// On shutdown: stop fetching, let in-flight events finish (up to
+    /// shutdown.drain_timeout), commit offsets, exit 0.
+    Run {
+        /// The host configuration.
+        #[arg(long, short, default_value = "weir.toml")]
+        config: PathBuf,
+        /// Log format: `text` or `json`.
+        #[arg(long, default_value = "text")]
+        log_format: String,
+    },
     /// Run one plugin over events from a JSON Lines file (or stdin), without a broker.
     ///
     /// Prints each event's outcome, every capability call and every published
@@ -46,6 +58,25 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Run { config, log_format } => {
+            init_logging("info", &log_format);
+            let config = match weir_host::config::Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let runtime = tokio::runtime::Runtime::new().expect("start the async runtime");
+            match runtime.block_on(weir_host::run::run(config, shutdown_signal())) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Invoke {
             wasm,
             events,
@@ -56,7 +87,7 @@ fn main() -> ExitCode {
         } => {
             // Plugin log lines are part of the report; the log shows only problems
             // unless RUST_LOG asks for more.
-            init_tracing("warn");
+            init_logging("warn", "text");
             let opts = InvokeOptions {
                 wasm,
                 events,
@@ -79,11 +110,31 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(default: &str) {
+fn init_logging(default: &str, format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
 }

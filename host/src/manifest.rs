@@ -30,6 +30,9 @@ pub struct Manifest {
     pub limits: Limits,
     #[serde(default)]
     pub retry: RetryPolicy,
+    /// How the plugin consumes: group, parallelism, backpressure.
+    #[serde(default)]
+    pub consumer: ConsumerSettings,
     /// Free-form values the plugin reads through the `config` capability.
     #[serde(default)]
     pub config: BTreeMap<String, toml::Value>,
@@ -82,6 +85,29 @@ impl Default for Limits {
         Limits {
             memory: ByteSize::mib(64),
             timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `[consumer]`: the plugin's consumer group and parallelism.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsumerSettings {
+    /// Consumer group id; default from the host's `kafka.consumer.group_template`.
+    pub group: Option<String>,
+    /// Parallel instances. Events of one key (within a partition) always go to the
+    /// same worker, in order; events without a key keep their partition's order.
+    pub workers: u32,
+    /// Events read but not yet finished, at most; past it the partitions are paused.
+    pub max_in_flight: u32,
+}
+
+impl Default for ConsumerSettings {
+    fn default() -> Self {
+        ConsumerSettings {
+            group: None,
+            workers: 1,
+            max_in_flight: 100,
         }
     }
 }
@@ -266,6 +292,23 @@ impl Manifest {
                     humantime::format_duration(self.limits.timeout)
                 ),
             );
+        }
+        if !(1..=64).contains(&self.consumer.workers) {
+            return bad(
+                "consumer.workers",
+                format!("{} is out of range: use 1 to 64", self.consumer.workers),
+            );
+        }
+        if self.consumer.max_in_flight < self.consumer.workers {
+            return bad(
+                "consumer.max_in_flight",
+                "must be at least consumer.workers".into(),
+            );
+        }
+        if let Some(group) = &self.consumer.group {
+            if group.trim().is_empty() {
+                return bad("consumer.group", "is empty".into());
+            }
         }
         if self.retry.attempts == 0 {
             return bad(

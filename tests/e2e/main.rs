@@ -1,8 +1,10 @@
 //! End-to-end tests: real plugins compiled to wasm32-wasip2 components, run by the
 //! real host runtime and the real `weir` binary.
 
+mod kafka_support;
 mod support;
 
 mod faults;
 mod invoke_cli;
+mod pipeline;
 mod seed_plugins;

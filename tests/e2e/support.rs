@@ -37,7 +37,7 @@ pub fn wasm_dir() -> &'static Path {
                 "-p",
                 "envelope-router",
             ])
-            .args(["-p", "faulty", "-p", "rogue"])
+            .args(["-p", "echo", "-p", "faulty", "-p", "rogue"])
             .status()
             .expect("run cargo to build the plugins");
         assert!(

@@ -238,6 +238,21 @@ impl Plugin {
         &self.manifest
     }
 
+    /// Another instance of the same plugin (same compiled component, grants and
+    /// backends), instantiated on its first event: one per worker.
+    pub fn fork(&self) -> Plugin {
+        Plugin {
+            name: self.name.clone(),
+            hash: self.hash.clone(),
+            manifest: self.manifest.clone(),
+            grants: self.grants.clone(),
+            backends: self.backends.clone(),
+            pre: self.pre.clone(),
+            live: None,
+            record_calls: self.record_calls,
+        }
+    }
+
     /// Keep a record of every capability call in each [`Report`] (for `weir invoke`).
     pub fn record_calls(&mut self, on: bool) {
         self.record_calls = on;

@@ -1,0 +1,474 @@
+//! The host configuration, `weir.toml`, with environment overrides.
+//!
+//! Every key can be overridden by `WEIR_<SECTION>__<KEY>` (for example
+//! `WEIR_KAFKA__BOOTSTRAP_SERVERS`, `WEIR_TOPICS__PREFIX`), as containers expect.
+//! Unknown keys and bad values are errors naming the key and where it came from.
+
+use crate::topics::TopicNamer;
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    #[serde(default)]
+    pub topics: TopicsConfig,
+    #[serde(default)]
+    pub plugins: PluginsConfig,
+    #[serde(default)]
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub dlq: DlqConfig,
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` list.
+    pub bootstrap_servers: String,
+    /// Passed to librdkafka as is, for consumers, producers and the admin client
+    /// (`security.protocol`, `sasl.mechanism`, `ssl.ca.location`...).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    #[serde(default)]
+    pub consumer: ConsumerConfig,
+    #[serde(default)]
+    pub producer: ProducerConfig,
+    #[serde(default)]
+    pub connect: ConnectConfig,
+}
+
+/// Consumer defaults (each plugin gets its own consumer and group).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsumerConfig {
+    /// Group id template; `{plugin}` and the `[topics]` variables are available.
+    pub group_template: String,
+    /// Where a group with no committed offset starts: `earliest` or `latest`.
+    pub auto_offset_reset: String,
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_poll_interval: Duration,
+    /// How often stored offsets are committed.
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+    pub fetch_max_bytes: u32,
+    pub max_partition_fetch_bytes: u32,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig {
+            group_template: "{prefix}-{plugin}".into(),
+            auto_offset_reset: "earliest".into(),
+            session_timeout: Duration::from_secs(45),
+            max_poll_interval: Duration::from_secs(300),
+            commit_interval: Duration::from_secs(1),
+            fetch_max_bytes: 52_428_800,
+            max_partition_fetch_bytes: 1_048_576,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProducerConfig {
+    /// How long a message may take to be acknowledged before it counts as failed.
+    #[serde(with = "humantime_serde")]
+    pub message_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            message_timeout: Duration::from_secs(30),
+            linger: Duration::from_millis(5),
+        }
+    }
+}
+
+/// Reaching the broker at start-up (seed 000 retries 30 × 2 s).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectConfig {
+    pub attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub backoff: Duration,
+    /// Timeout of one metadata request.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for ConnectConfig {
+    fn default() -> Self {
+        ConnectConfig {
+            attempts: 30,
+            backoff: Duration::from_secs(2),
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `[topics]`: `template`, optional `create`, and any other key is a template variable.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TopicsConfig {
+    #[serde(default = "default_template")]
+    pub template: String,
+    #[serde(default)]
+    pub create: Option<CreateTopics>,
+    #[serde(flatten)]
+    pub vars: BTreeMap<String, String>,
+}
+
+fn default_template() -> String {
+    "{prefix}-{topic}".into()
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        TopicsConfig {
+            template: default_template(),
+            create: None,
+            vars: BTreeMap::from([("prefix".to_string(), "dev".to_string())]),
+        }
+    }
+}
+
+/// Create missing topics at start-up with this layout (seed 001's CreateTopicIfNotExists).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTopics {
+    pub partitions: i32,
+    #[serde(default = "one")]
+    pub replication: i32,
+}
+
+fn one() -> i32 {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    /// Directory of `<name>.wasm` + `<name>.toml` pairs (relative to weir.toml).
+    pub dir: PathBuf,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            dir: PathBuf::from("plugins"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Local directory for the storage capability (relative to weir.toml).
+    pub dir: PathBuf,
+    /// How often due scheduled deletions are carried out.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            dir: PathBuf::from("data/storage"),
+            sweep_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DlqConfig {
+    /// Dead-letter topic template: `{topic}` is the full name of the failed event's
+    /// topic, `{plugin}` the plugin, plus the `[topics]` variables. Seed 003's shared
+    /// topic: `template = "{prefix}-dlq-events"`.
+    pub template: String,
+}
+
+impl Default for DlqConfig {
+    fn default() -> Self {
+        DlqConfig {
+            template: "{topic}.dlq".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// How long in-flight events may take to finish on SIGTERM / Ctrl-C (or on a
+    /// partition revoke) before the host stops waiting for them.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A configuration that cannot be used: the message names the key and its source.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Load `path` with `WEIR_*` environment overrides; relative directories are
+    /// resolved against the file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        if !path.exists() {
+            return Err(ConfigError(format!(
+                "config file {} does not exist (see examples/weir.toml)",
+                path.display()
+            )));
+        }
+        let figment = Figment::new()
+            .merge(Toml::file(path))
+            .merge(Env::prefixed("WEIR_").split("__"));
+        Self::from_figment(figment, path)
+    }
+
+    /// Build a config from a figment (for tests and embedding).
+    pub fn from_figment(figment: Figment, path: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = figment.extract().map_err(|e| {
+            let mut lines = Vec::new();
+            for err in e {
+                lines.push(one_line(&err.to_string()));
+            }
+            ConfigError(format!(
+                "bad config {}: {}",
+                path.display(),
+                lines.join("; ")
+            ))
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for dir in [&mut config.plugins.dir, &mut config.storage.dir] {
+            if dir.is_relative() {
+                *dir = base.join(&*dir);
+            }
+        }
+        config.validate().map_err(|(key, why)| {
+            ConfigError(format!("bad config {}: {key}: {why}", path.display()))
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        if self.kafka.bootstrap_servers.trim().is_empty() {
+            return Err(("kafka.bootstrap_servers".into(), "is empty".into()));
+        }
+        self.namer().map_err(|e| ("topics.template".into(), e))?;
+        if !["earliest", "latest"].contains(&self.kafka.consumer.auto_offset_reset.as_str()) {
+            return Err((
+                "kafka.consumer.auto_offset_reset".into(),
+                format!(
+                    "{:?}: use \"earliest\" or \"latest\"",
+                    self.kafka.consumer.auto_offset_reset
+                ),
+            ));
+        }
+        check_template(
+            &self.kafka.consumer.group_template,
+            "plugin",
+            &self.topics.vars,
+        )
+        .map_err(|e| ("kafka.consumer.group_template".into(), e))?;
+        check_template(&self.dlq.template, "topic", &self.topics.vars)
+            .map_err(|e| ("dlq.template".into(), e))?;
+        if let Some(create) = &self.topics.create {
+            if create.partitions < 1 || create.replication < 1 {
+                return Err((
+                    "topics.create".into(),
+                    "partitions and replication must be at least 1".into(),
+                ));
+            }
+        }
+        if self.kafka.connect.attempts == 0 {
+            return Err(("kafka.connect.attempts".into(), "must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// The topic namer of `[topics]`.
+    pub fn namer(&self) -> Result<TopicNamer, String> {
+        TopicNamer::new(&self.topics.template, self.topics.vars.clone())
+    }
+
+    /// The consumer group of a plugin (unless its manifest names one).
+    pub fn group_for(&self, plugin: &str) -> String {
+        fill(
+            &self.kafka.consumer.group_template,
+            &[("plugin", plugin)],
+            &self.topics.vars,
+        )
+    }
+
+    /// The dead-letter topic for events of `full_topic` handled by `plugin`.
+    pub fn dlq_topic(&self, full_topic: &str, plugin: &str) -> String {
+        fill(
+            &self.dlq.template,
+            &[("topic", full_topic), ("plugin", plugin)],
+            &self.topics.vars,
+        )
+    }
+}
+
+/// Replace `{name}` placeholders from `fixed` then `vars`.
+fn fill(template: &str, fixed: &[(&str, &str)], vars: &BTreeMap<String, String>) -> String {
+    let mut out = template.to_string();
+    for (k, v) in fixed {
+        out = out.replace(&format!("{{{k}}}"), v);
+    }
+    for (k, v) in vars {
+        out = out.replace(&format!("{{{k}}}"), v);
+    }
+    out
+}
+
+/// Every `{name}` must be `extra`, `plugin`, `topic` or a variable.
+fn check_template(
+    template: &str,
+    extra: &str,
+    vars: &BTreeMap<String, String>,
+) -> Result<(), String> {
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        let end = rest[start..]
+            .find('}')
+            .ok_or_else(|| format!("{template:?} has an unclosed `{{`"))?;
+        let name = &rest[start + 1..start + end];
+        if name != extra && name != "plugin" && name != "topic" && !vars.contains_key(name) {
+            return Err(format!(
+                "{template:?} uses {{{name}}}, which is not a [topics] variable"
+            ));
+        }
+        rest = &rest[start + end + 1..];
+    }
+    Ok(())
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::providers::Serialized;
+
+    fn load(toml: &str) -> Result<Config, ConfigError> {
+        Config::from_figment(
+            Figment::new().merge(Toml::string(toml)),
+            Path::new("/etc/weir/weir.toml"),
+        )
+    }
+
+    #[test]
+    fn the_documented_shape_loads() {
+        let c = load(
+            r#"
+            [kafka]
+            bootstrap_servers = "127.0.0.1:9092"
+            [kafka.properties]
+            "security.protocol" = "SASL_SSL"
+            [topics]
+            template = "{prefix}-{topic}"
+            prefix = "dev"
+            create = { partitions = 3, replication = 1 }
+            [plugins]
+            dir = "plugins"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.namer().unwrap().full_name("track-deletions"),
+            "dev-track-deletions"
+        );
+        assert_eq!(c.group_for("lifecycle"), "dev-lifecycle");
+        assert_eq!(
+            c.dlq_topic("dev-track-deletions", "p"),
+            "dev-track-deletions.dlq"
+        );
+        assert_eq!(c.plugins.dir, PathBuf::from("/etc/weir/plugins"));
+        assert_eq!(c.topics.create.unwrap().partitions, 3);
+        assert_eq!(c.kafka.properties["security.protocol"], "SASL_SSL");
+    }
+
+    #[test]
+    fn seed_004_template_and_a_shared_dlq() {
+        let c = load(
+            r#"
+            [kafka]
+            bootstrap_servers = "b:9092"
+            [topics]
+            template = "{env}.{domain}.{topic}.{version}"
+            env = "prod"
+            domain = "audio"
+            version = "v1"
+            [kafka.consumer]
+            group_template = "{env}-{plugin}"
+            [dlq]
+            template = "{env}.dlq-events"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.namer().unwrap().full_name("events"),
+            "prod.audio.events.v1"
+        );
+        assert_eq!(c.dlq_topic("prod.audio.events.v1", "p"), "prod.dlq-events");
+        assert_eq!(c.group_for("p"), "prod-p");
+    }
+
+    #[test]
+    fn errors_name_the_key_and_file() {
+        let e = load("[kafka]\nbootstrap_servers = \"b\"\nbootstrap = 1\n").unwrap_err();
+        assert!(e.0.contains("/etc/weir/weir.toml"), "{e}");
+        assert!(e.0.contains("unknown field `bootstrap`"), "{e}");
+        let e = load(
+            "[kafka]\nbootstrap_servers = \"b\"\n[kafka.consumer]\nsession_timeout = \"soon\"\n",
+        )
+        .unwrap_err();
+        assert!(e.0.contains("kafka.consumer.session_timeout"), "{e}");
+        let e =
+            load("[kafka]\nbootstrap_servers = \"b\"\n[topics]\ntemplate = \"{env}-{topic}\"\n")
+                .unwrap_err();
+        assert!(e.0.contains("topics.template"), "{e}");
+        let e = load("[topics]\nprefix = \"dev\"\n").unwrap_err();
+        assert!(e.0.contains("kafka"), "{e}");
+    }
+
+    #[test]
+    fn environment_overrides_win() {
+        let figment = Figment::new()
+            .merge(Toml::string("[kafka]\nbootstrap_servers = \"file:9092\"\n"))
+            .merge(Serialized::default("kafka.bootstrap_servers", "env:9092"));
+        let c = Config::from_figment(figment, Path::new("weir.toml")).unwrap();
+        assert_eq!(c.kafka.bootstrap_servers, "env:9092");
+    }
+}

@@ -1,0 +1,125 @@
+//! Kafka: client settings, reaching the broker, topics, and the source/sink halves
+//! of the pipeline.
+
+pub mod offsets;
+pub mod sink;
+pub mod source;
+
+use crate::config::Config;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+/// Settings every client shares: bootstrap servers and the pass-through properties.
+pub fn base_config(config: &Config) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.kafka.bootstrap_servers);
+    for (k, v) in &config.kafka.properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// The broker's topic names, asked with a bounded timeout, retried with backoff
+/// as `[kafka.connect]` says, logging each failed attempt.
+pub async fn wait_for_broker(config: &Config) -> Result<BTreeSet<String>, String> {
+    let connect = &config.kafka.connect;
+    let mut attempt = 1;
+    loop {
+        let cfg = base_config(config);
+        let timeout = connect.timeout;
+        let result = tokio::task::spawn_blocking(move || list_topics(&cfg, timeout))
+            .await
+            .map_err(|e| e.to_string())?;
+        match result {
+            Ok(topics) => {
+                if attempt > 1 {
+                    tracing::info!(attempt, "broker reachable");
+                }
+                return Ok(topics);
+            }
+            Err(e) if attempt < connect.attempts => {
+                tracing::warn!(
+                    attempt,
+                    of = connect.attempts,
+                    retry_in = %humantime::format_duration(connect.backoff),
+                    bootstrap_servers = %config.kafka.bootstrap_servers,
+                    error = %e,
+                    "broker not reachable; retrying"
+                );
+                tokio::time::sleep(connect.backoff).await;
+                attempt += 1;
+            }
+            Err(e) => {
+                return Err(format!(
+                    "broker {} not reachable after {attempt} attempts: {e} (check kafka.bootstrap_servers and [kafka.connect])",
+                    config.kafka.bootstrap_servers
+                ))
+            }
+        }
+    }
+}
+
+fn list_topics(cfg: &ClientConfig, timeout: Duration) -> Result<BTreeSet<String>, String> {
+    let consumer: BaseConsumer = cfg.create().map_err(|e| e.to_string())?;
+    let md = consumer
+        .fetch_metadata(None, timeout)
+        .map_err(|e| e.to_string())?;
+    if md.brokers().is_empty() {
+        return Err("the cluster reported no brokers".into());
+    }
+    Ok(md.topics().iter().map(|t| t.name().to_string()).collect())
+}
+
+/// Make sure every topic in `needed` exists: create the missing ones when
+/// `[topics] create` is set, refuse otherwise (never rely on auto-creation).
+pub async fn ensure_topics(
+    config: &Config,
+    existing: &BTreeSet<String>,
+    needed: &BTreeSet<String>,
+) -> Result<(), String> {
+    let missing: Vec<&String> = needed.difference(existing).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let Some(create) = &config.topics.create else {
+        return Err(format!(
+            "topics missing on the broker: {} (create them, or set [topics] create = {{ partitions = N, replication = M }})",
+            missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        ));
+    };
+    let admin: AdminClient<DefaultClientContext> = base_config(config)
+        .create()
+        .map_err(|e| format!("cannot create the admin client: {e}"))?;
+    let new: Vec<NewTopic> = missing
+        .iter()
+        .map(|t| {
+            NewTopic::new(
+                t,
+                create.partitions,
+                TopicReplication::Fixed(create.replication),
+            )
+        })
+        .collect();
+    let results = admin
+        .create_topics(
+            &new,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .map_err(|e| format!("cannot create topics: {e}"))?;
+    for r in results {
+        match r {
+            Ok(name) => {
+                tracing::info!(topic = %name, partitions = create.partitions, "created topic")
+            }
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => return Err(format!("cannot create topic {name}: {code}")),
+        }
+    }
+    Ok(())
+}

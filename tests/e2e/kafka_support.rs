@@ -1,0 +1,390 @@
+//! Harness for the pipeline tests: a real broker per test, topics, producing and
+//! reading records, and hosts (in-process, or the real `weir` binary).
+
+use crate::support::wasm;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use weir_host::devbroker::{find_nisshi, BrokerStorage, DevBroker};
+
+/// Generous bound for waits, so a broken build fails instead of hanging.
+pub const PATIENCE: Duration = Duration::from_secs(90);
+
+pub struct TestBroker {
+    pub broker: DevBroker,
+    /// The broker's working directory, removed with it.
+    pub _dir: tempfile::TempDir,
+}
+
+/// A broker for one test, or `None` (the test is skipped with a message) when nisshi
+/// is not installed. Under CI (`CI=true`) a missing broker fails the test.
+pub fn broker() -> Option<TestBroker> {
+    let Some(binary) = find_nisshi() else {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("CI=true but the nisshi broker is not installed: run `just broker` (see ../shared/broker.md)");
+        }
+        eprintln!("SKIPPED: the nisshi broker is not installed (`just broker` installs it)");
+        return None;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = DevBroker::start(&binary, &dir.path().join("broker"), BrokerStorage::Memory)
+        .unwrap_or_else(|e| panic!("{e}"));
+    Some(TestBroker { broker, _dir: dir })
+}
+
+impl TestBroker {
+    pub fn bootstrap(&self) -> String {
+        self.broker.bootstrap()
+    }
+
+    fn client(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", self.bootstrap());
+        c
+    }
+
+    pub async fn create_topics(&self, names: &[&str], partitions: i32) {
+        let admin: AdminClient<DefaultClientContext> = self.client().create().unwrap();
+        let topics: Vec<NewTopic> = names
+            .iter()
+            .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))
+            .collect();
+        for r in admin
+            .create_topics(&topics, &AdminOptions::new())
+            .await
+            .unwrap()
+        {
+            r.unwrap_or_else(|(t, e)| panic!("create {t}: {e}"));
+        }
+    }
+
+    pub fn producer(&self) -> FutureProducer {
+        let mut c = self.client();
+        c.set("enable.idempotence", "true").set("acks", "all");
+        c.create().unwrap()
+    }
+
+    /// Every record of `topic` (all partitions, from the start) once at least `min`
+    /// are there, or what is there when PATIENCE runs out.
+    pub fn read(&self, topic: &str, min: usize) -> Vec<Record> {
+        let consumer: BaseConsumer = self
+            .client()
+            .set("group.id", format!("reader-{}", rand_suffix()))
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in md.topics()[0].partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        let mut out = Vec::new();
+        let deadline = Instant::now() + PATIENCE;
+        let mut quiet_since = Instant::now();
+        while Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    out.push(Record::of(&m));
+                    quiet_since = Instant::now();
+                }
+                Some(Err(e)) => eprintln!("reader: {e}"),
+                None => {
+                    // Enough, and nothing more arriving: done.
+                    if out.len() >= min && quiet_since.elapsed() > Duration::from_millis(500) {
+                        break;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// How many records `topic` holds (sum of high watermarks).
+    pub fn count(&self, topic: &str) -> i64 {
+        let consumer: BaseConsumer = self.client().create().unwrap();
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap();
+        md.topics()[0]
+            .partitions()
+            .iter()
+            .map(|p| {
+                let (lo, hi) = consumer
+                    .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+                    .unwrap();
+                hi - lo
+            })
+            .sum()
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(Instant::now())
+}
+
+/// A record as read back.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Record {
+    fn of<M: Message>(m: &M) -> Record {
+        Record {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            payload: m.payload().unwrap_or_default().to_vec(),
+            headers: m
+                .headers()
+                .map(|hs| {
+                    hs.iter()
+                        .map(|h| {
+                            (
+                                h.key.to_string(),
+                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.payload).expect("JSON payload")
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Produce one JSON event with a key and a correlation id; waits for the ack.
+pub async fn produce(producer: &FutureProducer, topic: &str, key: &str, body: serde_json::Value) {
+    let payload = serde_json::to_vec(&body).unwrap();
+    let correlation = format!("c-{}", body["seq"]);
+    let headers = OwnedHeaders::new().insert(Header {
+        key: "correlation-id",
+        value: Some(correlation.as_bytes()),
+    });
+    producer
+        .send(
+            FutureRecord::to(topic)
+                .key(key)
+                .payload(&payload)
+                .headers(headers),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
+}
+
+/// A host's files: `weir.toml`, a plugin directory, storage.
+pub struct HostFiles {
+    pub dir: tempfile::TempDir,
+}
+
+impl HostFiles {
+    /// A config for `bootstrap` with topic prefix `prefix` and the echo plugin
+    /// installed with `manifest_extra` appended to its manifest.
+    pub fn echo(bootstrap: &str, prefix: &str, manifest_extra: &str) -> HostFiles {
+        let files = HostFiles {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        std::fs::create_dir_all(files.plugins()).unwrap();
+        files.write_config(bootstrap, prefix, "");
+        std::fs::copy(wasm("echo"), files.plugins().join("echo.wasm")).unwrap();
+        std::fs::write(
+            files.plugins().join("echo.toml"),
+            format!(
+                "name = \"echo\"\ntopics = [\"in\"]\n{manifest_extra}\n\
+                 [capabilities.cache]\n[capabilities.publish]\ntopics = [\"out\"]\n"
+            ),
+        )
+        .unwrap();
+        files
+    }
+
+    pub fn write_config(&self, bootstrap: &str, prefix: &str, extra: &str) {
+        std::fs::write(
+            self.config(),
+            format!(
+                "[kafka]\nbootstrap_servers = \"{bootstrap}\"\n\
+                 [kafka.consumer]\ncommit_interval = \"200ms\"\nsession_timeout = \"6s\"\n\
+                 [kafka.connect]\nattempts = 120\nbackoff = \"500ms\"\n\
+                 [topics]\nprefix = \"{prefix}\"\ncreate = {{ partitions = 3, replication = 1 }}\n\
+                 [shutdown]\ndrain_timeout = \"20s\"\n{extra}\n"
+            ),
+        )
+        .unwrap();
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("weir.toml")
+    }
+
+    pub fn plugins(&self) -> PathBuf {
+        self.dir.path().join("plugins")
+    }
+
+    pub fn load(&self) -> weir_host::config::Config {
+        weir_host::config::Config::load(&self.config()).unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+/// A host running in this process; `stop` drains it and returns its report.
+pub struct InProcessHost {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<weir_host::run::RunReport, String>>,
+}
+
+impl InProcessHost {
+    pub fn start(config: weir_host::config::Config) -> InProcessHost {
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(weir_host::run::run(config, async move {
+            let _ = rx.await;
+        }));
+        InProcessHost { stop, task }
+    }
+
+    pub async fn stop(self) -> weir_host::run::RunReport {
+        let _ = self.stop.send(());
+        self.task
+            .await
+            .expect("host task")
+            .unwrap_or_else(|e| panic!("host failed: {e}"))
+    }
+}
+
+/// The `weir` binary running `weir run`, its log in the host directory.
+pub struct BinaryHost {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl BinaryHost {
+    pub fn start(files: &HostFiles, name: &str) -> BinaryHost {
+        let log = files.dir.path().join(format!("{name}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["run", "--config", files.config().to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start weir run");
+        BinaryHost { child, log }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Wait for the process to exit; its exit code (None if killed by a signal).
+    pub fn wait(&mut self) -> Option<i32> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "weir did not exit; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait until the log contains `needle`.
+    pub fn wait_for_log(&self, needle: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        while !self.log_text().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} never logged:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for BinaryHost {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Seq numbers of the echo outputs, and how many appear more than once.
+pub fn seqs(records: &[Record]) -> (std::collections::BTreeSet<u64>, usize) {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut duplicates = 0;
+    for r in records {
+        let seq = r.json()["seq"].as_u64().expect("seq");
+        if !seen.insert(seq) {
+            duplicates += 1;
+        }
+    }
+    (seen, duplicates)
+}
+
+/// Assert that, per key, the outputs appear in increasing seq order (outputs of one
+/// key share a partition, so the topic's order is their order).
+pub fn assert_key_order(records: &[Record]) {
+    let mut by_key: std::collections::BTreeMap<String, Vec<(i32, i64, u64)>> = Default::default();
+    for r in records {
+        by_key
+            .entry(r.key.clone().unwrap_or_default())
+            .or_default()
+            .push((r.partition, r.offset, r.json()["seq"].as_u64().unwrap()));
+    }
+    for (key, mut items) in by_key {
+        items.sort();
+        let partitions: std::collections::BTreeSet<i32> = items.iter().map(|i| i.0).collect();
+        assert_eq!(
+            partitions.len(),
+            1,
+            "key {key} spread over partitions {partitions:?}"
+        );
+        let order: Vec<u64> = items.iter().map(|i| i.2).collect();
+        // Duplicates (redeliveries) may repeat a seq, but never go backwards past it.
+        let mut max = 0;
+        for (i, s) in order.iter().enumerate() {
+            assert!(
+                i == 0 || *s >= max || order[..i].contains(s),
+                "key {key}: out of order: {order:?}"
+            );
+            max = max.max(*s);
+        }
+    }
+}

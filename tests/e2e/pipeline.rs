@@ -1,0 +1,384 @@
+//! The Kafka pipeline end to end: a real broker, real components, the real host.
+
+use crate::kafka_support::*;
+use serde_json::json;
+use std::time::Duration;
+
+/// In: `{prefix}-in` (3 partitions); out: `{prefix}-out`; DLQ: `{prefix}-in.dlq`.
+async fn topics(b: &TestBroker, prefix: &str) {
+    let names: Vec<String> = ["in", "out", "in.dlq", "secret"]
+        .iter()
+        .map(|t| format!("{prefix}-{t}"))
+        .collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    b.create_topics(&refs, 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_is_handled_once_in_key_order_with_parallel_workers() {
+    let Some(b) = broker() else { return };
+    topics(&b, "order").await;
+    let producer = b.producer();
+    let n = 300;
+    for i in 0..n {
+        let key = format!("k{}", i % 20);
+        produce(&producer, "order-in", &key, json!({"seq": i, "key": key})).await;
+    }
+    let files = HostFiles::echo(
+        &b.bootstrap(),
+        "order",
+        "[consumer]\nworkers = 4\nmax_in_flight = 50\n",
+    );
+    let host = InProcessHost::start(files.load());
+    let out = b.read("order-out", n);
+    let report = host.stop().await;
+
+    let (seen, duplicates) = seqs(&out);
+    let missing: Vec<u64> = (0..n as u64).filter(|s| !seen.contains(s)).collect();
+    println!(
+        "pipeline: {n} events, {} outputs, {duplicates} duplicates, missing {missing:?}",
+        out.len()
+    );
+    assert!(missing.is_empty(), "missing outputs for {missing:?}");
+    assert_eq!(duplicates, 0, "a clean run handles each event once");
+    assert_key_order(&out);
+    for r in &out {
+        let body = r.json();
+        assert_eq!(
+            r.key.as_deref(),
+            body["key"].as_str(),
+            "output keyed like its input"
+        );
+        assert_eq!(
+            r.header("correlation-id"),
+            Some(format!("c-{}", body["seq"]).as_str())
+        );
+    }
+    let stats = report.plugins["echo"];
+    assert_eq!(stats.handled, n as u64);
+    assert_eq!(stats.published, n as u64);
+    assert_eq!(stats.dead_lettered, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transient_failure_is_retried_then_handled_once_in_order() {
+    let Some(b) = broker() else { return };
+    topics(&b, "retry").await;
+    let producer = b.producer();
+    produce(
+        &producer,
+        "retry-in",
+        "A",
+        json!({"seq": 0, "mode": "fail-twice"}),
+    )
+    .await;
+    produce(&producer, "retry-in", "A", json!({"seq": 1})).await;
+    produce(&producer, "retry-in", "A", json!({"seq": 2})).await;
+    let files = HostFiles::echo(
+        &b.bootstrap(),
+        "retry",
+        "[retry]\nattempts = 5\ninitial_backoff = \"20ms\"\nmax_backoff = \"100ms\"\n",
+    );
+    let host = InProcessHost::start(files.load());
+    let out = b.read("retry-out", 3);
+    let report = host.stop().await;
+
+    let order: Vec<u64> = out
+        .iter()
+        .map(|r| r.json()["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        order,
+        vec![0, 1, 2],
+        "handled once each, the key's order kept"
+    );
+    let stats = report.plugins["echo"];
+    assert_eq!(
+        (stats.retries, stats.handled, stats.dead_lettered),
+        (2, 3, 0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_failure_is_dead_lettered_with_its_headers_and_the_partition_flows_on() {
+    let Some(b) = broker() else { return };
+    topics(&b, "dlq").await;
+    let producer = b.producer();
+    produce(&producer, "dlq-in", "A", json!({"seq": 0})).await;
+    produce(
+        &producer,
+        "dlq-in",
+        "A",
+        json!({"seq": 1, "mode": "reject"}),
+    )
+    .await;
+    produce(&producer, "dlq-in", "A", json!({"seq": 2, "mode": "trap"})).await;
+    produce(&producer, "dlq-in", "A", json!({"seq": 3})).await;
+    let files = HostFiles::echo(
+        &b.bootstrap(),
+        "dlq",
+        "[retry]\nattempts = 2\ninitial_backoff = \"10ms\"\nmax_backoff = \"10ms\"\n",
+    );
+    let host = InProcessHost::start(files.load());
+    let out = b.read("dlq-out", 2);
+    let dead = b.read("dlq-in.dlq", 2);
+    let report = host.stop().await;
+
+    let order: Vec<u64> = out
+        .iter()
+        .map(|r| r.json()["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(order, vec![0, 3]);
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    let rejected = &dead[0];
+    assert_eq!(rejected.key.as_deref(), Some("A"));
+    assert_eq!(rejected.json()["seq"], 1);
+    assert_eq!(
+        rejected.header("correlation-id"),
+        Some("c-1"),
+        "original headers kept"
+    );
+    assert_eq!(
+        rejected.header("weir-error"),
+        Some("rejected: asked to reject")
+    );
+    assert_eq!(rejected.header("weir-plugin"), Some("echo"));
+    assert_eq!(rejected.header("weir-original-topic"), Some("dlq-in"));
+    let partition: i32 = rejected
+        .header("weir-original-partition")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((0..3).contains(&partition));
+    assert_eq!(rejected.header("weir-original-offset"), Some("1"));
+    assert_eq!(
+        rejected.header("weir-attempts"),
+        Some("1"),
+        "a rejection is not retried"
+    );
+    assert!(humantime::parse_rfc3339(rejected.header("weir-failed-at").unwrap()).is_ok());
+
+    let trapped = &dead[1];
+    assert_eq!(trapped.json()["seq"], 2);
+    assert_eq!(
+        trapped.header("weir-attempts"),
+        Some("2"),
+        "a trap is retried first"
+    );
+    assert!(
+        trapped
+            .header("weir-error")
+            .unwrap()
+            .starts_with("trapped: "),
+        "{trapped:?}"
+    );
+    assert!(trapped
+        .header("weir-error")
+        .unwrap()
+        .contains("asked to trap"));
+    let stats = report.plugins["echo"];
+    assert_eq!(
+        (stats.handled, stats.dead_lettered, stats.retries),
+        (2, 2, 1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_to_an_ungranted_topic_is_denied_and_never_reaches_the_broker() {
+    let Some(b) = broker() else { return };
+    topics(&b, "deny").await;
+    let producer = b.producer();
+    produce(
+        &producer,
+        "deny-in",
+        "A",
+        json!({"seq": 0, "mode": "publish-secret"}),
+    )
+    .await;
+    produce(&producer, "deny-in", "A", json!({"seq": 1})).await;
+    let files = HostFiles::echo(&b.bootstrap(), "deny", "[retry]\nattempts = 1\n");
+    let host = InProcessHost::start(files.load());
+    let out = b.read("deny-out", 1);
+    let dead = b.read("deny-in.dlq", 1);
+    host.stop().await;
+
+    assert_eq!(out.len(), 1);
+    assert_eq!(dead.len(), 1);
+    let error = dead[0].header("weir-error").unwrap();
+    assert!(
+        error.contains("publishing to \"secret\" is not granted"),
+        "{error}"
+    );
+    assert_eq!(
+        b.count("deny-secret"),
+        0,
+        "nothing reached the ungranted topic"
+    );
+}
+
+/// Produce `n` events over 10 keys at a steady pace from a background task.
+fn produce_stream(
+    b: &TestBroker,
+    topic: &str,
+    n: u64,
+    pace: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let producer = b.producer();
+    let topic = topic.to_string();
+    tokio::spawn(async move {
+        for i in 0..n {
+            let key = format!("k{}", i % 10);
+            produce(&producer, &topic, &key, json!({"seq": i, "key": key})).await;
+            tokio::time::sleep(pace).await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_stream_then_restart_loses_nothing_and_handles_nothing_twice() {
+    let Some(b) = broker() else { return };
+    topics(&b, "term").await;
+    let n = 300;
+    let files = HostFiles::echo(&b.bootstrap(), "term", "[consumer]\nworkers = 2\n");
+    let stream = produce_stream(&b, "term-in", n, Duration::from_millis(10));
+    let mut first = BinaryHost::start(&files, "first");
+    first.wait_for_log("partitions assigned");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    first.signal("TERM");
+    assert_eq!(
+        first.wait(),
+        Some(0),
+        "clean exit on SIGTERM:\n{}",
+        first.log_text()
+    );
+    assert!(
+        first.log_text().contains("offsets committed"),
+        "{}",
+        first.log_text()
+    );
+    let before_restart = b.count("term-out");
+
+    let second = BinaryHost::start(&files, "second");
+    stream.await.unwrap();
+    let out = b.read("term-out", n as usize);
+    drop(second);
+
+    let (seen, duplicates) = seqs(&out);
+    let missing: Vec<u64> = (0..n).filter(|s| !seen.contains(s)).collect();
+    println!(
+        "sigterm: {n} events, {before_restart} handled before SIGTERM, {} outputs, {duplicates} duplicates, {} missing",
+        out.len(),
+        missing.len()
+    );
+    assert!(
+        before_restart > 0 && (before_restart as u64) < n,
+        "SIGTERM landed mid-stream ({before_restart})"
+    );
+    assert!(missing.is_empty(), "missing {missing:?}");
+    assert_eq!(
+        duplicates, 0,
+        "after a clean drain nothing is handled twice"
+    );
+    assert_key_order(&out);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_stream_then_restart_loses_nothing() {
+    let Some(b) = broker() else { return };
+    topics(&b, "kill").await;
+    let n = 300;
+    let files = HostFiles::echo(&b.bootstrap(), "kill", "[consumer]\nworkers = 2\n");
+    let stream = produce_stream(&b, "kill-in", n, Duration::from_millis(10));
+    let mut first = BinaryHost::start(&files, "first");
+    first.wait_for_log("partitions assigned");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    first.signal("KILL");
+    assert_eq!(first.wait(), None, "killed by the signal");
+    let before_restart = b.count("kill-out");
+
+    let second = BinaryHost::start(&files, "second");
+    stream.await.unwrap();
+    let out = b.read("kill-out", n as usize);
+    drop(second);
+
+    let (seen, duplicates) = seqs(&out);
+    let missing: Vec<u64> = (0..n).filter(|s| !seen.contains(s)).collect();
+    println!(
+        "sigkill: {n} events, {before_restart} handled before SIGKILL, {} outputs, {duplicates} duplicates (redelivered after the crash), {} missing",
+        out.len(),
+        missing.len()
+    );
+    assert!(missing.is_empty(), "missing {missing:?}");
+    assert_key_order(&out);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_share_a_group_and_the_survivor_takes_over() {
+    let Some(b) = broker() else { return };
+    topics(&b, "pair").await;
+    let n = 300;
+    let files = HostFiles::echo(&b.bootstrap(), "pair", "");
+    let stream = produce_stream(&b, "pair-in", n, Duration::from_millis(10));
+    let a = BinaryHost::start(&files, "a");
+    let mut z = BinaryHost::start(&files, "z");
+    a.wait_for_log("partitions assigned");
+    z.wait_for_log("partitions assigned");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    z.signal("TERM");
+    assert_eq!(z.wait(), Some(0), "{}", z.log_text());
+    stream.await.unwrap();
+    let out = b.read("pair-out", n as usize);
+    let a_log = a.log_text();
+    drop(a);
+
+    let (seen, duplicates) = seqs(&out);
+    let missing: Vec<u64> = (0..n).filter(|s| !seen.contains(s)).collect();
+    let z_log = z.log_text();
+    println!(
+        "two hosts: {n} events, {} outputs, {duplicates} duplicates, {} missing",
+        out.len(),
+        missing.len()
+    );
+    assert!(missing.is_empty(), "missing {missing:?}");
+    assert!(
+        a_log.matches("partitions assigned").count() >= 2,
+        "the survivor was reassigned partitions:\n{a_log}"
+    );
+    assert!(z_log.contains("partitions assigned"), "{z_log}");
+    assert_key_order(&out);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_started_before_its_broker_waits_and_then_consumes() {
+    let Some(binary) = weir_host::devbroker::find_nisshi() else {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "CI=true but nisshi is missing"
+        );
+        eprintln!("SKIPPED: nisshi not installed");
+        return;
+    };
+    let port = weir_host::devbroker::free_port();
+    let bootstrap = format!("127.0.0.1:{port}");
+    let files = HostFiles::echo(&bootstrap, "late", "");
+    let host = BinaryHost::start(&files, "host");
+    host.wait_for_log("broker not reachable; retrying");
+
+    let dir = tempfile::tempdir().unwrap();
+    let broker = weir_host::devbroker::DevBroker::start_on(
+        &binary,
+        dir.path(),
+        weir_host::devbroker::BrokerStorage::Memory,
+        port,
+    )
+    .unwrap();
+    let b = TestBroker { broker, _dir: dir };
+    host.wait_for_log("weir is running");
+    let producer = b.producer();
+    for i in 0..5 {
+        produce(&producer, "late-in", "k", json!({"seq": i})).await;
+    }
+    let out = b.read("late-out", 5);
+    drop(host);
+    assert_eq!(out.len(), 5);
+}
