@@ -9,6 +9,7 @@ pub mod capabilities;
 pub mod config;
 pub mod devbroker;
 pub mod dispatch;
+pub mod dlq;
 pub mod event;
 pub mod invoke;
 pub mod kafka;

@@ -30,6 +30,11 @@ enum Command {
         #[arg(long, default_value = "text")]
         log_format: String,
     },
+    /// Dead-letter topics.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Run one plugin over events from a JSON Lines file (or stdin), without a broker.
     ///
     /// Prints each event's outcome, every capability call and every published
@@ -55,6 +60,31 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Publish dead letters back to the topics they came from (original key, payload
+    /// and headers), so the plugins consume them again.
+    Replay {
+        #[arg(long, short, default_value = "weir.toml")]
+        config: PathBuf,
+        /// Only dead letters of this plugin (and, by default, only its dead-letter topics).
+        #[arg(long)]
+        plugin: Option<String>,
+        /// Only those that failed at or after this time (RFC 3339, e.g. 2026-11-25T10:00:00Z).
+        #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+        since: Option<std::time::SystemTime>,
+        /// Only those that failed before this time (RFC 3339).
+        #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+        until: Option<std::time::SystemTime>,
+        /// Dead-letter topic to read (repeatable); default: every plugin's.
+        #[arg(long = "topic")]
+        topics: Vec<String>,
+        /// Show what would be replayed; publish nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -72,6 +102,50 @@ fn main() -> ExitCode {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Dlq {
+            command:
+                DlqCommand::Replay {
+                    config,
+                    plugin,
+                    since,
+                    until,
+                    topics,
+                    dry_run,
+                },
+        } => {
+            init_logging("warn", "text");
+            let config = match weir_host::config::Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let filter = weir_host::dlq::ReplayFilter {
+                plugin,
+                since,
+                until,
+                topics,
+                dry_run,
+            };
+            let runtime = tokio::runtime::Runtime::new().expect("start the async runtime");
+            match runtime.block_on(weir_host::dlq::replay(&config, &filter)) {
+                Ok(r) => {
+                    println!(
+                        "{} {} of {} dead letter(s) ({} skipped by the filters)",
+                        if dry_run { "would replay" } else { "replayed" },
+                        r.replayed,
+                        r.read,
+                        r.skipped
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
                     eprintln!("error: {e}");
                     ExitCode::from(1)
                 }

@@ -382,3 +382,96 @@ async fn a_host_started_before_its_broker_waits_and_then_consumes() {
     drop(host);
     assert_eq!(out.len(), 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_replay_brings_dead_letters_back_to_their_topic() {
+    let Some(b) = broker() else { return };
+    topics(&b, "replay").await;
+    let producer = b.producer();
+    produce(
+        &producer,
+        "replay-in",
+        "A",
+        json!({"seq": 0, "mode": "reject"}),
+    )
+    .await;
+    produce(&producer, "replay-in", "B", json!({"seq": 1})).await;
+    let files = HostFiles::echo(&b.bootstrap(), "replay", "[retry]\nattempts = 1\n");
+    let host = InProcessHost::start(files.load());
+    assert_eq!(b.read("replay-in.dlq", 1).len(), 1);
+    assert_eq!(b.read("replay-out", 1).len(), 1);
+    host.stop().await;
+
+    // Replay with a filter that excludes it: nothing happens.
+    let weir = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let config = files.config();
+    let config = config.to_str().unwrap();
+    let unknown = weir(&["dlq", "replay", "--config", config, "--plugin", "other"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no plugin named \"other\""));
+    let later = weir(&[
+        "dlq",
+        "replay",
+        "--config",
+        config,
+        "--since",
+        "2999-01-01T00:00:00Z",
+    ]);
+    assert!(
+        later.status.success(),
+        "{}",
+        String::from_utf8_lossy(&later.stderr)
+    );
+    assert!(String::from_utf8_lossy(&later.stdout)
+        .contains("replayed 0 of 1 dead letter(s) (1 skipped by the filters)"));
+    assert_eq!(b.count("replay-in"), 2);
+
+    let out = weir(&[
+        "dlq",
+        "replay",
+        "--config",
+        config,
+        "--plugin",
+        "echo",
+        "--since",
+        "2020-01-01T00:00:00Z",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("replayed 1 of 1 dead letter(s)"), "{text}");
+    let input = b.read("replay-in", 3);
+    assert_eq!(input.len(), 3);
+    let replayed = input
+        .iter()
+        .find(|r| r.header("weir-replayed-from").is_some())
+        .expect("the replayed record");
+    assert_eq!(replayed.key.as_deref(), Some("A"));
+    assert_eq!(replayed.json()["seq"], 0);
+    assert_eq!(replayed.header("correlation-id"), Some("c-0"));
+    assert!(
+        replayed.header("weir-error").is_none(),
+        "weir-* headers are removed"
+    );
+
+    // A fixed plugin now handles it.
+    std::fs::write(
+        files.plugins().join("echo.toml"),
+        "name = \"echo\"\ntopics = [\"in\"]\n[capabilities.cache]\n[capabilities.publish]\ntopics = [\"out\"]\n[config]\naccept_all = \"yes\"\n",
+    )
+    .unwrap();
+    let host = InProcessHost::start(files.load());
+    let out = b.read("replay-out", 2);
+    host.stop().await;
+    let (seen, duplicates) = seqs(&out);
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec![0, 1]);
+    assert_eq!(duplicates, 0);
+}

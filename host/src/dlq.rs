@@ -1,0 +1,241 @@
+//! `weir dlq replay`: send dead letters back to the topic they came from.
+//!
+//! Reads each dead-letter topic from its start up to its end as of the start of
+//! the replay (records dead-lettered meanwhile wait for the next replay), keeps
+//! those matching the filters, and publishes each to its `weir-original-topic`
+//! with its original key, payload and headers (the `weir-*` headers removed, and
+//! `weir-replayed-from` added). Filtering by time uses the `weir-failed-at`
+//! header, not broker timestamps. Every publish is acknowledged before the replay
+//! reports success. The dead-letter topic itself is left untouched.
+
+use crate::config::Config;
+use crate::kafka::sink::{Sink, H_FAILED_AT, H_PLUGIN, H_TOPIC};
+use crate::manifest::Manifest;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::BTreeSet;
+use std::time::{Duration, SystemTime};
+
+#[derive(Debug, Clone, Default)]
+pub struct ReplayFilter {
+    /// Only dead letters of this plugin.
+    pub plugin: Option<String>,
+    /// Only those that failed at or after this time.
+    pub since: Option<SystemTime>,
+    /// Only those that failed before this time.
+    pub until: Option<SystemTime>,
+    /// Only these dead-letter topics (default: every plugin's, from the plugin directory).
+    pub topics: Vec<String>,
+    /// Report what would be replayed, publish nothing.
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReplayReport {
+    pub read: usize,
+    pub replayed: usize,
+    pub skipped: usize,
+}
+
+/// The dead-letter topics of the plugins in the configured directory.
+pub fn dlq_topics(config: &Config, plugin: Option<&str>) -> Result<BTreeSet<String>, String> {
+    let namer = config.namer()?;
+    let mut topics = BTreeSet::new();
+    for files in crate::run::discover(&config.plugins.dir)? {
+        if plugin.is_some_and(|p| p != files.name) {
+            continue;
+        }
+        let m = Manifest::load(&files.manifest).map_err(|e| e.to_string())?;
+        for t in &m.topics {
+            topics.insert(config.dlq_topic(&namer.full_name(t), &m.name));
+        }
+    }
+    Ok(topics)
+}
+
+pub async fn replay(config: &Config, filter: &ReplayFilter) -> Result<ReplayReport, String> {
+    let topics: BTreeSet<String> = if filter.topics.is_empty() {
+        dlq_topics(config, filter.plugin.as_deref())?
+    } else {
+        filter.topics.iter().cloned().collect()
+    };
+    if topics.is_empty() {
+        return Err(match &filter.plugin {
+            Some(p) => format!(
+                "no plugin named {p:?} in {} (name its dead-letter topic with --topic)",
+                config.plugins.dir.display()
+            ),
+            None => format!(
+                "no plugin in {} (name a dead-letter topic with --topic)",
+                config.plugins.dir.display()
+            ),
+        });
+    }
+    let existing = crate::kafka::wait_for_broker(config).await?;
+    let sink = Sink::new(config)?;
+    let mut report = ReplayReport::default();
+    for topic in topics {
+        if !existing.contains(&topic) {
+            tracing::info!(topic = %topic, "dead-letter topic does not exist: nothing to replay");
+            continue;
+        }
+        let letters = {
+            let cfg = crate::kafka::base_config(config);
+            let topic = topic.clone();
+            tokio::task::spawn_blocking(move || read_to_end(cfg, &topic))
+                .await
+                .map_err(|e| e.to_string())??
+        };
+        for letter in letters {
+            report.read += 1;
+            let Some(target) = letter.header(H_TOPIC).map(str::to_string) else {
+                tracing::warn!(topic = %topic, offset = letter.offset, "no {H_TOPIC} header; skipped");
+                report.skipped += 1;
+                continue;
+            };
+            if !filter.matches(&letter) {
+                report.skipped += 1;
+                continue;
+            }
+            let mut headers: Vec<(String, Vec<u8>)> = letter
+                .headers
+                .iter()
+                .filter(|(k, _)| !k.starts_with("weir-"))
+                .cloned()
+                .collect();
+            headers.push((
+                "weir-replayed-from".into(),
+                format!("{topic}/{}@{}", letter.partition, letter.offset).into_bytes(),
+            ));
+            if filter.dry_run {
+                println!(
+                    "would replay {topic}/{}@{} -> {target}",
+                    letter.partition, letter.offset
+                );
+            } else {
+                sink.send(&target, letter.key.as_deref(), &letter.payload, &headers)
+                    .await
+                    .map_err(|e| {
+                        format!(
+                            "replaying {topic}/{}@{} to {target} failed: {e}",
+                            letter.partition, letter.offset
+                        )
+                    })?;
+                tracing::info!(from = %format!("{topic}/{}@{}", letter.partition, letter.offset), to = %target, "dead letter replayed");
+            }
+            report.replayed += 1;
+        }
+    }
+    Ok(report)
+}
+
+impl ReplayFilter {
+    fn matches(&self, letter: &Letter) -> bool {
+        if let Some(p) = &self.plugin {
+            if letter.header(H_PLUGIN) != Some(p.as_str()) {
+                return false;
+            }
+        }
+        if self.since.is_none() && self.until.is_none() {
+            return true;
+        }
+        let Some(at) = letter
+            .header(H_FAILED_AT)
+            .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+        else {
+            return false;
+        };
+        self.since.is_none_or(|s| at >= s) && self.until.is_none_or(|u| at < u)
+    }
+}
+
+struct Letter {
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Letter {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+}
+
+/// Every record of `topic` up to its end as of now, partition by partition.
+fn read_to_end(mut cfg: rdkafka::ClientConfig, topic: &str) -> Result<Vec<Letter>, String> {
+    cfg.set("group.id", "weir-dlq-replay")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false");
+    let consumer: BaseConsumer = cfg.create().map_err(|e| e.to_string())?;
+    let timeout = Duration::from_secs(10);
+    let md = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| e.to_string())?;
+    let mut ends = std::collections::BTreeMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for p in md
+        .topics()
+        .first()
+        .map(|t| t.partitions())
+        .unwrap_or_default()
+    {
+        let (lo, hi) = consumer
+            .fetch_watermarks(topic, p.id(), timeout)
+            .map_err(|e| e.to_string())?;
+        if hi > lo {
+            ends.insert(p.id(), hi);
+            tpl.add_partition_offset(topic, p.id(), Offset::Offset(lo))
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    let mut out = Vec::new();
+    if ends.is_empty() {
+        return Ok(out);
+    }
+    consumer.assign(&tpl).map_err(|e| e.to_string())?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !ends.is_empty() {
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "reading {topic} did not reach its end within 120 s"
+            ));
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Err(e)) => tracing::warn!(topic, error = %e, "reading the dead-letter topic"),
+            Some(Ok(m)) => {
+                let Some(&end) = ends.get(&m.partition()) else {
+                    continue;
+                };
+                if m.offset() < end {
+                    out.push(Letter {
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key().map(<[u8]>::to_vec),
+                        payload: m.payload().unwrap_or_default().to_vec(),
+                        headers: m
+                            .headers()
+                            .map(|hs| {
+                                hs.iter()
+                                    .map(|h| {
+                                        (h.key.to_string(), h.value.unwrap_or_default().to_vec())
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                    });
+                }
+                if m.offset() + 1 >= end {
+                    ends.remove(&m.partition());
+                }
+            }
+        }
+    }
+    Ok(out)
+}
