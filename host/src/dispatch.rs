@@ -198,12 +198,23 @@ impl Worker {
 
     async fn process(&mut self, event: &EventRecord) -> Done {
         let policy = self.plugin.manifest().retry.clone();
+        let cloudevents = self
+            .plugin
+            .manifest()
+            .capabilities
+            .publish
+            .as_ref()
+            .and_then(|p| p.cloudevents_source.clone());
         let name = self.plugin.name().to_string();
         let mut attempt = 1;
         let failure = loop {
             let report = self.plugin.handle(event).await;
             let failure = match &report.outcome {
-                Outcome::Handled => match self.sink.publish(event, &report.published).await {
+                Outcome::Handled => match self
+                    .sink
+                    .publish(event, &report.published, cloudevents.as_deref())
+                    .await
+                {
                     Ok(()) => {
                         self.stats.handled.fetch_add(1, Ordering::Relaxed);
                         self.stats

@@ -67,6 +67,9 @@ pub struct StorageGrant {
 #[serde(deny_unknown_fields)]
 pub struct PublishGrant {
     pub topics: Vec<String>,
+    /// When set, outputs carry CloudEvents binary-mode headers (`ce_specversion`,
+    /// `ce_id`, `ce_source` = this value, `ce_type`, `ce_time`) unless the plugin set them.
+    pub cloudevents_source: Option<String>,
 }
 
 /// `[limits]`: per-plugin resource limits.

@@ -29,6 +29,13 @@ async fn every_event_is_handled_once_in_key_order_with_parallel_workers() {
         "order",
         "[consumer]\nworkers = 4\nmax_in_flight = 50\n",
     );
+    let manifest = files.plugins().join("echo.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        format!("{text}cloudevents_source = \"/weir/echo\"\n"),
+    )
+    .unwrap();
     let host = InProcessHost::start(files.load());
     let out = b.read("order-out", n);
     let report = host.stop().await;
@@ -53,7 +60,15 @@ async fn every_event_is_handled_once_in_key_order_with_parallel_workers() {
             r.header("correlation-id"),
             Some(format!("c-{}", body["seq"]).as_str())
         );
+        assert_eq!(r.header("ce_specversion"), Some("1.0"));
+        assert_eq!(r.header("ce_source"), Some("/weir/echo"));
+        assert_eq!(r.header("ce_type"), Some("out"));
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        assert!(r.header("ce_id").is_some() && r.header("ce_time").is_some());
     }
+    let ids: std::collections::BTreeSet<&str> =
+        out.iter().filter_map(|r| r.header("ce_id")).collect();
+    assert_eq!(ids.len(), out.len(), "one ce_id per output");
     let stats = report.plugins["echo"];
     assert_eq!(stats.handled, n as u64);
     assert_eq!(stats.published, n as u64);

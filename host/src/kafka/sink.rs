@@ -64,19 +64,22 @@ impl Sink {
     }
 
     /// Send an event's outputs and wait until the broker acknowledged all of them.
+    /// With `cloudevents_source`, outputs get CloudEvents binary-mode headers.
     pub async fn publish(
         &self,
         source: &EventRecord,
         messages: &[OutgoingMessage],
+        cloudevents_source: Option<&str>,
     ) -> Result<(), String> {
-        let sends = messages.iter().map(|m| {
+        let sends = messages.iter().enumerate().map(|(i, m)| {
             let mut headers = m.headers.clone();
             for name in PROPAGATED_HEADERS {
-                if !headers.iter().any(|(k, _)| k == name) {
-                    if let Some(v) = source.header(name) {
-                        headers.push((name.to_string(), v.to_vec()));
-                    }
+                if let Some(v) = source.header(name) {
+                    set_default(&mut headers, name, v.to_vec());
                 }
+            }
+            if let Some(ce_source) = cloudevents_source {
+                add_cloudevent_headers(&mut headers, source, i, ce_source, m);
             }
             let topic = self.namer.full_name(&m.topic);
             async move {
@@ -139,5 +142,37 @@ impl Sink {
             .await
             .map(|d| (d.partition, d.offset))
             .map_err(|(e, _)| e.to_string())
+    }
+}
+
+/// Add `name: value` unless a header `name` is already there.
+fn set_default(headers: &mut Vec<(String, Vec<u8>)>, name: &str, value: Vec<u8>) {
+    if !headers.iter().any(|(k, _)| k == name) {
+        headers.push((name.to_string(), value));
+    }
+}
+
+/// CloudEvents binary mode (Kafka protocol binding): the attributes as `ce_*`
+/// headers. `ce_id` is derived from the input record and the output's index, so a
+/// redelivered event produces the same ids and consumers can deduplicate.
+fn add_cloudevent_headers(
+    headers: &mut Vec<(String, Vec<u8>)>,
+    input: &EventRecord,
+    index: usize,
+    ce_source: &str,
+    msg: &OutgoingMessage,
+) {
+    let seed = format!(
+        "{}/{}/{}/{index}",
+        input.topic, input.partition, input.offset
+    );
+    let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, seed.as_bytes()).to_string();
+    set_default(headers, "ce_specversion", b"1.0".to_vec());
+    set_default(headers, "ce_id", id.into_bytes());
+    set_default(headers, "ce_source", ce_source.as_bytes().to_vec());
+    set_default(headers, "ce_type", msg.topic.as_bytes().to_vec());
+    set_default(headers, "ce_time", rfc3339(now_ms()).into_bytes());
+    if serde_json::from_slice::<serde::de::IgnoredAny>(&msg.payload).is_ok() {
+        set_default(headers, "content-type", b"application/json".to_vec());
     }
 }
