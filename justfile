@@ -5,6 +5,8 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 target_dir := env_var_or_default("CARGO_TARGET_DIR", justfile_directory() / "target")
 wasm_dir := target_dir / "wasm32-wasip2" / "release"
 weir := target_dir / "debug" / "weir"
+nisshi_root := env_var("HOME") / ".cache" / "weir" / "nisshi"
+nisshi := nisshi_root / "bin" / "nisshi"
 
 # Example plugins, and the test-only fault plugins the tests also need.
 example_plugins := "track-deletions audio-uploaded envelope-router"
@@ -30,8 +32,34 @@ host:
     @[ -x "{{ weir }}" ] || echo "Building the host; the first build compiles wasmtime and takes about 15 minutes on 2 cores..."
     cargo build -p weir-host
 
-# The demo: run each example plugin over its sample events with `weir invoke`
-demo: plugins host
+# Install the nisshi broker into ~/.cache/weir/nisshi (one-time: 25 to 55 minutes on 2 cores)
+broker:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [ -n "${WEIR_KAFKA__BOOTSTRAP_SERVERS:-}" ] || [ -n "${NISSHI_BIN:-}" ] || command -v nisshi >/dev/null || [ -x "{{ nisshi }}" ]; then
+      exit 0
+    fi
+    echo "Installing the nisshi broker (Kafka protocol, for the demo and the tests) into {{ nisshi_root }}."
+    echo "This is a one-time build of 25 to 55 minutes on 2 cores; later runs reuse it."
+    rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+    cargo +nightly install nisshi --version 0.8.1 --locked --root "{{ nisshi_root }}"
+
+# Run a broker in the foreground on 127.0.0.1:9092, for `just run` (Ctrl-C stops it)
+broker-up: broker
+    mkdir -p {{ target_dir }}/broker-up
+    cd {{ target_dir }}/broker-up && {{ nisshi }} broker --listener-url tcp://127.0.0.1:9092 --advertised-listener-url tcp://127.0.0.1:9092 --storage-engine memory://nisshi/ --group-initial-rebalance-delay 0s
+
+# Run the host on examples/weir.toml (a broker must listen on 127.0.0.1:9092: `just broker-up`)
+run: plugins host
+    {{ weir }} run --config examples/weir.toml
+
+# The demo: a local broker, the example plugins, the sample events, and what the host did
+demo: plugins broker
+    @[ -x "{{ weir }}" ] || echo "Building the host; the first build compiles wasmtime and librdkafka and takes about 15 minutes on 2 cores..."
+    cargo run -q -p weir-host --example demo
+
+# Each example plugin over its sample events with `weir invoke`: no broker needed
+invoke-demo: plugins host
     @echo; echo "=== track-deletions: invalidate cache entries, schedule storage deletions ==="
     {{ weir }} invoke examples/plugins/track-deletions.wasm examples/events/track-deletions.jsonl
     @echo; echo "=== track-deletions: malformed and invalid events are rejected with their reason ==="
@@ -42,8 +70,8 @@ demo: plugins host
     @echo; echo "=== envelope-router: envelope domain events, route them by type, keyed by userId ==="
     {{ weir }} invoke examples/plugins/envelope-router.wasm examples/events/item-events.jsonl
 
-# Run every test (unit and end-to-end with real compiled components)
-test: plugins
+# Run every test: unit, and end-to-end with real components, the real binary and a real broker
+test: plugins broker
     cargo test -p weir-host
 
 # Formatting and lints, as CI checks them

@@ -256,10 +256,7 @@ impl Config {
     /// Build a config from a figment (for tests and embedding).
     pub fn from_figment(figment: Figment, path: &Path) -> Result<Config, ConfigError> {
         let mut config: Config = figment.extract().map_err(|e| {
-            let mut lines = Vec::new();
-            for err in e {
-                lines.push(one_line(&err.to_string()));
-            }
+            let lines: Vec<String> = e.into_iter().map(|err| describe_error(&err)).collect();
             ConfigError(format!(
                 "bad config {}: {}",
                 path.display(),
@@ -372,8 +369,26 @@ fn check_template(
     Ok(())
 }
 
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
+/// `kafka.consumer.session_timeout: invalid type ... (from WEIR_KAFKA__CONSUMER__SESSION_TIMEOUT)`
+fn describe_error(err: &figment::Error) -> String {
+    let key = err.path.join(".");
+    let origin = match &err.metadata {
+        Some(md) if md.name.contains("environment") => format!(
+            " (from the environment variable WEIR_{})",
+            err.path.join("__").to_uppercase()
+        ),
+        Some(md) if !matches!(md.source, Some(figment::Source::File(_))) => {
+            format!(" (from {})", md.name)
+        }
+        _ => String::new(),
+    };
+    let what = err.kind.to_string();
+    let what = what.split_whitespace().collect::<Vec<_>>().join(" ");
+    if key.is_empty() {
+        format!("{what}{origin}")
+    } else {
+        format!("{key}: {what}{origin}")
+    }
 }
 
 #[cfg(test)]
@@ -449,7 +464,10 @@ mod tests {
     fn errors_name_the_key_and_file() {
         let e = load("[kafka]\nbootstrap_servers = \"b\"\nbootstrap = 1\n").unwrap_err();
         assert!(e.0.contains("/etc/weir/weir.toml"), "{e}");
-        assert!(e.0.contains("unknown field `bootstrap`"), "{e}");
+        assert!(
+            e.0.contains("kafka.bootstrap: unknown field: found `bootstrap`"),
+            "{e}"
+        );
         let e = load(
             "[kafka]\nbootstrap_servers = \"b\"\n[kafka.consumer]\nsession_timeout = \"soon\"\n",
         )

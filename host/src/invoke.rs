@@ -82,7 +82,11 @@ pub async fn run(opts: &InvokeOptions, out: &mut dyn Write) -> Result<Summary, I
         .clone()
         .unwrap_or_else(|| opts.wasm.with_extension("toml"));
     let manifest = Manifest::load(&manifest_path).map_err(|e| InvokeError(e.to_string()))?;
-    let events = read_events(opts.events.as_deref(), &manifest, &opts.prefix)?;
+    let events = read_events(
+        opts.events.as_deref(),
+        &manifest.topics,
+        &TopicNamer::prefixed(&opts.prefix),
+    )?;
 
     let temp;
     let storage_dir = match &opts.storage_dir {
@@ -286,11 +290,14 @@ fn print_message(out: &mut dyn Write, msg: &OutgoingMessage) -> std::io::Result<
     writeln!(out, "        {}", String::from_utf8_lossy(&msg.payload))
 }
 
-/// Parse every line first, so a bad line stops the run before any event runs.
-fn read_events(
+/// Parse an events file (JSON Lines, format above; `None` or `-` is stdin) into
+/// records with their line numbers. `topics` are the logical topics accepted (the
+/// first is the default); `namer` gives their full names. Every line is parsed
+/// before any event runs, so a bad line stops everything.
+pub fn read_events(
     path: Option<&Path>,
-    manifest: &Manifest,
-    prefix: &str,
+    topics: &[String],
+    namer: &TopicNamer,
 ) -> Result<Vec<(usize, EventRecord)>, InvokeError> {
     let (name, reader): (String, Box<dyn BufRead>) = match path {
         None => ("<stdin>".into(), Box::new(std::io::stdin().lock())),
@@ -305,7 +312,6 @@ fn read_events(
             )
         }
     };
-    let namer = TopicNamer::prefixed(prefix);
     let mut events = Vec::new();
     for (i, line) in reader.lines().enumerate() {
         let lineno = i + 1;
@@ -335,11 +341,11 @@ fn read_events(
                 ))
             }
         };
-        let logical = parsed.topic.unwrap_or_else(|| manifest.topics[0].clone());
-        if !manifest.topics.contains(&logical) {
+        let logical = parsed.topic.unwrap_or_else(|| topics[0].clone());
+        if !topics.contains(&logical) {
             return Err(bad(format!(
                 "topic {logical:?} is not one the plugin consumes ({})",
-                manifest.topics.join(", ")
+                topics.join(", ")
             )));
         }
         events.push((

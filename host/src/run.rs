@@ -77,8 +77,17 @@ struct Running {
 
 /// Run until `shutdown` completes, then drain, commit and return what happened.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<RunReport, String> {
-    let namer = config.namer()?;
     let backends = Backends::local(&config.storage.dir)?;
+    run_with(config, backends, shutdown).await
+}
+
+/// [`run`] with given capability backends (to share them with the caller).
+pub async fn run_with(
+    config: Config,
+    backends: Backends,
+    shutdown: impl Future<Output = ()>,
+) -> Result<RunReport, String> {
+    let namer = config.namer()?;
     let sweeper = backends
         .deletions
         .clone()

@@ -2,12 +2,10 @@
 //! reading records, and hosts (in-process, or the real `weir` binary).
 
 use crate::support::wasm;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -50,18 +48,9 @@ impl TestBroker {
     }
 
     pub async fn create_topics(&self, names: &[&str], partitions: i32) {
-        let admin: AdminClient<DefaultClientContext> = self.client().create().unwrap();
-        let topics: Vec<NewTopic> = names
-            .iter()
-            .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))
-            .collect();
-        for r in admin
-            .create_topics(&topics, &AdminOptions::new())
+        weir_host::devbroker::create_topics(&self.bootstrap(), names, partitions)
             .await
-            .unwrap()
-        {
-            r.unwrap_or_else(|(t, e)| panic!("create {t}: {e}"));
-        }
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 
     pub fn producer(&self) -> FutureProducer {
@@ -73,40 +62,8 @@ impl TestBroker {
     /// Every record of `topic` (all partitions, from the start) once at least `min`
     /// are there, or what is there when PATIENCE runs out.
     pub fn read(&self, topic: &str, min: usize) -> Vec<Record> {
-        let consumer: BaseConsumer = self
-            .client()
-            .set("group.id", format!("reader-{}", rand_suffix()))
-            .set("enable.auto.commit", "false")
-            .create()
-            .unwrap();
-        let md = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        for p in md.topics()[0].partitions() {
-            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
-                .unwrap();
-        }
-        consumer.assign(&tpl).unwrap();
-        let mut out = Vec::new();
-        let deadline = Instant::now() + PATIENCE;
-        let mut quiet_since = Instant::now();
-        while Instant::now() < deadline {
-            match consumer.poll(Duration::from_millis(200)) {
-                Some(Ok(m)) => {
-                    out.push(Record::of(&m));
-                    quiet_since = Instant::now();
-                }
-                Some(Err(e)) => eprintln!("reader: {e}"),
-                None => {
-                    // Enough, and nothing more arriving: done.
-                    if out.len() >= min && quiet_since.elapsed() > Duration::from_millis(500) {
-                        break;
-                    }
-                }
-            }
-        }
-        out
+        weir_host::devbroker::read_topic(&self.bootstrap(), topic, min, PATIENCE)
+            .unwrap_or_else(|e| panic!("reading {topic}: {e}"))
     }
 
     /// How many records `topic` holds (sum of high watermarks).
@@ -128,53 +85,17 @@ impl TestBroker {
     }
 }
 
-fn rand_suffix() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(Instant::now())
-}
-
 /// A record as read back.
-#[derive(Debug, Clone)]
-pub struct Record {
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<String>,
-    pub payload: Vec<u8>,
-    pub headers: Vec<(String, String)>,
+pub use weir_host::devbroker::TopicRecord as Record;
+
+/// The payload of a record as JSON.
+pub trait JsonPayload {
+    fn json(&self) -> serde_json::Value;
 }
 
-impl Record {
-    fn of<M: Message>(m: &M) -> Record {
-        Record {
-            partition: m.partition(),
-            offset: m.offset(),
-            key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-            payload: m.payload().unwrap_or_default().to_vec(),
-            headers: m
-                .headers()
-                .map(|hs| {
-                    hs.iter()
-                        .map(|h| {
-                            (
-                                h.key.to_string(),
-                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
-        }
-    }
-
-    pub fn json(&self) -> serde_json::Value {
+impl JsonPayload for Record {
+    fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.payload).expect("JSON payload")
-    }
-
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
     }
 }
 

@@ -1,0 +1,245 @@
+//! The Weir demo: a local broker, the example plugins, the sample events, and what
+//! the host did with them.
+//!
+//! `just demo` runs it. It starts a nisshi broker on a free port (or uses the one
+//! in `WEIR_KAFKA__BOOTSTRAP_SERVERS`), loads `examples/weir.toml` with its plugin
+//! directory, seeds the cache with the presigned URLs the track-deletion events
+//! should invalidate, produces every sample event, waits until they are handled,
+//! prints the effects, and stops the host cleanly (drain, commit).
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use std::path::Path;
+use std::time::Duration;
+use weir_host::capabilities::{Backends, CacheBackend, MemoryCache};
+use weir_host::config::Config;
+use weir_host::devbroker::{self, BrokerStorage, DevBroker};
+use weir_host::kafka::sink::Sink;
+
+const SAMPLES: &[(&str, &str)] = &[
+    ("track-deletions", "examples/events/track-deletions.jsonl"),
+    (
+        "track-deletions",
+        "examples/events/track-deletions-bad.jsonl",
+    ),
+    ("audio-events", "examples/events/audio-uploaded.jsonl"),
+    ("item-events", "examples/events/item-events.jsonl"),
+];
+
+const PRESIGNED: &[&str] = &[
+    "novatune:presigned:user-42:01HXKTRACK0001",
+    "novatune:presigned:user-42:01HXKTRACK0001:waveform",
+    "novatune:presigned:user-7:01HXKTRACK0002",
+    "novatune:presigned:user-42:01HXKTRACK0099",
+];
+
+#[tokio::main]
+async fn main() {
+    if let Err(e) = demo().await {
+        eprintln!("demo failed: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn demo() -> Result<(), String> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,weir::plugin=off")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::env::set_current_dir(&root).map_err(|e| e.to_string())?;
+    let work = std::env::temp_dir().join(format!("weir-demo-{}", std::process::id()));
+
+    println!("== Weir demo ==");
+    let given = std::env::var("WEIR_KAFKA__BOOTSTRAP_SERVERS").ok();
+    let _broker: Option<DevBroker>;
+    let bootstrap = match given {
+        Some(b) => {
+            println!("broker: {b} (from WEIR_KAFKA__BOOTSTRAP_SERVERS)");
+            _broker = None;
+            b
+        }
+        None => {
+            let binary = devbroker::find_nisshi()
+                .ok_or("the nisshi broker is not installed: run `just broker` (one-time), or set WEIR_KAFKA__BOOTSTRAP_SERVERS")?;
+            let broker = DevBroker::start(&binary, &work.join("broker"), BrokerStorage::Memory)?;
+            let b = broker.bootstrap();
+            println!("broker: nisshi on {b}, started for this demo");
+            _broker = Some(broker);
+            b
+        }
+    };
+
+    // examples/weir.toml, then the demo's broker and a scratch storage directory,
+    // then WEIR_* environment overrides.
+    let config_path = Path::new("examples/weir.toml");
+    let figment = Figment::new()
+        .merge(Toml::file(config_path))
+        .merge(Serialized::default("kafka.bootstrap_servers", &bootstrap))
+        .merge(Serialized::default("storage.dir", work.join("storage")))
+        .merge(Serialized::default(
+            "kafka.consumer.commit_interval",
+            "200ms",
+        ))
+        .merge(Env::prefixed("WEIR_").split("__"));
+    let config = Config::from_figment(figment, config_path).map_err(|e| e.to_string())?;
+    let namer = config.namer()?;
+    println!(
+        "config: {} (topic prefix {:?})",
+        config_path.display(),
+        namer.full_name("")
+    );
+
+    let cache = std::sync::Arc::new(MemoryCache::new(64 * 1024 * 1024));
+    let mut backends = Backends::local(&config.storage.dir)?;
+    backends.cache = cache.clone();
+    for key in PRESIGNED {
+        cache
+            .set(key, b"https://storage.example/signed-url".to_vec(), None)
+            .await?;
+    }
+    println!("\ncache before: {}", cache.keys().join(", "));
+
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let host = tokio::spawn(weir_host::run::run_with(
+        config.clone(),
+        backends.clone(),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+
+    // Produce the samples once the host has created its topics.
+    let sink = Sink::new(&config)?;
+    let mut produced = 0;
+    for (topic, file) in SAMPLES {
+        let full = namer.full_name(topic);
+        wait_for_topic(&bootstrap, &full).await?;
+        let events =
+            weir_host::invoke::read_events(Some(Path::new(file)), &[topic.to_string()], &namer)
+                .map_err(|e| e.to_string())?;
+        for (_, e) in &events {
+            sink.send(&full, e.key.as_deref(), &e.payload, &e.headers)
+                .await?;
+        }
+        println!("produced {} event(s) from {file} to {full}", events.len());
+        produced += events.len();
+    }
+
+    println!("\nwaiting for the host to handle {produced} events...");
+    let patience = Duration::from_secs(60);
+    let read = |topic: &str, min: usize| {
+        devbroker::read_topic(&bootstrap, &namer.full_name(topic), min, patience)
+    };
+    let waveform_jobs = read("waveform-jobs", 2)?;
+    let mut envelopes = Vec::new();
+    for t in [
+        "customservice.item.created",
+        "customservice.item.updated",
+        "customservice.item.deleted",
+    ] {
+        envelopes.extend(read(t, 1)?.into_iter().map(|r| (t, r)));
+    }
+    let dead = devbroker::read_topic(
+        &bootstrap,
+        &config.dlq_topic(&namer.full_name("track-deletions"), "track-deletions"),
+        4,
+        patience,
+    )?;
+    let deletions = loop {
+        let pending = backends.deletions.list().await?;
+        if pending.len() >= 4 {
+            break pending;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    println!("\n-- track-deletions: cache invalidated, deletions scheduled --");
+    println!("cache after:  {}", cache.keys().join(", "));
+    for d in &deletions {
+        println!(
+            "scheduled:    {}  due {}",
+            d.key,
+            weir_host::capabilities::storage::rfc3339(d.due_ms)
+        );
+    }
+    println!(
+        "\n-- track-deletions: bad events dead-lettered to {} --",
+        config.dlq_topic(&namer.full_name("track-deletions"), "track-deletions")
+    );
+    for r in &dead {
+        println!(
+            "offset {}  {}",
+            r.header("weir-original-offset").unwrap_or("?"),
+            r.header("weir-error").unwrap_or("?")
+        );
+    }
+    println!(
+        "\n-- audio-uploaded: upload recorded, waveform jobs published to {} --",
+        namer.full_name("waveform-jobs")
+    );
+    for r in &waveform_jobs {
+        println!(
+            "key={}  correlation-id={}  {}",
+            r.key.as_deref().unwrap_or(""),
+            r.header("correlation-id").unwrap_or("-"),
+            r.text()
+        );
+    }
+    println!("\n-- envelope-router: envelopes routed by event type, keyed by userId --");
+    for (topic, r) in &envelopes {
+        println!(
+            "{}  key={}  ce_type={}  ce_id={}",
+            namer.full_name(topic),
+            r.key.as_deref().unwrap_or(""),
+            r.header("ce_type").unwrap_or("-"),
+            r.header("ce_id").unwrap_or("-")
+        );
+        println!("    {}", r.text());
+    }
+
+    println!("\nstopping the host (drain, commit)...");
+    let _ = stop.send(());
+    let report = host.await.map_err(|e| e.to_string())??;
+    for (plugin, s) in &report.plugins {
+        println!(
+            "{plugin}: {} handled, {} dead-lettered, {} retries, {} published",
+            s.handled, s.dead_lettered, s.retries, s.published
+        );
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    println!("done.");
+    Ok(())
+}
+
+async fn wait_for_topic(bootstrap: &str, topic: &str) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (b, t) = (bootstrap.to_string(), topic.to_string());
+        let exists = tokio::task::spawn_blocking(move || {
+            use rdkafka::consumer::{BaseConsumer, Consumer};
+            let c: BaseConsumer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", &b)
+                .create()
+                .ok()?;
+            let md = c.fetch_metadata(None, Duration::from_secs(5)).ok()?;
+            Some(md.topics().iter().any(|x| x.name() == t))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .unwrap_or(false);
+        if exists {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "topic {topic} did not appear: is the host running? (see the log above)"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
