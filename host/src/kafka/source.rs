@@ -94,8 +94,8 @@ impl ConsumerContext for SourceContext {
             if !drained {
                 tracing::warn!(plugin = %self.plugin, "partitions revoked before their in-flight events finished; those events will be redelivered");
             }
-            if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-                tracing::debug!(plugin = %self.plugin, error = %e, "commit on revoke");
+            if let Err(e) = commit(consumer) {
+                tracing::warn!(plugin = %self.plugin, error = %e, "commit on revoke failed; events since the last commit will be redelivered");
             }
             self.shared
                 .state
@@ -121,6 +121,17 @@ impl ConsumerContext for SourceContext {
 }
 
 pub type SourceConsumer = BaseConsumer<SourceContext>;
+
+/// Commit the stored offsets now. "Nothing to commit" (the timer already
+/// committed everything stored) is a success.
+fn commit(consumer: &SourceConsumer) -> rdkafka::error::KafkaResult<()> {
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Err(rdkafka::error::KafkaError::ConsumerCommit(
+            rdkafka::types::RDKafkaErrorCode::NoOffset,
+        )) => Ok(()),
+        other => other,
+    }
+}
 
 fn tps_of(list: &TopicPartitionList) -> Vec<Tp> {
     list.elements()
@@ -366,9 +377,11 @@ fn poll_loop(
             "drain timeout: unfinished events will be redelivered"
         );
     }
-    match consumer.commit_consumer_state(CommitMode::Sync) {
+    match commit(&consumer) {
         Ok(()) => tracing::info!(plugin, "offsets committed"),
-        Err(e) => tracing::debug!(plugin, error = %e, "final commit"),
+        Err(e) => {
+            tracing::warn!(plugin, error = %e, "final commit failed; events since the last commit will be redelivered")
+        }
     }
     consumer.unsubscribe();
     tracing::info!(plugin, drained, "source stopped");
