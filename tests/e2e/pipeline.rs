@@ -490,3 +490,60 @@ async fn dlq_replay_brings_dead_letters_back_to_their_topic() {
     assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec![0, 1]);
     assert_eq!(duplicates, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_recovers_when_the_broker_restarts() {
+    let Some(binary) = weir_host::devbroker::find_nisshi() else {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "CI=true but nisshi is missing"
+        );
+        eprintln!("SKIPPED: nisshi not installed");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = weir_host::devbroker::DevBroker::start(
+        &binary,
+        dir.path(),
+        weir_host::devbroker::BrokerStorage::Sqlite("weir.db".into()),
+    )
+    .unwrap();
+    let mut b = TestBroker { broker, _dir: dir };
+    topics(&b, "crash").await;
+    let files = HostFiles::echo(&b.bootstrap(), "crash", "");
+    let host = InProcessHost::start(files.load());
+    let producer = b.producer();
+    for i in 0..20 {
+        produce(
+            &producer,
+            "crash-in",
+            &format!("k{}", i % 5),
+            json!({"seq": i}),
+        )
+        .await;
+    }
+    assert_eq!(b.read("crash-out", 20).len(), 20);
+    drop(producer);
+
+    // The broker dies and comes back on the same port and storage.
+    b.broker.restart().unwrap();
+    let producer = b.producer();
+    for i in 20..40 {
+        produce(
+            &producer,
+            "crash-in",
+            &format!("k{}", i % 5),
+            json!({"seq": i}),
+        )
+        .await;
+    }
+    let out = b.read("crash-out", 40);
+    host.stop().await;
+    let (seen, duplicates) = seqs(&out);
+    let missing: Vec<u64> = (0..40).filter(|s| !seen.contains(s)).collect();
+    println!(
+        "broker restart: 40 events, {} outputs, {duplicates} duplicates, missing {missing:?}",
+        out.len()
+    );
+    assert!(missing.is_empty(), "missing {missing:?}");
+}
