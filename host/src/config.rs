@@ -353,18 +353,12 @@ fn check_template(
     extra: &str,
     vars: &BTreeMap<String, String>,
 ) -> Result<(), String> {
-    let mut rest = template;
-    while let Some(start) = rest.find('{') {
-        let end = rest[start..]
-            .find('}')
-            .ok_or_else(|| format!("{template:?} has an unclosed `{{`"))?;
-        let name = &rest[start + 1..start + end];
+    for name in crate::topics::placeholders(template)? {
         if name != extra && name != "plugin" && name != "topic" && !vars.contains_key(name) {
             return Err(format!(
                 "{template:?} uses {{{name}}}, which is not a [topics] variable"
             ));
         }
-        rest = &rest[start + end + 1..];
     }
     Ok(())
 }

@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::kafka::sink::{Sink, H_FAILED_AT, H_PLUGIN, H_TOPIC};
 use crate::manifest::Manifest;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
@@ -219,16 +219,7 @@ fn read_to_end(mut cfg: rdkafka::ClientConfig, topic: &str) -> Result<Vec<Letter
                         offset: m.offset(),
                         key: m.key().map(<[u8]>::to_vec),
                         payload: m.payload().unwrap_or_default().to_vec(),
-                        headers: m
-                            .headers()
-                            .map(|hs| {
-                                hs.iter()
-                                    .map(|h| {
-                                        (h.key.to_string(), h.value.unwrap_or_default().to_vec())
-                                    })
-                                    .collect()
-                            })
-                            .unwrap_or_default(),
+                        headers: crate::kafka::headers_of(&m),
                     });
                 }
                 if m.offset() + 1 >= end {

@@ -90,12 +90,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { config, log_format } => {
             init_logging("info", &log_format);
-            let config = match weir_host::config::Config::load(&config) {
+            let config = match load_config(&config) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             let runtime = tokio::runtime::Runtime::new().expect("start the async runtime");
             match runtime.block_on(weir_host::run::run(config, shutdown_signal())) {
@@ -119,12 +116,9 @@ fn main() -> ExitCode {
                 },
         } => {
             init_logging("warn", "text");
-            let config = match weir_host::config::Config::load(&config) {
+            let config = match load_config(&config) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             let filter = weir_host::dlq::ReplayFilter {
                 plugin,
@@ -182,6 +176,14 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The host configuration, or exit status 2 after saying what is wrong with it.
+fn load_config(path: &std::path::Path) -> Result<weir_host::config::Config, ExitCode> {
+    weir_host::config::Config::load(path).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })
 }
 
 fn init_logging(default: &str, format: &str) {

@@ -20,18 +20,12 @@ impl TopicNamer {
         if !template.contains("{topic}") {
             return Err(format!("topic template {template:?} has no {{topic}}"));
         }
-        let mut rest = template;
-        while let Some(start) = rest.find('{') {
-            let end = rest[start..]
-                .find('}')
-                .ok_or_else(|| format!("topic template {template:?} has an unclosed `{{`"))?;
-            let name = &rest[start + 1..start + end];
+        for name in placeholders(template)? {
             if name != "topic" && !vars.contains_key(name) {
                 return Err(format!(
                     "topic template {template:?} uses {{{name}}}, which is not set (set `{name}` beside `template`)"
                 ));
             }
-            rest = &rest[start + end + 1..];
         }
         Ok(TopicNamer {
             template: template.to_string(),
@@ -63,6 +57,20 @@ impl TopicNamer {
             .filter(|s| !s.is_empty())
             .map(str::to_string)
     }
+}
+
+/// The `{name}` placeholders of a template, in order.
+pub fn placeholders(template: &str) -> Result<Vec<&str>, String> {
+    let mut names = Vec::new();
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        let end = rest[start..]
+            .find('}')
+            .ok_or_else(|| format!("template {template:?} has an unclosed `{{`"))?;
+        names.push(&rest[start + 1..start + end]);
+        rest = &rest[start + end + 1..];
+    }
+    Ok(names)
 }
 
 #[cfg(test)]

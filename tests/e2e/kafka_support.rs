@@ -20,16 +20,23 @@ pub struct TestBroker {
     pub _dir: tempfile::TempDir,
 }
 
-/// A broker for one test, or `None` (the test is skipped with a message) when nisshi
-/// is not installed. Under CI (`CI=true`) a missing broker fails the test.
-pub fn broker() -> Option<TestBroker> {
-    let Some(binary) = find_nisshi() else {
+/// The nisshi binary, or `None` (the caller skips its test, and this says so) when
+/// it is not installed. Under CI (`CI=true`) a missing broker fails the test.
+pub fn nisshi() -> Option<PathBuf> {
+    let binary = find_nisshi();
+    if binary.is_none() {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             panic!("CI=true but the nisshi broker is not installed: run `just broker` (see ../shared/broker.md)");
         }
         eprintln!("SKIPPED: the nisshi broker is not installed (`just broker` installs it)");
-        return None;
-    };
+    }
+    binary
+}
+
+/// A broker for one test, or `None` (the test is skipped with a message) when nisshi
+/// is not installed. Under CI (`CI=true`) a missing broker fails the test.
+pub fn broker() -> Option<TestBroker> {
+    let binary = nisshi()?;
     let dir = tempfile::tempdir().expect("temp dir");
     let broker = DevBroker::start(&binary, &dir.path().join("broker"), BrokerStorage::Memory)
         .unwrap_or_else(|e| panic!("{e}"));

@@ -249,82 +249,79 @@ fn produce_stream(
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_mid_stream_then_restart_loses_nothing_and_handles_nothing_twice() {
-    let Some(b) = broker() else { return };
-    topics(&b, "term").await;
-    let n = 300;
-    let files = HostFiles::echo(&b.bootstrap(), "term", "[consumer]\nworkers = 2\n");
-    let stream = produce_stream(&b, "term-in", n, Duration::from_millis(10));
+/// Stream 300 events while a `weir run` process handles them; send `signal` to it
+/// mid-stream, check how it ended, start a second host, and return every output
+/// plus how many were there before the restart.
+async fn interrupt_mid_stream(
+    prefix: &str,
+    signal: &str,
+    expected_exit: Option<i32>,
+) -> Option<(Vec<Record>, i64)> {
+    let b = broker()?;
+    topics(&b, prefix).await;
+    let (input, output) = (format!("{prefix}-in"), format!("{prefix}-out"));
+    let files = HostFiles::echo(&b.bootstrap(), prefix, "[consumer]\nworkers = 2\n");
+    let stream = produce_stream(&b, &input, 300, Duration::from_millis(10));
     let mut first = BinaryHost::start(&files, "first");
     first.wait_for_log("partitions assigned");
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    first.signal("TERM");
+    first.signal(signal);
     assert_eq!(
         first.wait(),
-        Some(0),
-        "clean exit on SIGTERM:\n{}",
+        expected_exit,
+        "after SIG{signal}:\n{}",
         first.log_text()
     );
+    if expected_exit == Some(0) {
+        assert!(
+            first.log_text().contains("offsets committed"),
+            "{}",
+            first.log_text()
+        );
+    }
+    let before_restart = b.count(&output);
     assert!(
-        first.log_text().contains("offsets committed"),
-        "{}",
-        first.log_text()
+        before_restart > 0 && before_restart < 300,
+        "SIG{signal} landed mid-stream ({before_restart} handled)"
     );
-    let before_restart = b.count("term-out");
 
     let second = BinaryHost::start(&files, "second");
     stream.await.unwrap();
-    let out = b.read("term-out", n as usize);
+    let out = b.read(&output, 300);
     drop(second);
-
-    let (seen, duplicates) = seqs(&out);
-    let missing: Vec<u64> = (0..n).filter(|s| !seen.contains(s)).collect();
-    println!(
-        "sigterm: {n} events, {before_restart} handled before SIGTERM, {} outputs, {duplicates} duplicates, {} missing",
-        out.len(),
-        missing.len()
-    );
-    assert!(
-        before_restart > 0 && (before_restart as u64) < n,
-        "SIGTERM landed mid-stream ({before_restart})"
-    );
+    let (seen, _) = seqs(&out);
+    let missing: Vec<u64> = (0..300).filter(|s| !seen.contains(s)).collect();
     assert!(missing.is_empty(), "missing {missing:?}");
+    assert_key_order(&out);
+    Some((out, before_restart))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_stream_then_restart_loses_nothing_and_handles_nothing_twice() {
+    let Some((out, before)) = interrupt_mid_stream("term", "TERM", Some(0)).await else {
+        return;
+    };
+    let (_, duplicates) = seqs(&out);
+    println!(
+        "sigterm: 300 events, {before} handled before SIGTERM, {} outputs, {duplicates} duplicates, 0 missing",
+        out.len()
+    );
     assert_eq!(
         duplicates, 0,
         "after a clean drain nothing is handled twice"
     );
-    assert_key_order(&out);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_then_restart_loses_nothing() {
-    let Some(b) = broker() else { return };
-    topics(&b, "kill").await;
-    let n = 300;
-    let files = HostFiles::echo(&b.bootstrap(), "kill", "[consumer]\nworkers = 2\n");
-    let stream = produce_stream(&b, "kill-in", n, Duration::from_millis(10));
-    let mut first = BinaryHost::start(&files, "first");
-    first.wait_for_log("partitions assigned");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    first.signal("KILL");
-    assert_eq!(first.wait(), None, "killed by the signal");
-    let before_restart = b.count("kill-out");
-
-    let second = BinaryHost::start(&files, "second");
-    stream.await.unwrap();
-    let out = b.read("kill-out", n as usize);
-    drop(second);
-
-    let (seen, duplicates) = seqs(&out);
-    let missing: Vec<u64> = (0..n).filter(|s| !seen.contains(s)).collect();
+    let Some((out, before)) = interrupt_mid_stream("kill", "KILL", None).await else {
+        return;
+    };
+    let (_, duplicates) = seqs(&out);
     println!(
-        "sigkill: {n} events, {before_restart} handled before SIGKILL, {} outputs, {duplicates} duplicates (redelivered after the crash), {} missing",
-        out.len(),
-        missing.len()
+        "sigkill: 300 events, {before} handled before SIGKILL, {} outputs, {duplicates} duplicates (redelivered after the crash), 0 missing",
+        out.len()
     );
-    assert!(missing.is_empty(), "missing {missing:?}");
-    assert_key_order(&out);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -365,14 +362,7 @@ async fn two_hosts_share_a_group_and_the_survivor_takes_over() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_started_before_its_broker_waits_and_then_consumes() {
-    let Some(binary) = weir_host::devbroker::find_nisshi() else {
-        assert!(
-            std::env::var("CI").map_or(true, |v| v != "true"),
-            "CI=true but nisshi is missing"
-        );
-        eprintln!("SKIPPED: nisshi not installed");
-        return;
-    };
+    let Some(binary) = nisshi() else { return };
     let port = weir_host::devbroker::free_port();
     let bootstrap = format!("127.0.0.1:{port}");
     let files = HostFiles::echo(&bootstrap, "late", "");
@@ -493,14 +483,7 @@ async fn dlq_replay_brings_dead_letters_back_to_their_topic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_host_recovers_when_the_broker_restarts() {
-    let Some(binary) = weir_host::devbroker::find_nisshi() else {
-        assert!(
-            std::env::var("CI").map_or(true, |v| v != "true"),
-            "CI=true but nisshi is missing"
-        );
-        eprintln!("SKIPPED: nisshi not installed");
-        return;
-    };
+    let Some(binary) = nisshi() else { return };
     let dir = tempfile::tempdir().unwrap();
     let broker = weir_host::devbroker::DevBroker::start(
         &binary,

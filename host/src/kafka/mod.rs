@@ -14,6 +14,18 @@ use rdkafka::error::RDKafkaErrorCode;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+/// A record's headers as (key, value); a header without a value reads as empty.
+pub fn headers_of<M: rdkafka::Message>(m: &M) -> Vec<(String, Vec<u8>)> {
+    use rdkafka::message::Headers;
+    m.headers()
+        .map(|hs| {
+            hs.iter()
+                .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Settings every client shares: bootstrap servers and the pass-through properties.
 pub fn base_config(config: &Config) -> ClientConfig {
     let mut c = ClientConfig::new();

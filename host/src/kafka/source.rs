@@ -16,7 +16,7 @@ use super::offsets::{OffsetTracker, Tp};
 use crate::event::EventRecord;
 use crate::topics::TopicNamer;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::ClientContext;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -329,19 +329,7 @@ fn poll_loop(
                     timestamp_ms: msg.timestamp().to_millis(),
                     key: msg.key().map(<[u8]>::to_vec),
                     payload: msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                    headers: msg
-                        .headers()
-                        .map(|hs| {
-                            hs.iter()
-                                .map(|h| {
-                                    (
-                                        h.key.to_string(),
-                                        h.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                                    )
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default(),
+                    headers: super::headers_of(&msg),
                     topic,
                 };
                 {
