@@ -160,16 +160,42 @@ fn one() -> i32 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginsConfig {
-    /// Directory of `<name>.wasm` + `<name>.toml` pairs (relative to weir.toml).
+    /// Directory of `<name>.wasm` + `<name>.toml` pairs (relative to weir.toml),
+    /// watched for changes.
     pub dir: PathBuf,
+    /// Plugins outside the directory (baked into an image): loaded the same way,
+    /// reloaded when their files change.
+    pub extra: Vec<ExtraPlugin>,
+    /// Watch the directory and reload on changes.
+    pub watch: bool,
+    /// Also rescan this often, in case a file-system event was missed.
+    #[serde(with = "humantime_serde")]
+    pub rescan_interval: Duration,
+    /// Precompiled components, so a restart does not compile again.
+    pub cache_dir: PathBuf,
+    /// Where the running host writes its plugins' status (read by `weir plugins`).
+    pub status_file: PathBuf,
 }
 
 impl Default for PluginsConfig {
     fn default() -> Self {
         PluginsConfig {
             dir: PathBuf::from("plugins"),
+            extra: Vec::new(),
+            watch: true,
+            rescan_interval: Duration::from_secs(30),
+            cache_dir: PathBuf::from("data/compile-cache"),
+            status_file: PathBuf::from("data/plugins-status.json"),
         }
     }
+}
+
+/// A plugin named in weir.toml rather than found in the directory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtraPlugin {
+    pub wasm: PathBuf,
+    pub manifest: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -264,9 +290,19 @@ impl Config {
             ))
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for dir in [&mut config.plugins.dir, &mut config.storage.dir] {
-            if dir.is_relative() {
-                *dir = base.join(&*dir);
+        let mut paths = vec![
+            &mut config.plugins.dir,
+            &mut config.plugins.cache_dir,
+            &mut config.plugins.status_file,
+            &mut config.storage.dir,
+        ];
+        for extra in &mut config.plugins.extra {
+            paths.push(&mut extra.wasm);
+            paths.push(&mut extra.manifest);
+        }
+        for path in paths {
+            if path.is_relative() {
+                *path = base.join(&*path);
             }
         }
         config.validate().map_err(|(key, why)| {

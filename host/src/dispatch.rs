@@ -22,6 +22,7 @@ use crate::kafka::sink::Sink;
 use crate::kafka::source::Acker;
 use crate::manifest::RetryPolicy;
 use crate::runtime::{Outcome, Plugin};
+use crate::versions::Versions;
 use rand::Rng;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,7 +52,7 @@ impl Stats {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StatsSnapshot {
     pub handled: u64,
     pub retries: u64,
@@ -94,9 +95,9 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// One worker per plugin instance, each draining its queue.
+    /// One worker per queue, each with its own instance of the current version.
     pub fn spawn(
-        instances: Vec<Plugin>,
+        versions: Arc<Versions>,
         receivers: Vec<mpsc::UnboundedReceiver<EventRecord>>,
         sink: Sink,
         acker: Acker,
@@ -104,12 +105,14 @@ impl Workers {
         stats: Arc<Stats>,
         stopping: watch::Receiver<bool>,
     ) -> Workers {
-        let tasks = instances
+        let tasks = receivers
             .into_iter()
-            .zip(receivers)
-            .map(|(plugin, rx)| {
+            .map(|rx| {
+                let current = versions.current();
                 let worker = Worker {
-                    plugin,
+                    plugin: current.plugin.instance(),
+                    generation: current.generation,
+                    versions: versions.clone(),
                     sink: sink.clone(),
                     acker: acker.clone(),
                     dead_letters: dead_letters.clone(),
@@ -155,7 +158,10 @@ pub fn backoff(policy: &RetryPolicy, attempt: u32) -> Duration {
 }
 
 struct Worker {
+    /// This worker's instance, of version `generation`.
     plugin: Plugin,
+    generation: u64,
+    versions: Arc<Versions>,
     sink: Sink,
     acker: Acker,
     dead_letters: DeadLetters,
@@ -178,6 +184,16 @@ impl Worker {
                     self.acker.abandon(&event)
                 }
             }
+        }
+    }
+
+    /// Move to the current version if it changed (between events, or between
+    /// attempts after a rollback).
+    fn refresh(&mut self) {
+        let current = self.versions.current();
+        if current.generation != self.generation {
+            self.plugin = current.plugin.instance();
+            self.generation = current.generation;
         }
     }
 
@@ -208,7 +224,24 @@ impl Worker {
         let name = self.plugin.name().to_string();
         let mut attempt = 1;
         let failure = loop {
+            self.refresh();
             let report = self.plugin.handle(event).await;
+            let hard = matches!(
+                report.outcome,
+                Outcome::Trap(_) | Outcome::Timeout(_) | Outcome::OutOfMemory(_)
+            );
+            let why = report.outcome.reason().unwrap_or("");
+            if let Some(rollback) = self.versions.report(self.generation, hard, why) {
+                tracing::error!(
+                    plugin = %name,
+                    from = %&rollback.from_hash[..12],
+                    to = %&rollback.to_hash[..12],
+                    reason = %rollback.reason,
+                    "new version rolled back to the last good one"
+                );
+                // Retry this event on the good version; the failed attempt does not count.
+                continue;
+            }
             let failure = match &report.outcome {
                 Outcome::Handled => match self
                     .sink

@@ -2,16 +2,13 @@
 
 use crate::capabilities::Backends;
 use crate::config::Config;
-use crate::dispatch::{self, DeadLetters, Stats, StatsSnapshot, Workers};
-use crate::kafka::sink::Sink;
-use crate::kafka::source::{Source, SourceSettings};
-use crate::manifest::Manifest;
-use crate::runtime::{Plugin, Runtime};
+use crate::dispatch::StatsSnapshot;
+use crate::reload::Supervisor;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use tokio::sync::watch;
+use std::time::Duration;
+use tokio::sync::mpsc;
 
 /// What a run did, per plugin.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -68,18 +65,15 @@ pub fn discover(dir: &Path) -> Result<Vec<PluginFiles>, String> {
     Ok(found)
 }
 
-struct Running {
-    name: String,
-    source: Source,
-    workers: Workers,
-    stats: Arc<Stats>,
-}
-
 /// Run until `shutdown` completes, then drain, commit and return what happened.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<RunReport, String> {
     let backends = Backends::local(&config.storage.dir)?;
     run_with(config, backends, shutdown).await
 }
+
+/// How long the plugin directory must stay quiet before a change is applied, so
+/// a burst of writes is applied once.
+pub const DEBOUNCE: Duration = Duration::from_millis(300);
 
 /// [`run`] with given capability backends (to share them with the caller).
 pub async fn run_with(
@@ -87,123 +81,79 @@ pub async fn run_with(
     backends: Backends,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunReport, String> {
-    let namer = config.namer()?;
     let sweeper = backends
         .deletions
         .clone()
         .spawn_sweeper(config.storage.sweep_interval);
-    let runtime = Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let mut supervisor = Supervisor::start(config.clone(), backends).await?;
+    let (changed_tx, mut changed) = mpsc::unbounded_channel::<()>();
+    let _watcher = if config.plugins.watch {
+        Some(watch(&config, changed_tx)?)
+    } else {
+        None
+    };
+    tracing::info!(dir = %config.plugins.dir.display(), watching = config.plugins.watch, "weir is running");
 
-    // Load every plugin first: a bad one is reported and skipped, the rest run.
-    let mut loaded: Vec<Plugin> = Vec::new();
-    for files in discover(&config.plugins.dir)? {
-        let plugin = match Manifest::load(&files.manifest) {
-            Err(e) => Err(e.to_string()),
-            Ok(manifest) => runtime
-                .load(&files.wasm, manifest, backends.clone())
-                .await
-                .map_err(|e| e.to_string()),
-        };
-        match plugin {
-            Ok(p) => {
-                tracing::info!(plugin = %p.name(), sha256 = %&p.content_hash()[..12], topics = ?p.manifest().topics, "plugin loaded");
-                loaded.push(p);
+    let mut rescan = tokio::time::interval(config.plugins.rescan_interval);
+    rescan.tick().await;
+    let mut status = tokio::time::interval(Duration::from_secs(1));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(()) = changed.recv() => {
+                // Debounce: wait for a quiet moment, then apply everything at once.
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(DEBOUNCE) => break,
+                        Some(()) = changed.recv() => {}
+                    }
+                }
+                if let Err(e) = supervisor.reconcile().await {
+                    tracing::error!("{e}");
+                }
             }
-            Err(e) => tracing::error!(plugin = %files.name, "plugin rejected: {e}"),
+            _ = rescan.tick() => {
+                if let Err(e) = supervisor.reconcile().await {
+                    tracing::error!("{e}");
+                }
+            }
+            _ = status.tick() => supervisor.write_status(),
         }
     }
-    if loaded.is_empty() {
-        tracing::warn!(dir = %config.plugins.dir.display(), "no plugin loaded: nothing to consume");
-    }
-
-    let existing = crate::kafka::wait_for_broker(&config).await?;
-    let mut needed = BTreeSet::new();
-    for p in &loaded {
-        let m = p.manifest();
-        for t in &m.topics {
-            let full = namer.full_name(t);
-            needed.insert(config.dlq_topic(&full, &m.name));
-            needed.insert(full);
-        }
-        if let Some(publish) = &m.capabilities.publish {
-            needed.extend(publish.topics.iter().map(|t| namer.full_name(t)));
-        }
-    }
-    crate::kafka::ensure_topics(&config, &existing, &needed).await?;
-
-    let sink = Sink::new(&config)?;
-    let (stopping_tx, stopping_rx) = watch::channel(false);
-    let mut running = Vec::new();
-    for plugin in loaded {
-        let m = plugin.manifest().clone();
-        let workers = m.consumer.workers as usize;
-        let mut instances = vec![plugin.fork()];
-        instances.extend((1..workers).map(|_| plugin.fork()));
-        drop(plugin);
-        let (router, receivers) = dispatch::queues(workers);
-        let settings = SourceSettings {
-            plugin: m.name.clone(),
-            group: m
-                .consumer
-                .group
-                .clone()
-                .unwrap_or_else(|| config.group_for(&m.name)),
-            topics: m.topics.iter().map(|t| namer.full_name(t)).collect(),
-            max_in_flight: m.consumer.max_in_flight as usize,
-            drain_timeout: config.shutdown.drain_timeout,
-        };
-        let group = settings.group.clone();
-        let (source, acker) = Source::start(&config, namer.clone(), settings, move |e| {
-            router.dispatch(e)
-        })?;
-        let dlq_config = config.clone();
-        let plugin_name = m.name.clone();
-        let dead_letters = DeadLetters {
-            topic_for: Arc::new(move |topic| dlq_config.dlq_topic(topic, &plugin_name)),
-        };
-        let stats = Arc::new(Stats::default());
-        let workers = Workers::spawn(
-            instances,
-            receivers,
-            sink.clone(),
-            acker,
-            dead_letters,
-            stats.clone(),
-            stopping_rx.clone(),
-        );
-        tracing::info!(plugin = %m.name, group = %group, workers = m.consumer.workers, "consuming");
-        running.push(Running {
-            name: m.name.clone(),
-            source,
-            workers,
-            stats,
-        });
-    }
-    tracing::info!(plugins = running.len(), "weir is running");
-
-    shutdown.await;
     tracing::info!("shutting down: draining in-flight events");
-    let _ = stopping_tx.send(true);
-    for r in &running {
-        r.source.stop();
-    }
-    let mut report = RunReport::default();
-    for r in running {
-        let Running {
-            name,
-            source,
-            workers,
-            stats,
-        } = r;
-        tokio::task::spawn_blocking(move || source.join())
-            .await
-            .map_err(|e| e.to_string())?;
-        workers.abort();
-        let snapshot = stats.snapshot();
-        tracing::info!(plugin = %name, handled = snapshot.handled, retries = snapshot.retries, dead_lettered = snapshot.dead_lettered, published = snapshot.published, abandoned = snapshot.abandoned, "plugin stopped");
-        report.plugins.insert(name, snapshot);
-    }
+    let report = supervisor.shutdown().await;
     sweeper.abort();
     tracing::info!("stopped");
     Ok(report)
+}
+
+/// Watch the plugin directory (and the folders of `[plugins] extra`); every event
+/// becomes a nudge on `changed`.
+fn watch(
+    config: &Config,
+    changed: mpsc::UnboundedSender<()>,
+) -> Result<notify::RecommendedWatcher, String> {
+    use notify::Watcher;
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            let _ = changed.send(());
+        }
+    })
+    .map_err(|e| format!("cannot watch the plugin directory: {e}"))?;
+    let mut dirs = BTreeSet::new();
+    dirs.insert(config.plugins.dir.clone());
+    for extra in &config.plugins.extra {
+        for file in [&extra.wasm, &extra.manifest] {
+            if let Some(dir) = file.parent() {
+                dirs.insert(dir.to_path_buf());
+            }
+        }
+    }
+    for dir in dirs {
+        watcher
+            .watch(&dir, notify::RecursiveMode::NonRecursive)
+            .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+    }
+    Ok(watcher)
 }

@@ -9,9 +9,11 @@
 //!   away and the next event gets a fresh one (with `init` run again).
 
 pub mod bindings;
+mod compile_cache;
 mod load;
 mod state;
 
+pub use compile_cache::CompileStats;
 pub use load::{LoadError, LoadErrorKind};
 pub use state::HostState;
 
@@ -33,10 +35,13 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
+    cache: Option<compile_cache::CompileCache>,
+    compiled_without_cache: std::sync::atomic::AtomicU64,
     _ticker: EpochTicker,
 }
 
 impl Runtime {
+    /// A runtime that compiles every component it loads.
     pub fn new() -> wasmtime::Result<Self> {
         let mut config = wasmtime::Config::new();
         config.wasm_component_model(true).epoch_interruption(true);
@@ -51,8 +56,37 @@ impl Runtime {
         Ok(Runtime {
             engine,
             linker,
+            cache: None,
+            compiled_without_cache: Default::default(),
             _ticker: ticker,
         })
+    }
+
+    /// A runtime that keeps precompiled components in `dir` and reuses them.
+    pub fn with_compile_cache(dir: std::path::PathBuf) -> Result<Self, String> {
+        let mut runtime = Self::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
+        runtime.cache = Some(compile_cache::CompileCache::open(dir, &runtime.engine)?);
+        Ok(runtime)
+    }
+
+    /// How many components were compiled, and how many came from the cache.
+    pub fn compile_stats(&self) -> CompileStats {
+        let mut stats = self.cache.as_ref().map(|c| c.stats()).unwrap_or_default();
+        stats.compiled += self
+            .compiled_without_cache
+            .load(std::sync::atomic::Ordering::Relaxed);
+        stats
+    }
+
+    fn component(&self, bytes: &[u8]) -> wasmtime::Result<Component> {
+        match &self.cache {
+            Some(cache) => cache.component(&self.engine, bytes),
+            None => {
+                self.compiled_without_cache
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Component::new(&self.engine, bytes)
+            }
+        }
     }
 
     pub fn engine(&self) -> &Engine {
@@ -69,7 +103,8 @@ impl Runtime {
         backends: Backends,
     ) -> Result<Plugin, LoadError> {
         let bytes = load::read_component_bytes(wasm)?;
-        let component = Component::new(&self.engine, &bytes)
+        let component = self
+            .component(&bytes)
             .map_err(|e| LoadError::new(wasm, LoadErrorKind::Compile, load::chain(&e)))?;
         load::check_world(wasm, &self.engine, &component)?;
         let pre = self
@@ -145,6 +180,45 @@ pub struct Plugin {
     pre: InstancePre<HostState>,
     live: Option<Live>,
     record_calls: bool,
+}
+
+/// A loaded plugin without an instance (see [`Plugin::template`]).
+#[derive(Clone)]
+pub struct PluginTemplate {
+    name: String,
+    hash: String,
+    manifest: Arc<Manifest>,
+    grants: Arc<Grants>,
+    backends: Backends,
+    pre: InstancePre<HostState>,
+}
+
+impl PluginTemplate {
+    /// A new instance of the plugin, instantiated on its first event.
+    pub fn instance(&self) -> Plugin {
+        Plugin {
+            name: self.name.clone(),
+            hash: self.hash.clone(),
+            manifest: self.manifest.clone(),
+            grants: self.grants.clone(),
+            backends: self.backends.clone(),
+            pre: self.pre.clone(),
+            live: None,
+            record_calls: false,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn content_hash(&self) -> &str {
+        &self.hash
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
 }
 
 /// How one event ended.
@@ -241,15 +315,19 @@ impl Plugin {
     /// Another instance of the same plugin (same compiled component, grants and
     /// backends), instantiated on its first event: one per worker.
     pub fn fork(&self) -> Plugin {
-        Plugin {
+        self.template().instance()
+    }
+
+    /// The plugin without its instance: shareable between threads, and what
+    /// workers make their instances from.
+    pub fn template(&self) -> PluginTemplate {
+        PluginTemplate {
             name: self.name.clone(),
             hash: self.hash.clone(),
             manifest: self.manifest.clone(),
             grants: self.grants.clone(),
             backends: self.backends.clone(),
             pre: self.pre.clone(),
-            live: None,
-            record_calls: self.record_calls,
         }
     }
 

@@ -1,0 +1,459 @@
+//! The plugin supervisor: keeps the running plugins equal to what the plugin
+//! directory (and `[plugins] extra`) holds, without losing an event.
+//!
+//! On every change (file-system events, debounced; and a periodic rescan) it
+//! compares each plugin's files with what it last tried:
+//! - **added**: load (compile, check, `init`) and start consuming;
+//! - **changed**: the new version is loaded while the old one keeps handling
+//!   events. A code-only change (same topics, group and parallelism) is swapped
+//!   in between events: no rebalance, offsets continue. A change to the consumer's
+//!   shape restarts only that plugin's consumer, after draining and committing;
+//! - **rejected** (not a component, wrong world, `init` fails, bad manifest): the
+//!   reason goes to the log and the status; the last good version keeps running.
+//!   A half-written file is just rejected until its write completes;
+//! - **removed**: drain, commit, stop.
+
+use crate::capabilities::Backends;
+use crate::config::Config;
+use crate::dispatch::{self, DeadLetters, Stats, StatsSnapshot, Workers};
+use crate::kafka::sink::Sink;
+use crate::kafka::source::{Source, SourceSettings};
+use crate::manifest::Manifest;
+use crate::run::{discover, PluginFiles, RunReport};
+use crate::runtime::{Plugin, Runtime};
+use crate::topics::TopicNamer;
+use crate::versions::Versions;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::SystemTime;
+use tokio::sync::watch;
+
+/// What `weir plugins` shows of one plugin.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct PluginStatus {
+    pub name: String,
+    /// `running`, `rolled-back` (running the last good version after a failed
+    /// swap), `rejected` (nothing running: the files cannot be loaded).
+    pub state: String,
+    /// Why the last load failed or the last rollback happened.
+    pub reason: Option<String>,
+    /// SHA-256 of the running component.
+    pub sha256: Option<String>,
+    pub loaded_at: Option<String>,
+    pub topics: Vec<String>,
+    pub wasm: String,
+    pub manifest: String,
+    pub rollbacks: u64,
+    pub stats: Option<StatsSnapshot>,
+}
+
+/// The consumer's shape: a change here needs a new consumer, anything else a swap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ConsumerShape {
+    topics: Vec<String>,
+    group: Option<String>,
+    workers: u32,
+    max_in_flight: u32,
+}
+
+impl ConsumerShape {
+    fn of(m: &Manifest) -> Self {
+        ConsumerShape {
+            topics: m.topics.clone(),
+            group: m.consumer.group.clone(),
+            workers: m.consumer.workers,
+            max_in_flight: m.consumer.max_in_flight,
+        }
+    }
+}
+
+struct Running {
+    versions: Arc<Versions>,
+    shape: ConsumerShape,
+    source: Source,
+    workers: Workers,
+    stats: Arc<Stats>,
+    stop: watch::Sender<bool>,
+}
+
+struct Managed {
+    files: PluginFiles,
+    /// Hash of the files last tried, so a rejected version is not retried until it changes.
+    fingerprint: String,
+    running: Option<Running>,
+    rejected: Option<String>,
+    loaded_at: Option<SystemTime>,
+}
+
+pub struct Supervisor {
+    config: Config,
+    namer: TopicNamer,
+    runtime: Runtime,
+    backends: Backends,
+    sink: Sink,
+    existing_topics: BTreeSet<String>,
+    plugins: BTreeMap<String, Managed>,
+    last_status: Vec<PluginStatus>,
+}
+
+impl Supervisor {
+    /// Reach the broker and load every plugin there is.
+    pub async fn start(config: Config, backends: Backends) -> Result<Supervisor, String> {
+        let runtime = Runtime::with_compile_cache(config.plugins.cache_dir.clone())?;
+        let existing_topics = crate::kafka::wait_for_broker(&config).await?;
+        let mut sup = Supervisor {
+            namer: config.namer()?,
+            sink: Sink::new(&config)?,
+            config,
+            runtime,
+            backends,
+            existing_topics,
+            plugins: BTreeMap::new(),
+            last_status: Vec::new(),
+        };
+        sup.reconcile().await?;
+        let stats = sup.runtime.compile_stats();
+        tracing::info!(
+            plugins = sup.plugins.len(),
+            compiled = stats.compiled,
+            from_compile_cache = stats.cache_hits,
+            "plugins loaded"
+        );
+        Ok(sup)
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// The plugins wanted now: the directory's pairs and `[plugins] extra`.
+    fn desired(&self) -> Result<Vec<PluginFiles>, String> {
+        let mut found = discover(&self.config.plugins.dir)?;
+        for extra in &self.config.plugins.extra {
+            let name = extra
+                .manifest
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default()
+                .to_string();
+            found.push(PluginFiles {
+                name,
+                wasm: extra.wasm.clone(),
+                manifest: extra.manifest.clone(),
+            });
+        }
+        Ok(found)
+    }
+
+    /// Bring the running plugins in line with the files. Errors only when the
+    /// plugin directory itself cannot be read.
+    pub async fn reconcile(&mut self) -> Result<(), String> {
+        let desired = self.desired()?;
+        let wanted: BTreeSet<&str> = desired.iter().map(|f| f.name.as_str()).collect();
+        let gone: Vec<String> = self
+            .plugins
+            .keys()
+            .filter(|n| !wanted.contains(n.as_str()))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(m) = self.plugins.remove(&name) {
+                if let Some(r) = m.running {
+                    let stats = stop(r).await;
+                    tracing::info!(plugin = %name, handled = stats.handled, "plugin removed: drained, offsets committed, consumer stopped");
+                }
+            }
+        }
+        for files in desired {
+            let Some(fingerprint) = fingerprint(&files) else {
+                continue; // a file vanished meanwhile (a rename in progress): next round
+            };
+            if self
+                .plugins
+                .get(&files.name)
+                .is_some_and(|m| m.fingerprint == fingerprint)
+            {
+                continue;
+            }
+            self.apply(files, fingerprint).await;
+        }
+        self.write_status();
+        Ok(())
+    }
+
+    /// Load a new or changed plugin and start, swap or restart it.
+    async fn apply(&mut self, files: PluginFiles, fingerprint: String) {
+        let name = files.name.clone();
+        let loaded = self.load(&files).await;
+        let entry = self.plugins.entry(name.clone()).or_insert_with(|| Managed {
+            files: files.clone(),
+            fingerprint: String::new(),
+            running: None,
+            rejected: None,
+            loaded_at: None,
+        });
+        entry.fingerprint = fingerprint;
+        entry.files = files;
+        let plugin = match loaded {
+            Ok(p) => p,
+            Err(reason) => {
+                if entry.running.is_some() {
+                    tracing::error!(plugin = %name, "new version rejected; the running version stays: {reason}");
+                } else {
+                    tracing::error!(plugin = %name, "plugin rejected: {reason}");
+                }
+                entry.rejected = Some(reason);
+                return;
+            }
+        };
+        let shape = ConsumerShape::of(plugin.manifest());
+        let hash = plugin.content_hash()[..12].to_string();
+        match entry.running.take() {
+            Some(running) if running.shape == shape => {
+                running.versions.swap(plugin);
+                tracing::info!(plugin = %name, sha256 = %hash, "new version swapped in");
+                entry.running = Some(running);
+            }
+            previous => {
+                if let Some(old) = previous {
+                    stop(old).await;
+                    tracing::info!(plugin = %name, "consumer settings changed: consumer restarted after committing");
+                }
+                match self.start_consuming(plugin).await {
+                    Ok(running) => {
+                        tracing::info!(plugin = %name, sha256 = %hash, "plugin started");
+                        let entry = self.plugins.get_mut(&name).expect("inserted above");
+                        entry.running = Some(running);
+                    }
+                    Err(reason) => {
+                        tracing::error!(plugin = %name, "plugin cannot consume: {reason}");
+                        let entry = self.plugins.get_mut(&name).expect("inserted above");
+                        entry.rejected = Some(reason);
+                        return;
+                    }
+                }
+            }
+        }
+        let entry = self.plugins.get_mut(&name).expect("inserted above");
+        entry.rejected = None;
+        entry.loaded_at = Some(SystemTime::now());
+    }
+
+    async fn load(&self, files: &PluginFiles) -> Result<Plugin, String> {
+        let manifest = Manifest::load(&files.manifest).map_err(|e| e.to_string())?;
+        if manifest.name != files.name {
+            return Err(format!(
+                "{} names the plugin {:?}, but its file is {:?}",
+                files.manifest.display(),
+                manifest.name,
+                files.name
+            ));
+        }
+        self.runtime
+            .load(&files.wasm, manifest, self.backends.clone())
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Make sure the plugin's topics exist, then start its consumer and workers.
+    async fn start_consuming(&mut self, plugin: Plugin) -> Result<Running, String> {
+        let m = plugin.manifest().clone();
+        let mut needed = BTreeSet::new();
+        for t in &m.topics {
+            let full = self.namer.full_name(t);
+            needed.insert(self.config.dlq_topic(&full, &m.name));
+            needed.insert(full);
+        }
+        if let Some(publish) = &m.capabilities.publish {
+            needed.extend(publish.topics.iter().map(|t| self.namer.full_name(t)));
+        }
+        if !needed.is_subset(&self.existing_topics) {
+            self.existing_topics = crate::kafka::wait_for_broker(&self.config).await?;
+            crate::kafka::ensure_topics(&self.config, &self.existing_topics, &needed).await?;
+            self.existing_topics.extend(needed);
+        }
+
+        let workers = m.consumer.workers as usize;
+        let versions = Versions::new(plugin);
+        let (router, receivers) = dispatch::queues(workers);
+        let settings = SourceSettings {
+            plugin: m.name.clone(),
+            group: m
+                .consumer
+                .group
+                .clone()
+                .unwrap_or_else(|| self.config.group_for(&m.name)),
+            topics: m.topics.iter().map(|t| self.namer.full_name(t)).collect(),
+            max_in_flight: m.consumer.max_in_flight as usize,
+            drain_timeout: self.config.shutdown.drain_timeout,
+        };
+        let group = settings.group.clone();
+        let (source, acker) =
+            Source::start(&self.config, self.namer.clone(), settings, move |e| {
+                router.dispatch(e)
+            })?;
+        let dlq_config = self.config.clone();
+        let plugin_name = m.name.clone();
+        let dead_letters = DeadLetters {
+            topic_for: Arc::new(move |topic| dlq_config.dlq_topic(topic, &plugin_name)),
+        };
+        let stats = Arc::new(Stats::default());
+        let (stop, stopping) = watch::channel(false);
+        let workers = Workers::spawn(
+            versions.clone(),
+            receivers,
+            self.sink.clone(),
+            acker,
+            dead_letters,
+            stats.clone(),
+            stopping,
+        );
+        tracing::info!(plugin = %m.name, group = %group, workers = m.consumer.workers, "consuming");
+        Ok(Running {
+            versions,
+            shape: ConsumerShape::of(&m),
+            source,
+            workers,
+            stats,
+            stop,
+        })
+    }
+
+    /// Every plugin's status.
+    pub fn status(&self) -> Vec<PluginStatus> {
+        self.plugins
+            .iter()
+            .map(|(name, m)| {
+                let running = m.running.as_ref();
+                let current = running.map(|r| r.versions.current());
+                let rollback = running.and_then(|r| r.versions.last_rollback());
+                let (state, reason) = match (running, &m.rejected, &rollback) {
+                    (None, Some(why), _) => ("rejected", Some(why.clone())),
+                    (None, None, _) => ("stopped", None),
+                    (Some(_), Some(why), _) => {
+                        ("running", Some(format!("last reload rejected: {why}")))
+                    }
+                    (Some(r), None, Some(rb))
+                        if current.as_ref().map(|c| c.plugin.content_hash())
+                            == Some(rb.to_hash.as_str())
+                            && !r.versions.on_probation() =>
+                    {
+                        ("rolled-back", Some(rb.reason.clone()))
+                    }
+                    (Some(_), None, _) => ("running", None),
+                };
+                PluginStatus {
+                    name: name.clone(),
+                    state: state.to_string(),
+                    reason,
+                    sha256: current
+                        .as_ref()
+                        .map(|c| c.plugin.content_hash().to_string()),
+                    loaded_at: m
+                        .loaded_at
+                        .map(|t| humantime::format_rfc3339_millis(t).to_string()),
+                    topics: current
+                        .as_ref()
+                        .map(|c| c.plugin.manifest().topics.clone())
+                        .unwrap_or_default(),
+                    wasm: m.files.wasm.display().to_string(),
+                    manifest: m.files.manifest.display().to_string(),
+                    rollbacks: running.map_or(0, |r| r.versions.rollbacks()),
+                    stats: running.map(|r| r.stats.snapshot()),
+                }
+            })
+            .collect()
+    }
+
+    /// Write the status file when something other than counters changed.
+    pub fn write_status(&mut self) {
+        let status = self.status();
+        let strip = |s: &[PluginStatus]| -> Vec<PluginStatus> {
+            s.iter()
+                .cloned()
+                .map(|mut p| {
+                    p.stats = None;
+                    p
+                })
+                .collect()
+        };
+        if strip(&status) == strip(&self.last_status) && !self.last_status.is_empty() {
+            return;
+        }
+        for s in &status {
+            if s.state == "rolled-back"
+                && !self
+                    .last_status
+                    .iter()
+                    .any(|p| p.name == s.name && p.state == "rolled-back")
+            {
+                tracing::error!(plugin = %s.name, reason = s.reason.as_deref().unwrap_or(""), "plugin rolled back");
+            }
+        }
+        write_status_file(&self.config.plugins.status_file, &status);
+        self.last_status = status;
+    }
+
+    /// Stop every plugin: drain, commit, leave the groups.
+    pub async fn shutdown(mut self) -> RunReport {
+        let mut report = RunReport::default();
+        for m in self.plugins.values() {
+            if let Some(r) = &m.running {
+                let _ = r.stop.send(true);
+                r.source.stop();
+            }
+        }
+        let names: Vec<String> = self.plugins.keys().cloned().collect();
+        for name in names {
+            let m = self.plugins.remove(&name).expect("listed above");
+            if let Some(r) = m.running {
+                let snapshot = stop(r).await;
+                tracing::info!(plugin = %name, handled = snapshot.handled, retries = snapshot.retries, dead_lettered = snapshot.dead_lettered, published = snapshot.published, abandoned = snapshot.abandoned, "plugin stopped");
+                report.plugins.insert(name, snapshot);
+            }
+        }
+        write_status_file(&self.config.plugins.status_file, &[]);
+        report
+    }
+}
+
+/// Drain one plugin's consumer (in-flight events finish, offsets committed), then
+/// stop its workers.
+async fn stop(r: Running) -> StatsSnapshot {
+    let _ = r.stop.send(true);
+    r.source.stop();
+    let source = r.source;
+    let _ = tokio::task::spawn_blocking(move || source.join()).await;
+    r.workers.abort();
+    r.stats.snapshot()
+}
+
+/// Hash of a plugin's two files, or `None` if one cannot be read right now.
+fn fingerprint(files: &PluginFiles) -> Option<String> {
+    let wasm = std::fs::read(&files.wasm).ok()?;
+    let manifest = std::fs::read(&files.manifest).ok()?;
+    let mut h = Sha256::new();
+    h.update(Sha256::digest(&wasm));
+    h.update(Sha256::digest(&manifest));
+    Some(hex::encode(h.finalize()))
+}
+
+fn write_status_file(path: &std::path::Path, status: &[PluginStatus]) {
+    let write = || -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(status)?)?;
+        std::fs::rename(&tmp, path)
+    };
+    if let Err(e) = write() {
+        tracing::warn!(file = %path.display(), error = %e, "cannot write the plugin status");
+    }
+}
+
+/// Read the status a running host wrote.
+pub fn read_status_file(path: &std::path::Path) -> Option<Vec<PluginStatus>> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
