@@ -30,6 +30,16 @@ enum Command {
         #[arg(long, default_value = "text")]
         log_format: String,
     },
+    /// List the plugins: name, content hash, state (running, rolled-back, rejected and
+    /// why), loaded-at and topics, as the running host reports them; without a running
+    /// host, each plugin of the directory is loaded and checked.
+    Plugins {
+        #[arg(long, short, default_value = "weir.toml")]
+        config: PathBuf,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Dead-letter topics.
     Dlq {
         #[command(subcommand)]
@@ -101,6 +111,48 @@ fn main() -> ExitCode {
                     tracing::error!("{e}");
                     eprintln!("error: {e}");
                     ExitCode::from(1)
+                }
+            }
+        }
+        Command::Plugins { config, json } => {
+            init_logging("error", "text");
+            let config = match load_config(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let runtime = tokio::runtime::Runtime::new().expect("start the async runtime");
+            match runtime.block_on(weir_host::reload::plugin_status(&config)) {
+                Ok((source, list)) => {
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&list).expect("status serializes")
+                        );
+                    } else {
+                        println!("{source}");
+                        for p in &list {
+                            println!(
+                                "{:<24} {:<12} sha256 {}  loaded {}  topics {}",
+                                p.name,
+                                p.state,
+                                p.sha256.as_deref().map_or("-", |h| &h[..12.min(h.len())]),
+                                p.loaded_at.as_deref().unwrap_or("-"),
+                                p.topics.join(",")
+                            );
+                            if let Some(reason) = &p.reason {
+                                println!("{:<24} {reason}", "");
+                            }
+                        }
+                    }
+                    if list.iter().any(|p| p.state == "rejected") {
+                        ExitCode::from(1)
+                    } else {
+                        ExitCode::SUCCESS
+                    }
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
                 }
             }
         }

@@ -7,4 +7,5 @@ mod support;
 mod faults;
 mod invoke_cli;
 mod pipeline;
+mod reload;
 mod seed_plugins;

@@ -5,7 +5,8 @@
 //! The event's `mode` field picks a behaviour: `ok` (default), `fail-twice` (asks
 //! for a retry on its first two attempts, counted in the cache), `reject`, `trap`,
 //! and `publish-secret` (tries an ungranted topic and rejects with the refusal).
-//! With the `accept_all` config set, every event is handled as `ok`.
+//! With the `accept_all` config set, every event is handled as `ok`; with `always`
+//! set, every event gets that mode.
 
 use serde_json::Value;
 use weir_sdk::{cache, config, describe, publish::Message, reject, retry, Event, Handler};
@@ -18,6 +19,9 @@ impl Handler for Echo {
         let mut mode = body["mode"].as_str().unwrap_or("ok").to_string();
         if config::get("accept_all")?.is_some() {
             mode = "ok".into(); // the "fixed" plugin of the replay test
+        }
+        if let Some(always) = config::get("always")? {
+            mode = always; // a broken version for the rollback test
         }
         match mode.as_str() {
             "reject" => return Err(reject("asked to reject")),
