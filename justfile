@@ -74,6 +74,10 @@ invoke-demo: plugins host
 test: plugins broker
     cargo test -p weir-host
 
+# Benchmarks: runtime alone, and end to end through a local broker (first build: about 20 min)
+bench: plugins broker
+    cargo run -q --profile bench-host -p weir-host --example bench
+
 # Formatting and lints, as CI checks them
 lint:
     cargo fmt --all -- --check
