@@ -89,9 +89,9 @@ async fn demo() -> Result<(), String> {
     let config = Config::from_figment(figment, config_path).map_err(|e| e.to_string())?;
     let namer = config.namer()?;
     println!(
-        "config: {} (topic prefix {:?})",
+        "config: {} (topics: {})",
         config_path.display(),
-        namer.full_name("")
+        namer.full_name("<name>")
     );
 
     let cache = std::sync::Arc::new(MemoryCache::new(64 * 1024 * 1024));
