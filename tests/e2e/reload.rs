@@ -401,3 +401,38 @@ async fn a_restart_with_fifty_plugins_loads_them_all_from_the_compile_cache() {
         load_all(weir_host::runtime::Runtime::with_compile_cache(cache).unwrap()).await;
     assert_eq!((third.compiled, third.cache_hits), (1, 49));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_settings_change_restarts_that_consumer_after_committing() {
+    let Some((b, files)) = setup("reshape").await else {
+        return;
+    };
+    let host = InProcessHost::start(files.load());
+    wait_status(&files, "running", |s| s.state == "running").await;
+    let n = 300;
+    let producer = b.producer();
+    let stream = tokio::spawn(async move {
+        for i in 0..n {
+            let key = format!("k{}", i % 10);
+            produce(&producer, "reshape-in", &key, json!({"seq": i, "key": key})).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Same code, more workers: the consumer must be rebuilt.
+    put(
+        &files.plugins().join("echo.toml"),
+        format!("{}[consumer]\nworkers = 3\n", echo_manifest("v1", "")).as_bytes(),
+    );
+    stream.await.unwrap();
+    let out = b.read("reshape-out", n as usize);
+    host.stop().await;
+    let (seen, duplicates) = seqs(&out);
+    println!(
+        "reshape: {n} events, consumer restarted mid-stream, {} outputs, {duplicates} duplicates",
+        out.len()
+    );
+    assert_eq!(seen.len(), n as usize, "nothing lost");
+    assert_eq!(duplicates, 0, "committed before the new consumer started");
+    assert_key_order(&out);
+}
