@@ -222,7 +222,7 @@ async fn bad_files_are_rejected_and_the_old_version_keeps_running() {
     assert_eq!(
         by,
         vec!["v1", "v1", "v1", "v1"],
-        "the old version handled everything while the new files were bad"
+        "every event handled: by the old component while the new files were bad, then by the completed one (same v1 config)"
     );
 }
 
