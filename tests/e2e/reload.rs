@@ -436,3 +436,29 @@ async fn a_consumer_settings_change_restarts_that_consumer_after_committing() {
     assert_eq!(duplicates, 0, "committed before the new consumer started");
     assert_key_order(&out);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_listed_in_the_config_outside_the_directory_load_the_same_way() {
+    let Some(b) = broker() else { return };
+    b.create_topics(&["baked-in", "baked-out", "baked-in.dlq"], 3)
+        .await;
+    let files = HostFiles::echo(&b.bootstrap(), "baked", "");
+    // Move the plugin out of the watched directory, into an "image" folder.
+    let image = files.dir.path().join("opt");
+    std::fs::create_dir_all(&image).unwrap();
+    for f in ["echo.wasm", "echo.toml"] {
+        std::fs::rename(files.plugins().join(f), image.join(f)).unwrap();
+    }
+    files.write_config(
+        &b.bootstrap(),
+        "baked",
+        "[plugins]\nextra = [{ wasm = \"opt/echo.wasm\", manifest = \"opt/echo.toml\" }]\n",
+    );
+    let host = InProcessHost::start(files.load());
+    let s = wait_status(&files, "running", |s| s.state == "running").await;
+    assert!(s.wasm.ends_with("opt/echo.wasm"), "{s:?}");
+    let producer = b.producer();
+    produce(&producer, "baked-in", "k", json!({"seq": 0})).await;
+    assert_eq!(b.read("baked-out", 1).len(), 1);
+    host.stop().await;
+}
