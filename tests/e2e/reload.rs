@@ -212,8 +212,39 @@ async fn bad_files_are_rejected_and_the_old_version_keeps_running() {
     let s = wait_status(&files, "v2", |s| s.sha256.as_deref() == Some(v2.as_str())).await;
     assert_eq!((s.state.as_str(), s.reason.as_deref()), ("running", None));
     produce(&producer, "bad-in", "k", json!({"seq": seq})).await;
+    seq += 1;
+    // A manifest whose config makes `init` fail, then one that does not parse: each
+    // rejected with its reason, the running version untouched.
+    let manifest_path = files.plugins().join("echo.toml");
+    let manifests = [
+        (
+            "init fails",
+            echo_manifest("v1", "fail_init = \"no database\"\n"),
+            "init failed: refusing to start: no database",
+        ),
+        (
+            "manifest does not parse",
+            "name = \"echo\"\ntopics = 3\n".to_string(),
+            "echo.toml:2: topics: invalid type",
+        ),
+    ];
+    for (what, text, reason) in manifests {
+        put(&manifest_path, text.as_bytes());
+        let s = wait_status(&files, what, |s| {
+            s.reason.as_deref().is_some_and(|r| r.contains(reason))
+        })
+        .await;
+        assert_eq!(s.state, "running", "{what}: {s:?}");
+        assert_eq!(
+            s.sha256.as_deref(),
+            Some(v2.as_str()),
+            "{what}: v2 still runs"
+        );
+        produce(&producer, "bad-in", "k", json!({"seq": seq})).await;
+        seq += 1;
+    }
 
-    let out = b.read("bad-out", seq as usize + 1);
+    let out = b.read("bad-out", seq as usize);
     host.stop().await;
     let by: Vec<String> = out
         .iter()
@@ -221,7 +252,7 @@ async fn bad_files_are_rejected_and_the_old_version_keeps_running() {
         .collect();
     assert_eq!(
         by,
-        vec!["v1", "v1", "v1", "v1"],
+        vec!["v1"; 6],
         "every event handled: by the old component while the new files were bad, then by the completed one (same v1 config)"
     );
 }

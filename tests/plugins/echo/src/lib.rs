@@ -6,7 +6,8 @@
 //! for a retry on its first two attempts, counted in the cache), `reject`, `trap`,
 //! and `publish-secret` (tries an ungranted topic and rejects with the refusal).
 //! With the `accept_all` config set, every event is handled as `ok`; with `always`
-//! set, every event gets that mode.
+//! set, every event gets that mode. With `fail_init` set, `init` fails with its value
+//! (a version that must be rejected at load).
 
 use serde_json::Value;
 use weir_sdk::{cache, config, describe, publish::Message, reject, retry, Event, Handler};
@@ -14,6 +15,13 @@ use weir_sdk::{cache, config, describe, publish::Message, reject, retry, Event, 
 struct Echo;
 
 impl Handler for Echo {
+    fn init() -> Result<(), String> {
+        match config::get("fail_init").map_err(|e| describe(&e))? {
+            Some(why) => Err(format!("refusing to start: {why}")),
+            None => Ok(()),
+        }
+    }
+
     fn handle(event: Event) -> weir_sdk::Result {
         let mut body: Value = event.json()?;
         let mut mode = body["mode"].as_str().unwrap_or("ok").to_string();
