@@ -530,3 +530,37 @@ async fn the_host_recovers_when_the_broker_restarts() {
     );
     assert!(missing.is_empty(), "missing {missing:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_that_failed_fatally_is_replaced_and_later_sends_go_through() {
+    let Some(b) = broker() else {
+        return;
+    };
+    b.create_topics(&["fatal-out"], 1).await;
+    let files = HostFiles::echo(&b.bootstrap(), "fatal", "");
+    let sink = weir_host::kafka::sink::Sink::new(&files.load()).unwrap();
+    sink.send("fatal-out", Some(b"k"), b"1", &[]).await.unwrap();
+
+    // What librdkafka does when the broker answers out of sequence and the idempotent
+    // producer can no longer keep its ordering: every later send on it fails.
+    sink.fail_producer_for_test();
+    let err = sink
+        .send("fatal-out", Some(b"k"), b"lost", &[])
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("atal"),
+        "the send fails with the fatal error: {err}"
+    );
+    assert_eq!(sink.producers_replaced(), 1);
+
+    // The next attempt (an event's retry) goes through a new producer.
+    sink.send("fatal-out", Some(b"k"), b"2", &[]).await.unwrap();
+    let payloads: Vec<String> = b
+        .read("fatal-out", 2)
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.payload).into_owned())
+        .collect();
+    assert_eq!(payloads, ["1", "2"]);
+    assert_eq!(sink.producers_replaced(), 1);
+}

@@ -1,14 +1,23 @@
 //! The sink: sends what handlers published, and dead letters, through one
 //! idempotent producer (acks=all). Every send is awaited: the caller moves an
 //! offset only after the broker acknowledged everything the event produced.
+//!
+//! An idempotent producer can fail *fatally* (librdkafka gives up on it, e.g. after
+//! the broker answers out-of-sequence and ordering can no longer be guaranteed):
+//! every later send fails. The sink then replaces it with a new producer, so the
+//! failed events' retries go through instead of blocking their partitions forever.
 
 use crate::capabilities::storage::rfc3339;
 use crate::capabilities::{storage::now_ms, OutgoingMessage};
 use crate::config::Config;
 use crate::event::EventRecord;
 use crate::topics::TopicNamer;
+use arc_swap::ArcSwap;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::ClientConfig;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Headers carried from the input event to every output, unless the plugin set them.
@@ -30,7 +39,11 @@ pub const H_FAILED_AT: &str = "weir-failed-at";
 
 #[derive(Clone)]
 pub struct Sink {
-    producer: FutureProducer,
+    producer: Arc<ArcSwap<FutureProducer>>,
+    /// To make a replacement producer.
+    client_config: Arc<ClientConfig>,
+    /// How many times a fatally failed producer was replaced.
+    replaced: Arc<AtomicU64>,
     namer: TopicNamer,
     timeout: Duration,
 }
@@ -57,7 +70,9 @@ impl Sink {
             .create()
             .map_err(|e| format!("cannot create the producer: {e}"))?;
         Ok(Sink {
-            producer,
+            producer: Arc::new(ArcSwap::from_pointee(producer)),
+            client_config: Arc::new(c),
+            replaced: Arc::new(AtomicU64::new(0)),
             namer: config.namer()?,
             timeout: config.kafka.producer.message_timeout,
         })
@@ -137,11 +152,56 @@ impl Sink {
         if let Some(k) = key {
             record = record.key(k);
         }
-        self.producer
-            .send(record, self.timeout)
-            .await
-            .map(|d| (d.partition, d.offset))
-            .map_err(|(e, _)| e.to_string())
+        let producer = self.producer.load_full();
+        match producer.send(record, self.timeout).await {
+            Ok(d) => Ok((d.partition, d.offset)),
+            Err((e, _)) => {
+                self.replace_if_fatal(&producer);
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Producers replaced after a fatal error since start.
+    pub fn producers_replaced(&self) -> u64 {
+        self.replaced.load(Ordering::Relaxed)
+    }
+
+    /// Make the current producer fail fatally, as librdkafka does when it can no
+    /// longer keep an idempotent producer's guarantees (for the recovery's tests).
+    #[doc(hidden)]
+    pub fn fail_producer_for_test(&self) {
+        let producer = self.producer.load_full();
+        // SAFETY: the pointer is the live client `producer` holds for this call's
+        // duration; librdkafka copies the reason string.
+        unsafe {
+            rdkafka::bindings::rd_kafka_test_fatal_error(
+                producer.client().native_client().ptr(),
+                rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                c"injected by a test".as_ptr(),
+            );
+        }
+    }
+
+    /// If `failed` (the producer a send just failed on) is fatally broken and still
+    /// the current one, swap in a new producer. Messages it still holds fail with
+    /// errors, and their events are retried like any failed publish.
+    fn replace_if_fatal(&self, failed: &Arc<FutureProducer>) {
+        let Some((code, reason)) = failed.client().fatal_error() else {
+            return;
+        };
+        let fresh: FutureProducer = match self.client_config.create() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "the producer failed fatally and a new one cannot be created; retrying on the next failure");
+                return;
+            }
+        };
+        let previous = self.producer.compare_and_swap(failed, Arc::new(fresh));
+        if Arc::ptr_eq(&previous, failed) {
+            self.replaced.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(code = ?code, reason = %reason, "the producer failed fatally; replaced it with a new one (the events whose outputs were lost are retried)");
+        }
     }
 }
 
