@@ -115,6 +115,10 @@ impl DevBroker {
                 "--group-initial-rebalance-delay",
                 "0s",
             ])
+            // The host's RUST_LOG is not the broker's: info-level broker logging slows it
+            // several times over. NISSHI_LOG sets the broker's own.
+            .env_remove("RUST_LOG")
+            .envs(std::env::var("NISSHI_LOG").map(|l| ("RUST_LOG", l)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log)
