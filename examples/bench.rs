@@ -3,7 +3,7 @@
 //! 1. The runtime alone (no broker): `track-deletions` handling distinct events
 //!    through its capabilities, one instance, events/s and latency percentiles.
 //! 2. End to end through a real broker (nisshi on a free port): N events already
-//!    on a 3-partition topic, the `echo` plugin (4 workers) republishing each;
+//!    on a 3-partition topic, the `echo` plugin (1, 4, 16 workers) republishing each;
 //!    the time from the host's start until every output is acknowledged on the
 //!    output topic: consume + wasm + publish (acks=all) + offset commits.
 //!
@@ -17,6 +17,13 @@ use weir_host::event::EventRecord;
 
 #[tokio::main]
 async fn main() -> Result<(), String> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,weir::plugin=off")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     std::env::set_current_dir(&root).map_err(|e| e.to_string())?;
     let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
@@ -25,7 +32,10 @@ async fn main() -> Result<(), String> {
 
     println!("| benchmark | figure |\n| --- | --- |");
     runtime_only(&wasm_dir, &work).await?;
-    end_to_end(&wasm_dir, &work).await?;
+    broker_alone(&work.join("broker-alone")).await?;
+    for workers in [1, 4, 16] {
+        end_to_end(&wasm_dir, &work.join(format!("e2e-{workers}")), workers).await?;
+    }
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
 }
@@ -77,7 +87,51 @@ async fn runtime_only(wasm_dir: &Path, work: &Path) -> Result<(), String> {
     Ok(())
 }
 
-async fn end_to_end(wasm_dir: &Path, work: &Path) -> Result<(), String> {
+/// What the broker and the producer manage without the host: the ceiling the
+/// end-to-end figures are to be read against.
+async fn broker_alone(work: &Path) -> Result<(), String> {
+    let binary = devbroker::find_nisshi().ok_or("nisshi is not installed: `just broker`")?;
+    let broker = DevBroker::start(&binary, &work.join("broker"), BrokerStorage::Memory)?;
+    let bootstrap = broker.bootstrap();
+    devbroker::create_topics(&bootstrap, &["bench-in"], 3).await?;
+    std::fs::write(
+        work.join("weir.toml"),
+        format!("[kafka]\nbootstrap_servers = \"{bootstrap}\"\n[topics]\nprefix = \"bench\"\n"),
+    )
+    .map_err(|e| e.to_string())?;
+    let config =
+        weir_host::config::Config::load(&work.join("weir.toml")).map_err(|e| e.to_string())?;
+    let sink = weir_host::kafka::sink::Sink::new(&config)?;
+    let one = |i: i64| {
+        let sink = sink.clone();
+        async move {
+            let key = format!("k{}", i % 100);
+            sink.send("bench-in", Some(key.as_bytes()), b"{}", &[])
+                .await
+        }
+    };
+    let n = 2_000;
+    let started = Instant::now();
+    for i in 0..n {
+        one(i).await?;
+    }
+    let sequential = started.elapsed();
+    let started = Instant::now();
+    futures::future::try_join_all((0..20_000).map(one)).await?;
+    let concurrent = started.elapsed();
+    println!(
+        "| broker alone: {n} messages, one at a time, each ack awaited (a worker's pattern) | {:.0} messages/s ({:.2} ms per round trip) |",
+        n as f64 / sequential.as_secs_f64(),
+        sequential.as_secs_f64() * 1000.0 / n as f64
+    );
+    println!(
+        "| broker alone: 20000 messages sent at once (acks=all) | {:.0} messages/s |",
+        20_000.0 / concurrent.as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn end_to_end(wasm_dir: &Path, work: &Path, workers: usize) -> Result<(), String> {
     let n: i64 = 20_000;
     let binary = devbroker::find_nisshi().ok_or("nisshi is not installed: `just broker`")?;
     let broker = DevBroker::start(&binary, &work.join("broker"), BrokerStorage::Memory)?;
@@ -90,7 +144,7 @@ async fn end_to_end(wasm_dir: &Path, work: &Path) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     std::fs::write(
         plugins.join("echo.toml"),
-        "name = \"echo\"\ntopics = [\"in\"]\n[consumer]\nworkers = 4\nmax_in_flight = 1000\n[capabilities.cache]\n[capabilities.publish]\ntopics = [\"out\"]\n",
+        format!("name = \"echo\"\ntopics = [\"in\"]\n[consumer]\nworkers = {workers}\nmax_in_flight = 1000\n[capabilities.cache]\n[capabilities.publish]\ntopics = [\"out\"]\n"),
     )
     .map_err(|e| e.to_string())?;
     let config_path = work.join("weir.toml");
@@ -136,7 +190,7 @@ async fn end_to_end(wasm_dir: &Path, work: &Path) -> Result<(), String> {
     let _ = stop.send(());
     let report = host.await.map_err(|e| e.to_string())??;
     println!(
-        "| end to end: {n} events on 3 partitions, echo plugin, 4 workers, outputs acked (acks=all), start-up included | {:.0} events/s ({:.1} s; handled {}) |",
+        "| end to end: {n} events on 3 partitions, echo plugin, {workers} worker(s), outputs acked (acks=all), start-up included | {:.0} events/s ({:.1} s; handled {}) |",
         n as f64 / elapsed.as_secs_f64(),
         elapsed.as_secs_f64(),
         report.plugins["echo"].handled
