@@ -366,19 +366,11 @@ impl Supervisor {
             .collect()
     }
 
-    /// Write the status file when something other than counters changed.
+    /// Write the status file if anything (a state, a counter) changed since the
+    /// last write. Called every second, so counters are at most a second old.
     pub fn write_status(&mut self) {
         let status = self.status();
-        let strip = |s: &[PluginStatus]| -> Vec<PluginStatus> {
-            s.iter()
-                .cloned()
-                .map(|mut p| {
-                    p.stats = None;
-                    p
-                })
-                .collect()
-        };
-        if strip(&status) == strip(&self.last_status) && !self.last_status.is_empty() {
+        if status == self.last_status {
             return;
         }
         for s in &status {
