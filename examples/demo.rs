@@ -100,7 +100,8 @@ async fn demo() -> Result<(), String> {
     for key in PRESIGNED {
         cache
             .set(key, b"https://storage.example/signed-url".to_vec(), None)
-            .await?;
+            .await
+            .map_err(|e| e.to_string())?;
     }
     println!("\ncache before: {}", cache.keys().join(", "));
 

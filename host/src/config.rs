@@ -21,6 +21,8 @@ pub struct Config {
     #[serde(default)]
     pub plugins: PluginsConfig,
     #[serde(default)]
+    pub cache: CacheConfig,
+    #[serde(default)]
     pub storage: StorageConfig,
     #[serde(default)]
     pub dlq: DlqConfig,
@@ -201,6 +203,42 @@ pub struct ExtraPlugin {
     pub manifest: PathBuf,
 }
 
+/// Which cache backend serves the `cache` capability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheKind {
+    /// In this process: fast, private to one host, lost on restart.
+    Memory,
+    /// A Redis server shared by every host (and by other services using the same keys).
+    Redis,
+}
+
+/// `[cache]`: the backend of the `cache` capability.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    pub backend: CacheKind,
+    /// `redis://[user:password@]host:port[/db]` (or `redis+unix:///path`), for `backend = "redis"`.
+    pub url: Option<String>,
+    /// Longest a cache call may wait for Redis (connecting included); past it the
+    /// plugin gets `unavailable` and the event is retried.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Capacity of the memory backend (keys and values).
+    pub max_bytes: bytesize::ByteSize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            backend: CacheKind::Memory,
+            url: None,
+            timeout: Duration::from_secs(2),
+            max_bytes: bytesize::ByteSize::mib(256),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
@@ -347,7 +385,32 @@ impl Config {
         if self.kafka.connect.attempts == 0 {
             return Err(("kafka.connect.attempts".into(), "must be at least 1".into()));
         }
-        Ok(())
+        self.validate_cache()
+    }
+
+    fn validate_cache(&self) -> Result<(), (String, String)> {
+        let cache = &self.cache;
+        if cache.timeout.is_zero() {
+            return Err(("cache.timeout".into(), "must be more than zero".into()));
+        }
+        match (cache.backend, &cache.url) {
+            (CacheKind::Redis, None) => Err((
+                "cache.url".into(),
+                "is required with backend = \"redis\" (e.g. \"redis://127.0.0.1:6379/0\")".into(),
+            )),
+            (CacheKind::Redis, Some(url)) => {
+                crate::capabilities::RedisCache::check_url(url).map_err(|e| ("cache.url".into(), e))
+            }
+            (CacheKind::Memory, Some(_)) => Err((
+                "cache.url".into(),
+                "is set but cache.backend is \"memory\": set backend = \"redis\" to use it, or remove the url".into(),
+            )),
+            (CacheKind::Memory, None) if cache.max_bytes.as_u64() < 1024 * 1024 => Err((
+                "cache.max_bytes".into(),
+                format!("{} is too small: at least 1 MiB", cache.max_bytes),
+            )),
+            (CacheKind::Memory, None) => Ok(()),
+        }
     }
 
     /// The topic namer of `[topics]`.
@@ -512,6 +575,45 @@ mod tests {
         assert!(e.0.contains("topics.template"), "{e}");
         let e = load("[topics]\nprefix = \"dev\"\n").unwrap_err();
         assert!(e.0.contains("kafka"), "{e}");
+    }
+
+    #[test]
+    fn the_cache_backend_is_memory_unless_redis_is_configured() {
+        let c = load("[kafka]\nbootstrap_servers = \"b\"\n").unwrap();
+        assert_eq!(c.cache.backend, CacheKind::Memory);
+        let c = load(
+            "[kafka]\nbootstrap_servers = \"b\"\n[cache]\nbackend = \"redis\"\n\
+             url = \"redis://:pw@cache:6379/2\"\ntimeout = \"750ms\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.cache.backend, CacheKind::Redis);
+        assert_eq!(c.cache.timeout, Duration::from_millis(750));
+
+        let bad = |toml: &str, needles: &[&str]| {
+            let e = load(&format!(
+                "[kafka]\nbootstrap_servers = \"b\"\n[cache]\n{toml}"
+            ))
+            .unwrap_err();
+            for n in needles {
+                assert!(e.0.contains(n), "{e} lacks {n}");
+            }
+            assert!(!e.0.contains("pw"), "a password leaked: {e}");
+        };
+        bad("backend = \"redis\"\n", &["cache.url: is required"]);
+        bad(
+            "backend = \"memcached\"\n",
+            &["cache.backend", "memory", "redis"],
+        );
+        bad(
+            "url = \"redis://:pw@cache:6379\"\n",
+            &["cache.url", "backend = \"redis\""],
+        );
+        bad(
+            "backend = \"redis\"\nurl = \"http://:pw@cache:6379\"\n",
+            &["cache.url", "redis://"],
+        );
+        bad("timeout = \"0s\"\n", &["cache.timeout"]);
+        bad("max_bytes = \"1 KiB\"\n", &["cache.max_bytes"]);
     }
 
     #[test]

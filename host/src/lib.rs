@@ -8,6 +8,7 @@
 pub mod capabilities;
 pub mod config;
 pub mod devbroker;
+pub mod devredis;
 pub mod dispatch;
 pub mod dlq;
 pub mod event;

@@ -67,7 +67,7 @@ pub fn discover(dir: &Path) -> Result<Vec<PluginFiles>, String> {
 
 /// Run until `shutdown` completes, then drain, commit and return what happened.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<RunReport, String> {
-    let backends = Backends::local(&config.storage.dir)?;
+    let backends = Backends::from_config(&config).await?;
     run_with(config, backends, shutdown).await
 }
 

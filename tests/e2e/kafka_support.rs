@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use weir_host::devbroker::{find_nisshi, BrokerStorage, DevBroker};
+use weir_host::reload::{read_status_file, PluginStatus};
 
 /// Generous bound for waits, so a broken build fails instead of hanging.
 pub const PATIENCE: Duration = Duration::from_secs(90);
@@ -23,14 +24,11 @@ pub struct TestBroker {
 /// The nisshi binary, or `None` (the caller skips its test, and this says so) when
 /// it is not installed. Under CI (`CI=true`) a missing broker fails the test.
 pub fn nisshi() -> Option<PathBuf> {
-    let binary = find_nisshi();
-    if binary.is_none() {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("CI=true but the nisshi broker is not installed: run `just broker` (see ../shared/broker.md)");
-        }
-        eprintln!("SKIPPED: the nisshi broker is not installed (`just broker` installs it)");
-    }
-    binary
+    crate::support::required(
+        find_nisshi(),
+        "the nisshi broker",
+        "`just broker` installs it (see ../shared/broker.md)",
+    )
 }
 
 /// A broker for one test, or `None` (the test is skipped with a message) when nisshi
@@ -132,24 +130,35 @@ pub struct HostFiles {
 }
 
 impl HostFiles {
-    /// A config for `bootstrap` with topic prefix `prefix` and the echo plugin
-    /// installed with `manifest_extra` appended to its manifest.
-    pub fn echo(bootstrap: &str, prefix: &str, manifest_extra: &str) -> HostFiles {
+    /// A config for `bootstrap` with topic prefix `prefix` and an empty plugin directory.
+    pub fn new(bootstrap: &str, prefix: &str) -> HostFiles {
         let files = HostFiles {
             dir: tempfile::tempdir().unwrap(),
         };
         std::fs::create_dir_all(files.plugins()).unwrap();
         files.write_config(bootstrap, prefix, "");
-        std::fs::copy(wasm("echo"), files.plugins().join("echo.wasm")).unwrap();
-        std::fs::write(
-            files.plugins().join("echo.toml"),
-            format!(
+        files
+    }
+
+    /// A config for `bootstrap` with topic prefix `prefix` and the echo plugin
+    /// installed with `manifest_extra` appended to its manifest.
+    pub fn echo(bootstrap: &str, prefix: &str, manifest_extra: &str) -> HostFiles {
+        let files = HostFiles::new(bootstrap, prefix);
+        files.install(
+            "echo",
+            &wasm("echo"),
+            &format!(
                 "name = \"echo\"\ntopics = [\"in\"]\n{manifest_extra}\n\
                  [capabilities.cache]\n[capabilities.publish]\ntopics = [\"out\"]\n"
             ),
-        )
-        .unwrap();
+        );
         files
+    }
+
+    /// Put a plugin into the plugin directory.
+    pub fn install(&self, name: &str, component: &std::path::Path, manifest: &str) {
+        std::fs::copy(component, self.plugins().join(format!("{name}.wasm"))).unwrap();
+        std::fs::write(self.plugins().join(format!("{name}.toml")), manifest).unwrap();
     }
 
     pub fn write_config(&self, bootstrap: &str, prefix: &str, extra: &str) {
@@ -176,6 +185,34 @@ impl HostFiles {
 
     pub fn load(&self) -> weir_host::config::Config {
         weir_host::config::Config::load(&self.config()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// What the running host last wrote to its status file (default location).
+    pub fn status(&self) -> Vec<PluginStatus> {
+        read_status_file(&self.dir.path().join("data/plugins-status.json")).unwrap_or_default()
+    }
+
+    /// Wait until the status of `plugin` satisfies `ok`.
+    pub async fn wait_status(
+        &self,
+        plugin: &str,
+        what: &str,
+        ok: impl Fn(&PluginStatus) -> bool,
+    ) -> PluginStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(s) = self.status().into_iter().find(|s| s.name == plugin) {
+                if ok(&s) {
+                    return s;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "status of {plugin} never became {what}: {:?}",
+                self.status()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 

@@ -7,5 +7,6 @@ mod support;
 mod faults;
 mod invoke_cli;
 mod pipeline;
+mod redis_cache;
 mod reload;
 mod seed_plugins;

@@ -5,7 +5,6 @@ use crate::support::wasm;
 use serde_json::json;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use weir_host::reload::{read_status_file, PluginStatus};
 
 /// The echo component with a custom section appended: a valid component with
 /// different bytes (and so a different content hash).
@@ -57,32 +56,6 @@ fn deploy(files: &HostFiles, version: &str, extra_config: &str) {
     );
 }
 
-fn status(files: &HostFiles) -> Vec<PluginStatus> {
-    read_status_file(&files.dir.path().join("data/plugins-status.json")).unwrap_or_default()
-}
-
-/// Wait until the status of `echo` satisfies `ok`.
-async fn wait_status(
-    files: &HostFiles,
-    what: &str,
-    ok: impl Fn(&PluginStatus) -> bool,
-) -> PluginStatus {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(s) = status(files).into_iter().find(|s| s.name == "echo") {
-            if ok(&s) {
-                return s;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "status never became {what}: {:?}",
-            status(files)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn setup(prefix: &str) -> Option<(TestBroker, HostFiles)> {
     let b = broker()?;
     let names: Vec<String> = ["in", "out", "in.dlq"]
@@ -111,17 +84,20 @@ async fn twenty_swaps_under_load_lose_nothing_and_duplicate_nothing() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     });
-    wait_status(&files, "running v1", |s| s.state == "running").await;
+    files
+        .wait_status("echo", "running v1", |s| s.state == "running")
+        .await;
     let mut swaps = 0;
     let mut hashes = std::collections::BTreeSet::new();
     for i in 0..20 {
         let version = if i % 2 == 0 { "v2" } else { "v1" };
         deploy(&files, version, "");
         let want = weir_host_hash(&echo_variant(version));
-        let s = wait_status(&files, version, |s| {
-            s.sha256.as_deref() == Some(want.as_str())
-        })
-        .await;
+        let s = files
+            .wait_status("echo", version, |s| {
+                s.sha256.as_deref() == Some(want.as_str())
+            })
+            .await;
         assert_eq!(s.state, "running");
         hashes.insert(want);
         swaps += 1;
@@ -161,7 +137,9 @@ async fn bad_files_are_rejected_and_the_old_version_keeps_running() {
     };
     let host = InProcessHost::start(files.load());
     let v1 = weir_host_hash(&echo_variant("v1"));
-    wait_status(&files, "running v1", |s| s.state == "running").await;
+    files
+        .wait_status("echo", "running v1", |s| s.state == "running")
+        .await;
     let producer = b.producer();
     let wasm_path = files.plugins().join("echo.wasm");
 
@@ -180,10 +158,11 @@ async fn bad_files_are_rejected_and_the_old_version_keeps_running() {
     let mut seq = 0;
     for (what, bytes, reason) in cases {
         put(&wasm_path, &bytes);
-        let s = wait_status(&files, what, |s| {
-            s.reason.as_deref().is_some_and(|r| r.contains(reason))
-        })
-        .await;
+        let s = files
+            .wait_status("echo", what, |s| {
+                s.reason.as_deref().is_some_and(|r| r.contains(reason))
+            })
+            .await;
         assert_eq!(s.state, "running", "{what}: {s:?}");
         assert_eq!(
             s.sha256.as_deref(),
@@ -196,20 +175,23 @@ async fn bad_files_are_rejected_and_the_old_version_keeps_running() {
     // A half-written file (a copy in progress, written in place).
     let full = echo_variant("v2");
     std::fs::write(&wasm_path, &full[..full.len() / 3]).unwrap();
-    let s = wait_status(&files, "half-written rejected", |s| {
-        s.reason
-            .as_deref()
-            .is_some_and(|r| r.contains("last reload rejected"))
-            && !s.reason.as_deref().unwrap().contains("rogue")
-    })
-    .await;
+    let s = files
+        .wait_status("echo", "half-written rejected", |s| {
+            s.reason
+                .as_deref()
+                .is_some_and(|r| r.contains("last reload rejected"))
+                && !s.reason.as_deref().unwrap().contains("rogue")
+        })
+        .await;
     assert_eq!(s.sha256.as_deref(), Some(v1.as_str()));
     produce(&producer, "bad-in", "k", json!({"seq": seq})).await;
     seq += 1;
     // The write completes: the new version loads.
     std::fs::write(&wasm_path, &full).unwrap();
     let v2 = weir_host_hash(&full);
-    let s = wait_status(&files, "v2", |s| s.sha256.as_deref() == Some(v2.as_str())).await;
+    let s = files
+        .wait_status("echo", "v2", |s| s.sha256.as_deref() == Some(v2.as_str()))
+        .await;
     assert_eq!((s.state.as_str(), s.reason.as_deref()), ("running", None));
     produce(&producer, "bad-in", "k", json!({"seq": seq})).await;
     seq += 1;
@@ -230,10 +212,11 @@ async fn bad_files_are_rejected_and_the_old_version_keeps_running() {
     ];
     for (what, text, reason) in manifests {
         put(&manifest_path, text.as_bytes());
-        let s = wait_status(&files, what, |s| {
-            s.reason.as_deref().is_some_and(|r| r.contains(reason))
-        })
-        .await;
+        let s = files
+            .wait_status("echo", what, |s| {
+                s.reason.as_deref().is_some_and(|r| r.contains(reason))
+            })
+            .await;
         assert_eq!(s.state, "running", "{what}: {s:?}");
         assert_eq!(
             s.sha256.as_deref(),
@@ -263,13 +246,16 @@ async fn a_version_that_traps_on_every_event_is_rolled_back_and_nothing_is_lost(
         return;
     };
     let host = InProcessHost::start(files.load());
-    wait_status(&files, "running", |s| s.state == "running").await;
+    files
+        .wait_status("echo", "running", |s| s.state == "running")
+        .await;
     deploy(&files, "v2", "always = \"trap\"\n");
     let v2 = weir_host_hash(&echo_variant("v2"));
-    wait_status(&files, "v2 swapped in", |s| {
-        s.sha256.as_deref() == Some(v2.as_str())
-    })
-    .await;
+    files
+        .wait_status("echo", "v2 swapped in", |s| {
+            s.sha256.as_deref() == Some(v2.as_str())
+        })
+        .await;
 
     let producer = b.producer();
     for i in 0..30 {
@@ -281,7 +267,9 @@ async fn a_version_that_traps_on_every_event_is_rolled_back_and_nothing_is_lost(
         )
         .await;
     }
-    let s = wait_status(&files, "rolled back", |s| s.state == "rolled-back").await;
+    let s = files
+        .wait_status("echo", "rolled back", |s| s.state == "rolled-back")
+        .await;
     assert_eq!(s.rollbacks, 1);
     assert!(
         s.reason.as_deref().unwrap().contains("asked to trap"),
@@ -309,7 +297,9 @@ async fn a_removed_plugin_commits_and_stops_and_resumes_where_it_left_off_when_a
         return;
     };
     let host = InProcessHost::start(files.load());
-    wait_status(&files, "running", |s| s.state == "running").await;
+    files
+        .wait_status("echo", "running", |s| s.state == "running")
+        .await;
     let producer = b.producer();
     for i in 0..20 {
         produce(
@@ -325,7 +315,7 @@ async fn a_removed_plugin_commits_and_stops_and_resumes_where_it_left_off_when_a
     std::fs::remove_file(files.plugins().join("echo.wasm")).unwrap();
     std::fs::remove_file(files.plugins().join("echo.toml")).unwrap();
     let deadline = Instant::now() + PATIENCE;
-    while status(&files).iter().any(|s| s.name == "echo") {
+    while files.status().iter().any(|s| s.name == "echo") {
         assert!(Instant::now() < deadline, "the plugin never stopped");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -439,7 +429,9 @@ async fn a_consumer_settings_change_restarts_that_consumer_after_committing() {
         return;
     };
     let host = InProcessHost::start(files.load());
-    wait_status(&files, "running", |s| s.state == "running").await;
+    files
+        .wait_status("echo", "running", |s| s.state == "running")
+        .await;
     let n = 300;
     let producer = b.producer();
     let stream = tokio::spawn(async move {
@@ -486,7 +478,9 @@ async fn plugins_listed_in_the_config_outside_the_directory_load_the_same_way() 
         "[plugins]\nextra = [{ wasm = \"opt/echo.wasm\", manifest = \"opt/echo.toml\" }]\n",
     );
     let host = InProcessHost::start(files.load());
-    let s = wait_status(&files, "running", |s| s.state == "running").await;
+    let s = files
+        .wait_status("echo", "running", |s| s.state == "running")
+        .await;
     assert!(s.wasm.ends_with("opt/echo.wasm"), "{s:?}");
     let producer = b.producer();
     produce(&producer, "baked-in", "k", json!({"seq": 0})).await;

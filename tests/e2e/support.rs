@@ -3,7 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
-use weir_host::capabilities::{Backends, MemoryCache};
+use weir_host::capabilities::{Backends, CacheBackend, MemoryCache};
+use weir_host::devredis::{find_redis_server, DevRedis};
 use weir_host::event::EventRecord;
 use weir_host::manifest::Manifest;
 use weir_host::runtime::{Plugin, Runtime};
@@ -48,6 +49,50 @@ pub fn wasm_dir() -> &'static Path {
     })
 }
 
+/// A program a test needs, or `None` after saying the test is skipped because it
+/// is missing. Under CI (`CI=true`) a missing program fails the test instead.
+pub fn required(found: Option<PathBuf>, what: &str, hint: &str) -> Option<PathBuf> {
+    if found.is_none() {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("CI=true but {what} is not installed: {hint}");
+        }
+        eprintln!("SKIPPED: {what} is not installed ({hint})");
+    }
+    found
+}
+
+/// A Redis server for one test, in its own directory.
+pub struct TestRedis {
+    pub server: DevRedis,
+    pub _dir: tempfile::TempDir,
+}
+
+/// The redis-server binary, or `None` (the test is skipped, and this says so).
+pub fn redis_server() -> Option<PathBuf> {
+    required(
+        find_redis_server(),
+        "redis-server",
+        "`just redis` installs it: apt-get install redis-server",
+    )
+}
+
+/// A Redis server on a free port (or on `port`), or `None` when redis-server is missing.
+pub fn redis_on(port: Option<u16>) -> Option<TestRedis> {
+    let binary = redis_server()?;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = match port {
+        Some(port) => DevRedis::start_on(&binary, dir.path(), port),
+        None => DevRedis::start(&binary, dir.path()),
+    }
+    .unwrap_or_else(|e| panic!("{e}"));
+    Some(TestRedis { server, _dir: dir })
+}
+
+/// A Redis server on a free port, or `None` when redis-server is missing.
+pub fn redis() -> Option<TestRedis> {
+    redis_on(None)
+}
+
 /// The component of a plugin crate (`track-deletions` → `track_deletions.wasm`).
 pub fn wasm(crate_name: &str) -> PathBuf {
     wasm_dir().join(format!("{}.wasm", crate_name.replace('-', "_")))
@@ -72,6 +117,13 @@ impl TestHost {
     pub fn new() -> Self {
         let storage_dir = tempfile::tempdir().expect("temp dir");
         Self::with_storage(storage_dir)
+    }
+
+    /// A host whose plugins use `cache` (e.g. Redis); the `cache` field is then unused.
+    pub fn with_cache_backend(cache: Arc<dyn CacheBackend>) -> Self {
+        let mut host = Self::new();
+        host.backends.cache = cache;
+        host
     }
 
     pub fn with_storage(storage_dir: tempfile::TempDir) -> Self {

@@ -12,13 +12,14 @@ pub mod log;
 pub mod publish;
 pub mod storage;
 
+use crate::config::{CacheKind, Config};
 use crate::manifest::Manifest;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
-pub use cache::{CacheBackend, MemoryCache};
+pub use cache::{CacheBackend, CacheError, MemoryCache, RedisCache};
 pub use publish::OutgoingMessage;
 pub use storage::{DeletionSchedule, ScheduledDeletion};
 
@@ -33,12 +34,44 @@ pub struct Backends {
 impl Backends {
     /// In-memory cache and a local directory for storage (created if missing).
     pub fn local(storage_dir: &std::path::Path) -> Result<Self, String> {
+        Self::with_cache(storage_dir, Arc::new(MemoryCache::new(256 * 1024 * 1024)))
+    }
+
+    /// The given cache and a local directory for storage (created if missing).
+    pub fn with_cache(
+        storage_dir: &std::path::Path,
+        cache: Arc<dyn CacheBackend>,
+    ) -> Result<Self, String> {
         let storage = storage::local_store(storage_dir)?;
         Ok(Backends {
-            cache: Arc::new(MemoryCache::new(256 * 1024 * 1024)),
+            cache,
             deletions: DeletionSchedule::new(storage.clone()),
             storage,
         })
+    }
+
+    /// The backends `weir.toml` asks for (`[cache]`, `[storage]`). Must run inside a
+    /// tokio runtime. A Redis server that does not answer yet is not an error: it is
+    /// reported, and cache calls are `unavailable` (events retried) until it answers.
+    pub async fn from_config(config: &Config) -> Result<Self, String> {
+        let cache: Arc<dyn CacheBackend> = match config.cache.backend {
+            CacheKind::Memory => Arc::new(MemoryCache::new(config.cache.max_bytes.as_u64())),
+            CacheKind::Redis => {
+                let url = config.cache.url.as_deref().unwrap_or_default();
+                let redis = RedisCache::connect(url, config.cache.timeout)
+                    .map_err(|e| format!("cache.url: {e}"))?;
+                match redis.ping().await {
+                    Ok(()) => tracing::info!(cache = %redis.describe(), "cache backend reachable"),
+                    Err(e) => tracing::warn!(
+                        cache = %redis.describe(),
+                        error = %e,
+                        "cache backend not reachable yet; cache calls fail as unavailable (events are retried) until it answers"
+                    ),
+                }
+                Arc::new(redis)
+            }
+        };
+        Self::with_cache(&config.storage.dir, cache)
     }
 }
 

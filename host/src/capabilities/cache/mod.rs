@@ -1,4 +1,14 @@
 //! The `cache` capability: a key-value cache, namespaced per plugin.
+//!
+//! The backend is shared by every plugin of a host: [`MemoryCache`] (in-process,
+//! the default) or [`RedisCache`] (a Redis server, shared with other hosts and
+//! services). Keys reach the backend already namespaced (`{namespace}:{key}`).
+
+mod memory;
+mod redis;
+
+pub use self::redis::RedisCache;
+pub use memory::MemoryCache;
 
 use super::{not_granted, CallRecord};
 use crate::runtime::bindings::{weir::plugin::cache::Host, CapabilityError};
@@ -10,100 +20,36 @@ use std::time::Duration;
 pub const MAX_KEY_LEN: usize = 1024;
 pub const MAX_VALUE_LEN: usize = 8 * 1024 * 1024;
 
+/// Why a backend call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheError {
+    /// The backend cannot answer now (down, slow, refused): the call may succeed later.
+    Unavailable(String),
+    /// The call cannot succeed as made (e.g. the key holds another kind of value).
+    Invalid(String),
+}
+
+impl std::fmt::Display for CacheError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CacheError::Unavailable(m) | CacheError::Invalid(m) => f.write_str(m),
+        }
+    }
+}
+
+pub type CacheResult<T> = Result<T, CacheError>;
+
 /// A cache backend. Keys arrive fully namespaced (`{namespace}:{key}`).
 #[async_trait]
 pub trait CacheBackend: Send + Sync {
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String>;
-    async fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<(), String>;
+    async fn get(&self, key: &str) -> CacheResult<Option<Vec<u8>>>;
+    async fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> CacheResult<()>;
     /// Whether the key was there.
-    async fn delete(&self, key: &str) -> Result<bool, String>;
+    async fn delete(&self, key: &str) -> CacheResult<bool>;
     /// How many keys were removed.
-    async fn delete_prefix(&self, prefix: &str) -> Result<u64, String>;
-}
-
-#[derive(Clone)]
-struct Entry {
-    value: Vec<u8>,
-    ttl: Option<Duration>,
-}
-
-struct EntryExpiry;
-
-impl moka::Expiry<String, Entry> for EntryExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &String,
-        value: &Entry,
-        _now: std::time::Instant,
-    ) -> Option<Duration> {
-        value.ttl
-    }
-
-    fn expire_after_update(
-        &self,
-        _key: &String,
-        value: &Entry,
-        _now: std::time::Instant,
-        _current: Option<Duration>,
-    ) -> Option<Duration> {
-        value.ttl
-    }
-}
-
-/// The default backend: an in-process cache (moka) bounded by total bytes.
-pub struct MemoryCache {
-    entries: moka::sync::Cache<String, Entry>,
-}
-
-impl MemoryCache {
-    pub fn new(max_bytes: u64) -> Self {
-        MemoryCache {
-            entries: moka::sync::Cache::builder()
-                .max_capacity(max_bytes)
-                .weigher(|k: &String, v: &Entry| {
-                    (k.len() + v.value.len()).try_into().unwrap_or(u32::MAX)
-                })
-                .expire_after(EntryExpiry)
-                .build(),
-        }
-    }
-
-    /// Every live key, sorted (for tests and `weir invoke` reports).
-    pub fn keys(&self) -> Vec<String> {
-        let mut keys: Vec<String> = self.entries.iter().map(|(k, _)| (*k).clone()).collect();
-        keys.sort();
-        keys
-    }
-}
-
-#[async_trait]
-impl CacheBackend for MemoryCache {
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
-        Ok(self.entries.get(key).map(|e| e.value))
-    }
-
-    async fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<(), String> {
-        self.entries.insert(key.to_string(), Entry { value, ttl });
-        Ok(())
-    }
-
-    async fn delete(&self, key: &str) -> Result<bool, String> {
-        Ok(self.entries.remove(key).is_some())
-    }
-
-    async fn delete_prefix(&self, prefix: &str) -> Result<u64, String> {
-        let doomed: Vec<String> = self
-            .entries
-            .iter()
-            .filter(|(k, _)| k.starts_with(prefix))
-            .map(|(k, _)| (*k).clone())
-            .collect();
-        let mut removed = 0;
-        for k in doomed {
-            removed += self.entries.remove(&k).is_some() as u64;
-        }
-        Ok(removed)
-    }
+    async fn delete_prefix(&self, prefix: &str) -> CacheResult<u64>;
+    /// Where the cache lives, for log lines (never with credentials).
+    fn describe(&self) -> String;
 }
 
 impl HostState {
@@ -136,8 +82,11 @@ impl HostState {
     }
 }
 
-fn unavailable(e: String) -> CapabilityError {
-    CapabilityError::Unavailable(format!("cache backend: {e}"))
+fn unavailable(e: CacheError) -> CapabilityError {
+    match e {
+        CacheError::Unavailable(m) => CapabilityError::Unavailable(format!("cache backend: {m}")),
+        CacheError::Invalid(m) => CapabilityError::Invalid(format!("cache backend: {m}")),
+    }
 }
 
 impl Host for HostState {
@@ -229,34 +178,5 @@ pub(crate) fn describe<T>(
         Err(CapabilityError::Denied(m)) => format!("DENIED: {m}"),
         Err(CapabilityError::Invalid(m)) => format!("INVALID: {m}"),
         Err(CapabilityError::Unavailable(m)) => format!("UNAVAILABLE: {m}"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn memory_cache_basics() {
-        let c = MemoryCache::new(1024 * 1024);
-        c.set("a:1", b"x".to_vec(), None).await.unwrap();
-        c.set("a:2", b"y".to_vec(), None).await.unwrap();
-        c.set("b:1", b"z".to_vec(), None).await.unwrap();
-        assert_eq!(c.get("a:1").await.unwrap(), Some(b"x".to_vec()));
-        assert!(c.delete("a:1").await.unwrap());
-        assert!(!c.delete("a:1").await.unwrap());
-        assert_eq!(c.delete_prefix("a:").await.unwrap(), 1);
-        assert_eq!(c.keys(), vec!["b:1".to_string()]);
-    }
-
-    #[tokio::test]
-    async fn ttl_expires_entries() {
-        let c = MemoryCache::new(1024 * 1024);
-        c.set("k", b"v".to_vec(), Some(Duration::from_millis(1)))
-            .await
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(20));
-        c.entries.run_pending_tasks();
-        assert_eq!(c.get("k").await.unwrap(), None);
     }
 }
