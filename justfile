@@ -44,6 +44,23 @@ broker:
     rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
     cargo +nightly install nisshi --version 0.8.1 --locked --root "{{ nisshi_root }}"
 
+# Install redis-server from the OS packages, for the Redis cache tests (one-time, about 20 s)
+redis:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [ -n "${REDIS_SERVER_BIN:-}" ] || command -v redis-server >/dev/null; then
+      exit 0
+    fi
+    echo "Installing redis-server (Debian package; the tests start their own servers on free ports). One-time, about 20 s."
+    sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+    if command -v apt-get >/dev/null \
+      && { $sudo apt-get install -y -qq redis-server >/dev/null 2>&1 \
+           || { $sudo apt-get update -qq && $sudo apt-get install -y -qq redis-server >/dev/null; }; }; then
+      exit 0
+    fi
+    echo "Could not install redis-server: install it with your package manager (or set REDIS_SERVER_BIN)."
+    echo "Without it the Redis tests are skipped with a message (under CI=true they fail)."
+
 # Run a broker in the foreground on 127.0.0.1:9092, for `just run` (Ctrl-C stops it)
 broker-up: broker
     mkdir -p {{ target_dir }}/broker-up
@@ -71,7 +88,7 @@ invoke-demo: plugins host
     {{ weir }} invoke examples/plugins/envelope-router.wasm examples/events/item-events.jsonl
 
 # Run every test: unit, and end-to-end with real components, the real binary and a real broker
-test: plugins broker
+test: plugins broker redis
     cargo test -p weir-host
 
 # Benchmarks: runtime alone, and end to end through a local broker (first build: about 20 min)
