@@ -96,7 +96,7 @@ async fn broker_alone(work: &Path) -> Result<(), String> {
     devbroker::create_topics(&bootstrap, &["bench-in"], 3).await?;
     std::fs::write(
         work.join("weir.toml"),
-        format!("[kafka]\nbootstrap_servers = \"{bootstrap}\"\n[topics]\nprefix = \"bench\"\n"),
+        format!("[kafka]\nbootstrap_servers = \"{bootstrap}\"\n[topics]\nprefix = \"bench\"\n[admin]\nenabled = false\n"),
     )
     .map_err(|e| e.to_string())?;
     let config =
@@ -150,7 +150,7 @@ async fn end_to_end(wasm_dir: &Path, work: &Path, workers: usize) -> Result<(), 
     let config_path = work.join("weir.toml");
     std::fs::write(
         &config_path,
-        format!("[kafka]\nbootstrap_servers = \"{bootstrap}\"\n[topics]\nprefix = \"bench\"\n"),
+        format!("[kafka]\nbootstrap_servers = \"{bootstrap}\"\n[topics]\nprefix = \"bench\"\n[admin]\nenabled = false\n"),
     )
     .map_err(|e| e.to_string())?;
     let config = weir_host::config::Config::load(&config_path).map_err(|e| e.to_string())?;

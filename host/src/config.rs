@@ -28,6 +28,8 @@ pub struct Config {
     pub dlq: DlqConfig,
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -64,6 +66,10 @@ pub struct ConsumerConfig {
     pub commit_interval: Duration,
     pub fetch_max_bytes: u32,
     pub max_partition_fetch_bytes: u32,
+    /// How often each plugin's lag is measured (a watermark request per assigned
+    /// partition, one committed-offsets request); `0s` turns it off.
+    #[serde(with = "humantime_serde")]
+    pub lag_interval: Duration,
 }
 
 impl Default for ConsumerConfig {
@@ -76,6 +82,7 @@ impl Default for ConsumerConfig {
             commit_interval: Duration::from_secs(1),
             fetch_max_bytes: 52_428_800,
             max_partition_fetch_bytes: 1_048_576,
+            lag_interval: Duration::from_secs(5),
         }
     }
 }
@@ -275,6 +282,25 @@ impl Default for DlqConfig {
     }
 }
 
+/// `[admin]`: the HTTP API for health checks, metrics, status and pause/resume.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub enabled: bool,
+    /// `host:port` to listen on. It has no authentication: keep it on loopback or
+    /// a private interface (`0.0.0.0:9464` in a container, behind its network).
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownConfig {
@@ -384,6 +410,15 @@ impl Config {
         }
         if self.kafka.connect.attempts == 0 {
             return Err(("kafka.connect.attempts".into(), "must be at least 1".into()));
+        }
+        if self.admin.enabled && self.admin.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err((
+                "admin.listen".into(),
+                format!(
+                    "{:?} is not an address to listen on: use ip:port, e.g. \"127.0.0.1:9464\" or \"0.0.0.0:9464\"",
+                    self.admin.listen
+                ),
+            ));
         }
         self.validate_cache()
     }

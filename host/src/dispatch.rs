@@ -23,6 +23,7 @@ use crate::kafka::source::Acker;
 use crate::manifest::RetryPolicy;
 use crate::runtime::{Outcome, Plugin};
 use crate::versions::Versions;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use rand::Rng;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,14 +31,31 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
-/// Counters of one plugin, for logs and tests.
-#[derive(Debug, Default)]
+/// Counters of one plugin (for logs, `weir plugins`, the admin API and metrics).
+/// They live as long as the plugin, across new versions and consumer restarts.
+#[derive(Debug)]
 pub struct Stats {
     pub handled: AtomicU64,
     pub retries: AtomicU64,
     pub dead_lettered: AtomicU64,
     pub published: AtomicU64,
     pub abandoned: AtomicU64,
+    /// Time in the plugin per attempt (seconds), for `weir_handle_duration_seconds`.
+    pub durations: Histogram,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            handled: AtomicU64::default(),
+            retries: AtomicU64::default(),
+            dead_lettered: AtomicU64::default(),
+            published: AtomicU64::default(),
+            abandoned: AtomicU64::default(),
+            // 50 µs to about 13 s.
+            durations: Histogram::new(exponential_buckets(0.000_05, 4.0, 10)),
+        }
+    }
 }
 
 impl Stats {
@@ -226,6 +244,9 @@ impl Worker {
         let failure = loop {
             self.refresh();
             let report = self.plugin.handle(event).await;
+            self.stats
+                .durations
+                .observe(report.duration_us as f64 / 1_000_000.0);
             let hard = matches!(
                 report.outcome,
                 Outcome::Trap(_) | Outcome::Timeout(_) | Outcome::OutOfMemory(_)

@@ -5,6 +5,7 @@
 //! limits; the plugin reaches the world only through [`capabilities`] granted by
 //! its [`manifest`]; what it published comes back with the outcome.
 
+pub mod admin;
 pub mod capabilities;
 pub mod config;
 pub mod devbroker;

@@ -13,6 +13,7 @@
 //!   A half-written file is just rejected until its write completes;
 //! - **removed**: drain, commit, stop.
 
+use crate::admin::view::{HostView, PluginView};
 use crate::capabilities::Backends;
 use crate::config::Config;
 use crate::dispatch::{self, DeadLetters, Stats, StatsSnapshot, Workers};
@@ -25,6 +26,7 @@ use crate::topics::TopicNamer;
 use crate::versions::Versions;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::sync::watch;
@@ -73,7 +75,6 @@ struct Running {
     shape: ConsumerShape,
     source: Source,
     workers: Workers,
-    stats: Arc<Stats>,
     stop: watch::Sender<bool>,
 }
 
@@ -84,6 +85,10 @@ struct Managed {
     running: Option<Running>,
     rejected: Option<String>,
     loaded_at: Option<SystemTime>,
+    /// Counters across versions and consumer restarts.
+    stats: Arc<Stats>,
+    /// Paused by an operator (admin API); kept across versions and consumer restarts.
+    paused: Arc<AtomicBool>,
 }
 
 pub struct Supervisor {
@@ -95,11 +100,17 @@ pub struct Supervisor {
     existing_topics: BTreeSet<String>,
     plugins: BTreeMap<String, Managed>,
     last_status: Vec<PluginStatus>,
+    /// What the admin API reads.
+    view: Arc<HostView>,
 }
 
 impl Supervisor {
     /// Reach the broker and load every plugin there is.
-    pub async fn start(config: Config, backends: Backends) -> Result<Supervisor, String> {
+    pub async fn start(
+        config: Config,
+        backends: Backends,
+        view: Arc<HostView>,
+    ) -> Result<Supervisor, String> {
         let runtime = Runtime::with_compile_cache(config.plugins.cache_dir.clone())?;
         let existing_topics = crate::kafka::wait_for_broker(&config).await?;
         let mut sup = Supervisor {
@@ -111,6 +122,7 @@ impl Supervisor {
             existing_topics,
             plugins: BTreeMap::new(),
             last_status: Vec::new(),
+            view,
         };
         sup.reconcile().await?;
         let stats = sup.runtime.compile_stats();
@@ -160,8 +172,8 @@ impl Supervisor {
         for name in gone {
             if let Some(m) = self.plugins.remove(&name) {
                 if let Some(r) = m.running {
-                    let stats = stop(r).await;
-                    tracing::info!(plugin = %name, handled = stats.handled, "plugin removed: drained, offsets committed, consumer stopped");
+                    stop(r).await;
+                    tracing::info!(plugin = %name, handled = m.stats.snapshot().handled, "plugin removed: drained, offsets committed, consumer stopped");
                 }
             }
         }
@@ -192,6 +204,8 @@ impl Supervisor {
             running: None,
             rejected: None,
             loaded_at: None,
+            stats: Arc::new(Stats::default()),
+            paused: Arc::new(AtomicBool::new(false)),
         });
         entry.fingerprint = fingerprint;
         entry.files = files;
@@ -220,7 +234,8 @@ impl Supervisor {
                     stop(old).await;
                     tracing::info!(plugin = %name, "consumer settings changed: consumer restarted after committing");
                 }
-                match self.start_consuming(plugin).await {
+                let (stats, paused) = (entry.stats.clone(), entry.paused.clone());
+                match self.start_consuming(plugin, stats, paused).await {
                     Ok(running) => {
                         tracing::info!(plugin = %name, sha256 = %hash, "plugin started");
                         let entry = self.plugins.get_mut(&name).expect("inserted above");
@@ -257,7 +272,12 @@ impl Supervisor {
     }
 
     /// Make sure the plugin's topics exist, then start its consumer and workers.
-    async fn start_consuming(&mut self, plugin: Plugin) -> Result<Running, String> {
+    async fn start_consuming(
+        &mut self,
+        plugin: Plugin,
+        stats: Arc<Stats>,
+        paused: Arc<AtomicBool>,
+    ) -> Result<Running, String> {
         let m = plugin.manifest().clone();
         let mut needed = BTreeSet::new();
         for t in &m.topics {
@@ -287,6 +307,7 @@ impl Supervisor {
             topics: m.topics.iter().map(|t| self.namer.full_name(t)).collect(),
             max_in_flight: m.consumer.max_in_flight as usize,
             drain_timeout: self.config.shutdown.drain_timeout,
+            paused,
         };
         let group = settings.group.clone();
         let (source, acker) =
@@ -298,7 +319,6 @@ impl Supervisor {
         let dead_letters = DeadLetters {
             topic_for: Arc::new(move |topic| dlq_config.dlq_topic(topic, &plugin_name)),
         };
-        let stats = Arc::new(Stats::default());
         let (stop, stopping) = watch::channel(false);
         let workers = Workers::spawn(
             versions.clone(),
@@ -315,7 +335,6 @@ impl Supervisor {
             shape: ConsumerShape::of(&m),
             source,
             workers,
-            stats,
             stop,
         })
     }
@@ -343,6 +362,8 @@ impl Supervisor {
                     }
                     (Some(_), None, _) => ("running", None),
                 };
+                let paused = running.is_some() && m.paused.load(Ordering::SeqCst);
+                let state = if paused { "paused" } else { state };
                 PluginStatus {
                     name: name.clone(),
                     state: state.to_string(),
@@ -360,7 +381,7 @@ impl Supervisor {
                     wasm: m.files.wasm.display().to_string(),
                     manifest: m.files.manifest.display().to_string(),
                     rollbacks: running.map_or(0, |r| r.versions.rollbacks()),
-                    stats: running.map(|r| r.stats.snapshot()),
+                    stats: Some(m.stats.snapshot()),
                 }
             })
             .collect()
@@ -370,6 +391,7 @@ impl Supervisor {
     /// last write. Called every second, so counters are at most a second old.
     pub fn write_status(&mut self) {
         let status = self.status();
+        self.publish_view(&status);
         if status == self.last_status {
             return;
         }
@@ -387,6 +409,26 @@ impl Supervisor {
         self.last_status = status;
     }
 
+    /// Hand the admin API the plugins' status and live handles.
+    fn publish_view(&self, status: &[PluginStatus]) {
+        let views = status
+            .iter()
+            .filter_map(|st| {
+                let m = self.plugins.get(&st.name)?;
+                Some((
+                    st.name.clone(),
+                    PluginView {
+                        status: st.clone(),
+                        paused: m.paused.clone(),
+                        stats: m.stats.clone(),
+                        source: m.running.as_ref().map(|r| r.source.shared()),
+                    },
+                ))
+            })
+            .collect();
+        self.view.publish(views);
+    }
+
     /// Stop every plugin: drain, commit, leave the groups.
     pub async fn shutdown(mut self) -> RunReport {
         let mut report = RunReport::default();
@@ -400,7 +442,8 @@ impl Supervisor {
         for name in names {
             let m = self.plugins.remove(&name).expect("listed above");
             if let Some(r) = m.running {
-                let snapshot = stop(r).await;
+                stop(r).await;
+                let snapshot = m.stats.snapshot();
                 tracing::info!(plugin = %name, handled = snapshot.handled, retries = snapshot.retries, dead_lettered = snapshot.dead_lettered, published = snapshot.published, abandoned = snapshot.abandoned, "plugin stopped");
                 report.plugins.insert(name, snapshot);
             }
@@ -412,13 +455,12 @@ impl Supervisor {
 
 /// Drain one plugin's consumer (in-flight events finish, offsets committed), then
 /// stop its workers.
-async fn stop(r: Running) -> StatsSnapshot {
+async fn stop(r: Running) {
     let _ = r.stop.send(true);
     r.source.stop();
     let source = r.source;
     let _ = tokio::task::spawn_blocking(move || source.join()).await;
     r.workers.abort();
-    r.stats.snapshot()
 }
 
 /// Hash of a plugin's two files, or `None` if one cannot be read right now.

@@ -1,5 +1,7 @@
 //! `weir run`: consume every plugin's topics and drive its workers until shutdown.
 
+use crate::admin::view::{HostView, Phase};
+use crate::admin::AdminServer;
 use crate::capabilities::Backends;
 use crate::config::Config;
 use crate::dispatch::StatsSnapshot;
@@ -7,6 +9,7 @@ use crate::reload::Supervisor;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -81,11 +84,28 @@ pub async fn run_with(
     backends: Backends,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunReport, String> {
+    // The admin API answers from the start: live at once, ready once running.
+    let view = Arc::new(HostView::new(&config, backends.cache.clone()));
+    let admin = if config.admin.enabled {
+        Some(AdminServer::start(&config.admin.listen, view.clone()).await?)
+    } else {
+        None
+    };
     let sweeper = backends
         .deletions
         .clone()
         .spawn_sweeper(config.storage.sweep_interval);
-    let mut supervisor = Supervisor::start(config.clone(), backends).await?;
+    let mut supervisor = match Supervisor::start(config.clone(), backends, view.clone()).await {
+        Ok(s) => s,
+        Err(e) => {
+            sweeper.abort();
+            if let Some(admin) = admin {
+                admin.stop().await;
+            }
+            return Err(e);
+        }
+    };
+    view.set_phase(Phase::Running);
     let (changed_tx, mut changed) = mpsc::unbounded_channel::<()>();
     let _watcher = if config.plugins.watch {
         Some(watch(&config, changed_tx)?)
@@ -122,8 +142,12 @@ pub async fn run_with(
         }
     }
     tracing::info!("shutting down: draining in-flight events");
+    view.set_phase(Phase::Stopping);
     let report = supervisor.shutdown().await;
     sweeper.abort();
+    if let Some(admin) = admin {
+        admin.stop().await;
+    }
     tracing::info!("stopped");
     Ok(report)
 }

@@ -124,9 +124,10 @@ pub async fn produce(producer: &FutureProducer, topic: &str, key: &str, body: se
         .unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
 }
 
-/// A host's files: `weir.toml`, a plugin directory, storage.
+/// A host's files: `weir.toml`, a plugin directory, storage; and its admin port.
 pub struct HostFiles {
     pub dir: tempfile::TempDir,
+    pub admin_port: u16,
 }
 
 impl HostFiles {
@@ -134,6 +135,7 @@ impl HostFiles {
     pub fn new(bootstrap: &str, prefix: &str) -> HostFiles {
         let files = HostFiles {
             dir: tempfile::tempdir().unwrap(),
+            admin_port: weir_host::devbroker::free_port(),
         };
         std::fs::create_dir_all(files.plugins()).unwrap();
         files.write_config(bootstrap, prefix, "");
@@ -166,10 +168,12 @@ impl HostFiles {
             self.config(),
             format!(
                 "[kafka]\nbootstrap_servers = \"{bootstrap}\"\n\
-                 [kafka.consumer]\ncommit_interval = \"200ms\"\nsession_timeout = \"6s\"\n\
+                 [kafka.consumer]\ncommit_interval = \"200ms\"\nsession_timeout = \"6s\"\nlag_interval = \"1s\"\n\
                  [kafka.connect]\nattempts = 120\nbackoff = \"500ms\"\n\
                  [topics]\nprefix = \"{prefix}\"\ncreate = {{ partitions = 3, replication = 1 }}\n\
-                 [shutdown]\ndrain_timeout = \"20s\"\n{extra}\n"
+                 [shutdown]\ndrain_timeout = \"20s\"\n\
+                 [admin]\nlisten = \"127.0.0.1:{}\"\n{extra}\n",
+                self.admin_port
             ),
         )
         .unwrap();
@@ -253,6 +257,8 @@ impl BinaryHost {
         let child = Command::new(env!("CARGO_BIN_EXE_weir"))
             .args(["run", "--config", files.config().to_str().unwrap()])
             .env("RUST_LOG", "info")
+            // Several binaries may share one config: each gets its own admin port.
+            .env("WEIR_ADMIN__LISTEN", "127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)

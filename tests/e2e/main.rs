@@ -4,6 +4,7 @@
 mod kafka_support;
 mod support;
 
+mod admin;
 mod faults;
 mod invoke_cli;
 mod pipeline;

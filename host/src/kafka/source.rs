@@ -7,6 +7,11 @@
 //!
 //! - Backpressure: past `max_in_flight` unfinished events the assigned partitions
 //!   are paused, and polling goes on (so the group does not evict the consumer).
+//!   An operator's pause (admin API) pauses them the same way until resumed.
+//! - Lag: every `lag_interval` a second thread asks the broker for each assigned
+//!   partition's high watermark and the group's committed offset (librdkafka's own
+//!   statistics stop updating the watermark while a partition is paused, which is
+//!   when an operator most wants to see it).
 //! - Rebalance: before partitions are revoked, their in-flight events are waited
 //!   for (up to the drain timeout) and the stored offsets committed synchronously.
 //! - Shutdown: stop fetching, wait for in-flight events (up to the drain timeout),
@@ -19,6 +24,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::ClientContext;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -37,6 +43,19 @@ struct State {
     tracker: OffsetTracker,
     /// Events handed to workers and neither finished nor abandoned.
     outstanding: usize,
+    /// Partitions assigned to this consumer now.
+    assigned: BTreeSet<Tp>,
+    /// Latest lag of each assigned partition (high watermark - committed offset).
+    lag: BTreeMap<Tp, i64>,
+}
+
+/// One assigned partition, as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PartitionView {
+    pub topic: String,
+    pub partition: i32,
+    /// Records not yet committed; unknown until librdkafka's first statistics.
+    pub lag: Option<i64>,
 }
 
 impl Shared {
@@ -58,6 +77,25 @@ impl Shared {
 
     fn outstanding(&self) -> usize {
         self.state.lock().expect("source state lock").outstanding
+    }
+
+    /// Events handed to the workers and not finished yet.
+    pub fn in_flight(&self) -> usize {
+        self.outstanding()
+    }
+
+    /// The assigned partitions and their lag.
+    pub fn partitions(&self) -> Vec<PartitionView> {
+        let state = self.state.lock().expect("source state lock");
+        state
+            .assigned
+            .iter()
+            .map(|tp| PartitionView {
+                topic: tp.0.clone(),
+                partition: tp.1,
+                lag: state.lag.get(tp).copied(),
+            })
+            .collect()
     }
 }
 
@@ -97,12 +135,13 @@ impl ConsumerContext for SourceContext {
             if let Err(e) = commit(consumer) {
                 tracing::warn!(plugin = %self.plugin, error = %e, "commit on revoke failed; events since the last commit will be redelivered");
             }
-            self.shared
-                .state
-                .lock()
-                .expect("source state lock")
-                .tracker
-                .forget(&tps);
+            let mut state = self.shared.state.lock().expect("source state lock");
+            state.tracker.forget(&tps);
+            for tp in &tps {
+                state.assigned.remove(tp);
+                state.lag.remove(tp);
+            }
+            drop(state);
             tracing::info!(plugin = %self.plugin, partitions = %describe(&tps), "partitions revoked");
         }
     }
@@ -110,7 +149,10 @@ impl ConsumerContext for SourceContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(list) => {
-                tracing::info!(plugin = %self.plugin, partitions = %describe(&tps_of(list)), "partitions assigned")
+                let tps = tps_of(list);
+                tracing::info!(plugin = %self.plugin, partitions = %describe(&tps), "partitions assigned");
+                let mut state = self.shared.state.lock().expect("source state lock");
+                state.assigned.extend(tps);
             }
             Rebalance::Error(e) => {
                 tracing::warn!(plugin = %self.plugin, error = %e, "rebalance error")
@@ -187,12 +229,15 @@ pub struct SourceSettings {
     pub topics: Vec<String>,
     pub max_in_flight: usize,
     pub drain_timeout: Duration,
+    /// Set by an operator (admin API): consumption paused until cleared.
+    pub paused: Arc<AtomicBool>,
 }
 
 /// A running source: its thread and its stop switch.
 pub struct Source {
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    shared: Arc<Shared>,
 }
 
 impl Source {
@@ -252,18 +297,37 @@ impl Source {
             shared: shared.clone(),
         };
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("weir-source-{}", settings.plugin))
-            .spawn(move || poll_loop(consumer, shared, settings, namer, flag, dispatch))
-            .map_err(|e| format!("cannot start the source thread: {e}"))?;
+        let mut threads = Vec::new();
+        let lag_interval = consumer_cfg.lag_interval;
+        if !lag_interval.is_zero() {
+            let (consumer, shared, stop) = (consumer.clone(), shared.clone(), stop.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("weir-lag-{}", settings.plugin))
+                    .spawn(move || lag_loop(&consumer, &shared, lag_interval, &stop))
+                    .map_err(|e| format!("cannot start the lag thread: {e}"))?,
+            );
+        }
+        let (flag, polled) = (stop.clone(), shared.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("weir-source-{}", settings.plugin))
+                .spawn(move || poll_loop(consumer, polled, settings, namer, flag, dispatch))
+                .map_err(|e| format!("cannot start the source thread: {e}"))?,
+        );
         Ok((
             Source {
                 stop,
-                thread: Some(thread),
+                threads,
+                shared,
             },
             acker,
         ))
+    }
+
+    /// What the source knows now: in-flight events, partitions, lag.
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
     }
 
     /// Ask the source to stop; it drains, commits and leaves the group.
@@ -271,10 +335,57 @@ impl Source {
         self.stop.store(true, Ordering::SeqCst);
     }
 
-    /// Wait for the source thread to finish (after [`Source::stop`]).
-    pub fn join(mut self) {
-        if let Some(t) = self.thread.take() {
+    /// Wait for the source's threads to finish (after [`Source::stop`]).
+    pub fn join(self) {
+        for t in self.threads {
             let _ = t.join();
+        }
+    }
+}
+
+/// Measure the lag of the assigned partitions every `interval` until `stop`.
+fn lag_loop(consumer: &SourceConsumer, shared: &Shared, interval: Duration, stop: &AtomicBool) {
+    let mut next = Instant::now() + Duration::from_secs(1).min(interval);
+    while !stop.load(Ordering::SeqCst) {
+        if Instant::now() >= next {
+            measure_lag(consumer, shared, interval.min(Duration::from_secs(5)));
+            next = Instant::now() + interval;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// High watermark minus the committed offset (minus the low watermark before the
+/// group's first commit), per assigned partition.
+fn measure_lag(consumer: &SourceConsumer, shared: &Shared, timeout: Duration) {
+    let assigned: Vec<Tp> = {
+        let state = shared.state.lock().expect("source state lock");
+        state.assigned.iter().cloned().collect()
+    };
+    if assigned.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition) in &assigned {
+        tpl.add_partition(topic, *partition);
+    }
+    let committed = consumer.committed_offsets(tpl, timeout).ok();
+    for (topic, partition) in assigned {
+        let Ok((low, high)) = consumer.fetch_watermarks(&topic, partition, timeout) else {
+            continue; // broker unreachable: keep the last figure
+        };
+        let base = committed
+            .as_ref()
+            .and_then(|c| c.find_partition(&topic, partition))
+            .and_then(|e| match e.offset() {
+                rdkafka::Offset::Offset(o) => Some(o),
+                _ => None,
+            })
+            .unwrap_or(low);
+        let mut state = shared.state.lock().expect("source state lock");
+        let tp = (topic, partition);
+        if state.assigned.contains(&tp) {
+            state.lag.insert(tp, (high - base).max(0));
         }
     }
 }
@@ -289,19 +400,37 @@ fn poll_loop(
 ) {
     let plugin = settings.plugin.as_str();
     let mut paused = false;
+    let mut by_operator = false;
     let mut last_error: Option<(String, Instant)> = None;
     while !stop.load(Ordering::SeqCst) {
         let outstanding = shared.outstanding();
-        if outstanding >= settings.max_in_flight {
+        let operator = settings.paused.load(Ordering::SeqCst);
+        if operator != by_operator {
+            tracing::info!(
+                plugin,
+                in_flight = outstanding,
+                "{}",
+                if operator {
+                    "paused by the operator: no new events are fetched (in-flight ones finish)"
+                } else {
+                    "resumed by the operator"
+                }
+            );
+            by_operator = operator;
+        }
+        // Backpressure pauses at max_in_flight and resumes at half of it.
+        let over = outstanding >= settings.max_in_flight
+            || (paused && outstanding > settings.max_in_flight / 2);
+        if operator || over {
             // Re-pause each time: a rebalance may have assigned new partitions.
             if let Ok(assignment) = consumer.assignment() {
                 let _ = consumer.pause(&assignment);
             }
-            if !paused {
+            if !paused && !operator {
                 tracing::debug!(plugin, outstanding, "backpressure: partitions paused");
             }
             paused = true;
-        } else if paused && outstanding <= settings.max_in_flight / 2 {
+        } else if paused {
             if let Ok(assignment) = consumer.assignment() {
                 let _ = consumer.resume(&assignment);
             }

@@ -50,6 +50,10 @@ pub trait CacheBackend: Send + Sync {
     async fn delete_prefix(&self, prefix: &str) -> CacheResult<u64>;
     /// Where the cache lives, for log lines (never with credentials).
     fn describe(&self) -> String;
+    /// Whether the backend answers now (health checks).
+    async fn ping(&self) -> CacheResult<()> {
+        Ok(())
+    }
 }
 
 impl HostState {

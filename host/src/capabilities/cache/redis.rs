@@ -58,11 +58,6 @@ impl RedisCache {
         })
     }
 
-    /// Ask the server for `PONG` (at start-up, to say early whether Redis is there).
-    pub async fn ping(&self) -> CacheResult<()> {
-        self.run::<String>(&redis::cmd("PING")).await.map(|_| ())
-    }
-
     async fn run<T: FromRedisValue>(&self, cmd: &Cmd) -> CacheResult<T> {
         let mut conn = self.conn.clone();
         match tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await {
@@ -161,6 +156,10 @@ impl CacheBackend for RedisCache {
 
     fn describe(&self) -> String {
         self.target.clone()
+    }
+
+    async fn ping(&self) -> CacheResult<()> {
+        self.run::<String>(&redis::cmd("PING")).await.map(|_| ())
     }
 }
 

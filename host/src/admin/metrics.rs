@@ -1,0 +1,185 @@
+//! Prometheus metrics (`GET /metrics`), read at scrape time from the plugins' own
+//! counters, so there is one source of truth for logs, status and metrics.
+
+use super::view::{HostView, PluginReport};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+use std::sync::Arc;
+
+/// Every plugin state `weir_plugin_state` reports (one series each, 1 for the current).
+const STATES: &[&str] = &["running", "paused", "rolled-back", "rejected", "stopped"];
+
+#[derive(Debug)]
+struct HostCollector {
+    view: Arc<HostView>,
+}
+
+/// The registry `GET /metrics` encodes.
+pub fn registry(view: Arc<HostView>) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(HostCollector { view }));
+    registry
+}
+
+/// The registry's text (OpenMetrics).
+pub fn render(registry: &Registry) -> String {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry)
+        .expect("writing to a String cannot fail");
+    out
+}
+
+/// One counter family with a `plugin` label (and an optional second label).
+fn counters(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(Vec<(&str, &str)>, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in rows {
+        ConstCounter::new(*value).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauges(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(Vec<(&str, String)>, i64)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in rows {
+        ConstGauge::new(*value).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for HostCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let plugins = self.view.plugins();
+        let reports: Vec<(String, PluginReport)> = plugins
+            .iter()
+            .map(|(name, v)| (name.clone(), v.report()))
+            .collect();
+
+        let mut events = Vec::new();
+        let mut retries = Vec::new();
+        let mut published = Vec::new();
+        let mut rollbacks = Vec::new();
+        for (name, r) in &reports {
+            let s = r.status.stats.unwrap_or_default();
+            for (outcome, n) in [
+                ("handled", s.handled),
+                ("dead_lettered", s.dead_lettered),
+                ("abandoned", s.abandoned),
+            ] {
+                events.push((vec![("plugin", name.as_str()), ("outcome", outcome)], n));
+            }
+            retries.push((vec![("plugin", name.as_str())], s.retries));
+            published.push((vec![("plugin", name.as_str())], s.published));
+            rollbacks.push((vec![("plugin", name.as_str())], r.status.rollbacks));
+        }
+        counters(
+            &mut encoder,
+            "weir_events",
+            "Events finished, by outcome: handled, dead_lettered, or abandoned at shutdown (redelivered later)",
+            &events,
+        )?;
+        counters(
+            &mut encoder,
+            "weir_retries",
+            "Failed attempts that were retried (retry, trap, timeout, out of memory, failed publish)",
+            &retries,
+        )?;
+        counters(
+            &mut encoder,
+            "weir_published_messages",
+            "Messages plugins published, acknowledged by the broker",
+            &published,
+        )?;
+        counters(
+            &mut encoder,
+            "weir_plugin_rollbacks",
+            "Automatic rollbacks of a new version to the last good one",
+            &rollbacks,
+        )?;
+
+        {
+            let mut family = encoder.encode_descriptor(
+                "weir_handle_duration",
+                "Time spent in the plugin per attempt",
+                Some(&Unit::Seconds),
+                MetricType::Histogram,
+            )?;
+            for (name, view) in &plugins {
+                view.stats
+                    .durations
+                    .encode(family.encode_family(&[("plugin", name.as_str())])?)?;
+            }
+        }
+
+        let mut in_flight = Vec::new();
+        let mut paused = Vec::new();
+        let mut lag = Vec::new();
+        let mut states = Vec::new();
+        for (name, r) in &reports {
+            in_flight.push((vec![("plugin", name.clone())], r.in_flight as i64));
+            paused.push((vec![("plugin", name.clone())], r.paused as i64));
+            for p in &r.partitions {
+                if let Some(l) = p.lag {
+                    lag.push((
+                        vec![
+                            ("plugin", name.clone()),
+                            ("topic", p.topic.clone()),
+                            ("partition", p.partition.to_string()),
+                        ],
+                        l,
+                    ));
+                }
+            }
+            for state in STATES {
+                states.push((
+                    vec![("plugin", name.clone()), ("state", state.to_string())],
+                    (r.status.state == *state) as i64,
+                ));
+            }
+        }
+        gauges(
+            &mut encoder,
+            "weir_events_in_flight",
+            "Events handed to the plugin's workers and not finished",
+            &in_flight,
+        )?;
+        gauges(
+            &mut encoder,
+            "weir_plugin_paused",
+            "1 while an operator has paused the plugin",
+            &paused,
+        )?;
+        gauges(
+            &mut encoder,
+            "weir_consumer_lag",
+            "Records after the committed offset, per assigned partition",
+            &lag,
+        )?;
+        gauges(
+            &mut encoder,
+            "weir_plugin_state",
+            "1 for the plugin's current state",
+            &states,
+        )?;
+        gauges(
+            &mut encoder,
+            "weir_up",
+            "1 while the host runs; phase: starting, running, stopping",
+            &[(vec![("phase", self.view.phase().as_str().to_string())], 1)],
+        )?;
+        Ok(())
+    }
+}

@@ -1,0 +1,248 @@
+//! The admin HTTP API (`[admin] listen`, default `127.0.0.1:9464`): health
+//! checks, Prometheus metrics, plugin status, and pause/resume per plugin.
+//!
+//! | route | answers |
+//! | --- | --- |
+//! | `GET /health/live` | 200 while the process serves requests (liveness) |
+//! | `GET /health/ready` | 200 once the broker was reached and the plugins loaded; 503 while starting or stopping (readiness) |
+//! | `GET /health` | `Healthy`/`Degraded`/`Unhealthy` with a check each for kafka, cache and plugins (seed 004's shape); 503 when unhealthy |
+//! | `GET /metrics` | Prometheus / OpenMetrics text |
+//! | `GET /plugins`, `GET /plugins/{name}` | status, counters, in-flight events, partitions and lag |
+//! | `POST /plugins/{name}/pause`, `.../resume` | stop / restart fetching for that plugin (in-flight events finish; the consumer stays in its group) |
+//!
+//! No request waits on the supervisor: see [`view`].
+
+pub mod metrics;
+pub mod view;
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use prometheus_client::registry::Registry;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use view::{HostView, Phase};
+
+/// How long a health check waits for the broker or the cache.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Clone)]
+struct AppState {
+    view: Arc<HostView>,
+    registry: Arc<Registry>,
+}
+
+/// A running admin server.
+pub struct AdminServer {
+    addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AdminServer {
+    /// Bind `listen` and serve `view`. A bind failure is an error that says which
+    /// key to change.
+    pub async fn start(listen: &str, view: Arc<HostView>) -> Result<AdminServer, String> {
+        let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+            format!(
+                "cannot listen on admin.listen = {listen:?}: {e}; set another address in \
+                 [admin] listen (WEIR_ADMIN__LISTEN), or enabled = false"
+            )
+        })?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let state = AppState {
+            registry: Arc::new(metrics::registry(view.clone())),
+            view,
+        };
+        let app = router(state);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "admin API stopped");
+            }
+        });
+        tracing::info!(address = %format!("http://{addr}"), "admin API listening (/health, /metrics, /plugins)");
+        Ok(AdminServer { addr, stop, task })
+    }
+
+    /// The address it listens on (the real port when `listen` asked for port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health/live", get(|| async { "ok\n" }))
+        .route("/health/ready", get(ready))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
+        .route("/plugins", get(plugins))
+        .route("/plugins/{name}", get(plugin))
+        .route("/plugins/{name}/pause", post(pause))
+        .route("/plugins/{name}/resume", post(resume))
+        .with_state(state)
+}
+
+async fn ready(State(s): State<AppState>) -> Response {
+    let phase = s.view.phase();
+    let code = if phase == Phase::Running {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(json!({ "status": phase.as_str() }))).into_response()
+}
+
+fn check(healthy: bool, degraded: bool, description: String, data: Value) -> Value {
+    let status = if !healthy {
+        "Unhealthy"
+    } else if degraded {
+        "Degraded"
+    } else {
+        "Healthy"
+    };
+    json!({ "status": status, "description": description, "data": data })
+}
+
+async fn health(State(s): State<AppState>) -> Response {
+    let kafka = match s.view.check_broker(CHECK_TIMEOUT).await {
+        Ok(brokers) => check(
+            true,
+            false,
+            format!("{brokers} broker(s) answered"),
+            json!({}),
+        ),
+        Err(e) => check(
+            false,
+            false,
+            format!("the broker did not answer: {e}"),
+            json!({}),
+        ),
+    };
+    let cache = s.view.cache();
+    let cache = match tokio::time::timeout(CHECK_TIMEOUT, cache.ping()).await {
+        Ok(Ok(())) => check(
+            true,
+            false,
+            format!("{} answered", cache.describe()),
+            json!({}),
+        ),
+        Ok(Err(e)) => check(
+            true,
+            true,
+            format!("cache calls fail (events are retried): {e}"),
+            json!({}),
+        ),
+        Err(_) => check(
+            true,
+            true,
+            format!("{} did not answer in time", cache.describe()),
+            json!({}),
+        ),
+    };
+    let plugins = s.view.plugins();
+    let states: serde_json::Map<String, Value> = plugins
+        .iter()
+        .map(|(name, v)| (name.clone(), Value::from(v.report().status.state)))
+        .collect();
+    let troubled: Vec<&String> = states
+        .iter()
+        .filter(|(_, st)| *st == "rejected" || *st == "rolled-back")
+        .map(|(n, _)| n)
+        .collect();
+    let plugins = check(
+        true,
+        !troubled.is_empty(),
+        if troubled.is_empty() {
+            format!("{} plugin(s)", states.len())
+        } else {
+            format!("rejected or rolled back: {troubled:?} (see GET /plugins)")
+        },
+        Value::Object(states),
+    );
+    let starting = s.view.phase() != Phase::Running;
+    let checks = json!({ "kafka": kafka, "cache": cache, "plugins": plugins });
+    let worst = ["Unhealthy", "Degraded"]
+        .into_iter()
+        .find(|w| {
+            checks
+                .as_object()
+                .unwrap()
+                .values()
+                .any(|c| c["status"] == *w)
+        })
+        .unwrap_or(if starting { "Degraded" } else { "Healthy" });
+    let code = if worst == "Unhealthy" {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    let body = json!({ "status": worst, "phase": s.view.phase().as_str(), "checks": checks });
+    (code, Json(body)).into_response()
+}
+
+async fn metrics_text(State(s): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics::render(&s.registry),
+    )
+        .into_response()
+}
+
+async fn plugins(State(s): State<AppState>) -> Response {
+    let list: Vec<_> = s.view.plugins().values().map(|v| v.report()).collect();
+    Json(list).into_response()
+}
+
+fn unknown(name: &str) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({ "error": format!("no plugin named {name:?} (GET /plugins lists them)") })),
+    )
+        .into_response()
+}
+
+async fn plugin(State(s): State<AppState>, Path(name): Path<String>) -> Response {
+    match s.view.plugin(&name) {
+        Some(v) => Json(v.report()).into_response(),
+        None => unknown(&name),
+    }
+}
+
+async fn set_paused(s: &AppState, name: &str, paused: bool) -> Response {
+    let Some(v) = s.view.plugin(name) else {
+        return unknown(name);
+    };
+    let was = v.paused.swap(paused, Ordering::SeqCst);
+    if was != paused {
+        tracing::info!(plugin = %name, "{} through the admin API", if paused { "pause" } else { "resume" });
+    }
+    Json(v.report()).into_response()
+}
+
+async fn pause(State(s): State<AppState>, Path(name): Path<String>) -> Response {
+    set_paused(&s, &name, true).await
+}
+
+async fn resume(State(s): State<AppState>, Path(name): Path<String>) -> Response {
+    set_paused(&s, &name, false).await
+}

@@ -1,0 +1,175 @@
+//! What the admin API sees of the host, without waiting on the supervisor.
+//!
+//! The supervisor publishes each plugin's status here every second (and after
+//! every reload); counters, in-flight events, partitions and lag are read live
+//! from the plugin's own handles. Pausing flips the plugin's flag, which its
+//! source reads on its next poll: no request waits for a reload in progress.
+
+use crate::capabilities::CacheBackend;
+use crate::config::Config;
+use crate::dispatch::{Stats, StatsSnapshot};
+use crate::kafka::source::{PartitionView, Shared as SourceShared};
+use crate::reload::PluginStatus;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+/// Where the host is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Reaching the broker, loading plugins.
+    Starting,
+    /// Consuming.
+    Running,
+    /// Draining and committing before exit.
+    Stopping,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Running => "running",
+            Phase::Stopping => "stopping",
+        }
+    }
+}
+
+/// The live handles of one plugin.
+#[derive(Clone)]
+pub struct PluginView {
+    /// As of the supervisor's last refresh (at most a second old).
+    pub status: PluginStatus,
+    pub paused: Arc<AtomicBool>,
+    pub stats: Arc<Stats>,
+    /// The running consumer's state; `None` when nothing runs (rejected).
+    pub source: Option<Arc<SourceShared>>,
+}
+
+/// One plugin as `GET /plugins` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginReport {
+    #[serde(flatten)]
+    pub status: PluginStatus,
+    pub paused: bool,
+    pub in_flight: usize,
+    pub partitions: Vec<PartitionView>,
+    /// Sum of the partitions' lag (records not yet committed).
+    pub lag: i64,
+}
+
+impl PluginView {
+    /// The status with live counters, pause state, partitions and lag.
+    pub fn report(&self) -> PluginReport {
+        let mut status = self.status.clone();
+        let paused = self.paused.load(Ordering::SeqCst);
+        if paused && status.state == "running" {
+            status.state = "paused".into();
+        } else if !paused && status.state == "paused" {
+            status.state = "running".into();
+        }
+        status.stats = Some(self.stats.snapshot());
+        let partitions = self
+            .source
+            .as_ref()
+            .map(|s| s.partitions())
+            .unwrap_or_default();
+        PluginReport {
+            lag: partitions.iter().filter_map(|p| p.lag).sum(),
+            in_flight: self.source.as_ref().map_or(0, |s| s.in_flight()),
+            partitions,
+            paused,
+            status,
+        }
+    }
+
+    pub fn snapshot(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+}
+
+/// Shared between the supervisor (writes) and the admin API (reads).
+pub struct HostView {
+    phase: AtomicU8,
+    plugins: RwLock<BTreeMap<String, PluginView>>,
+    cache: Arc<dyn CacheBackend>,
+    /// A client for broker health checks, made on first use.
+    probe: Mutex<Option<Arc<BaseConsumer>>>,
+    config: Config,
+}
+
+impl std::fmt::Debug for HostView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostView")
+            .field("phase", &self.phase())
+            .finish_non_exhaustive()
+    }
+}
+
+impl HostView {
+    pub fn new(config: &Config, cache: Arc<dyn CacheBackend>) -> HostView {
+        HostView {
+            phase: AtomicU8::new(Phase::Starting as u8),
+            plugins: RwLock::new(BTreeMap::new()),
+            cache,
+            probe: Mutex::new(None),
+            config: config.clone(),
+        }
+    }
+
+    pub fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::SeqCst) {
+            0 => Phase::Starting,
+            1 => Phase::Running,
+            _ => Phase::Stopping,
+        }
+    }
+
+    pub fn set_phase(&self, phase: Phase) {
+        self.phase.store(phase as u8, Ordering::SeqCst);
+    }
+
+    /// Replace the published plugins (the supervisor's view of them).
+    pub fn publish(&self, plugins: BTreeMap<String, PluginView>) {
+        *self.plugins.write().expect("view lock") = plugins;
+    }
+
+    pub fn plugins(&self) -> BTreeMap<String, PluginView> {
+        self.plugins.read().expect("view lock").clone()
+    }
+
+    pub fn plugin(&self, name: &str) -> Option<PluginView> {
+        self.plugins.read().expect("view lock").get(name).cloned()
+    }
+
+    pub fn cache(&self) -> &Arc<dyn CacheBackend> {
+        &self.cache
+    }
+
+    /// Ask the broker for its metadata: how many brokers answered, or why not.
+    pub async fn check_broker(&self, timeout: Duration) -> Result<usize, String> {
+        let probe = {
+            let mut probe = self.probe.lock().expect("probe lock");
+            if probe.is_none() {
+                let consumer: BaseConsumer = crate::kafka::base_config(&self.config)
+                    .set("client.id", "weir-health")
+                    .create()
+                    .map_err(|e| format!("cannot create a client: {e}"))?;
+                *probe = Some(Arc::new(consumer));
+            }
+            probe.clone().expect("set above")
+        };
+        tokio::task::spawn_blocking(move || {
+            probe
+                .fetch_metadata(None, timeout)
+                .map(|md| md.brokers().len())
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+}
