@@ -85,6 +85,12 @@ async fn demo() -> Result<(), String> {
             "kafka.consumer.commit_interval",
             "200ms",
         ))
+        .merge(Serialized::default("kafka.consumer.lag_interval", "500ms"))
+        // A free port, so the demo runs beside a host already on 9464.
+        .merge(Serialized::default(
+            "admin.listen",
+            format!("127.0.0.1:{}", devbroker::free_port()),
+        ))
         .merge(Env::prefixed("WEIR_").split("__"));
     let config = Config::from_figment(figment, config_path).map_err(|e| e.to_string())?;
     let namer = config.namer()?;
@@ -203,6 +209,8 @@ async fn demo() -> Result<(), String> {
         println!("    {}", r.text());
     }
 
+    show_admin(&config).await?;
+
     println!("\nstopping the host (drain, commit)...");
     let _ = stop.send(());
     let report = host.await.map_err(|e| e.to_string())??;
@@ -214,6 +222,69 @@ async fn demo() -> Result<(), String> {
     }
     let _ = std::fs::remove_dir_all(&work);
     println!("done.");
+    Ok(())
+}
+
+/// What an operator sees through the admin API (and `weir plugins` / `weir pause`).
+async fn show_admin(config: &Config) -> Result<(), String> {
+    use weir_host::admin::client;
+    let addr = client::address(config)?;
+    println!("\n-- admin API on http://{addr} --");
+    let (_, health) = client::call(&addr, "GET", "/health").await?;
+    let health: serde_json::Value = serde_json::from_str(&health).map_err(|e| e.to_string())?;
+    println!("GET /health   {}", health["status"].as_str().unwrap_or("?"));
+    for (name, check) in health["checks"].as_object().into_iter().flatten() {
+        println!(
+            "    {name:<8} {:<9}  {}",
+            check["status"].as_str().unwrap_or("?"),
+            check["description"].as_str().unwrap_or("")
+        );
+    }
+    // Lag is measured every lag_interval: wait for the figures to settle at 0.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let plugins = loop {
+        let (_, body) = client::call(&addr, "GET", "/plugins").await?;
+        let list: Vec<serde_json::Value> =
+            serde_json::from_str(&body).map_err(|e| e.to_string())?;
+        let settled = list
+            .iter()
+            .all(|p| p["lag"] == 0 && !p["partitions"].as_array().is_none_or(Vec::is_empty));
+        if settled || std::time::Instant::now() > deadline {
+            break list;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!("GET /plugins");
+    for p in &plugins {
+        println!(
+            "    {:<16} {:<8} lag {}  in-flight {}  handled {}",
+            p["name"].as_str().unwrap_or(""),
+            p["state"].as_str().unwrap_or(""),
+            p["lag"],
+            p["in_flight"],
+            p["stats"]["handled"]
+        );
+    }
+    let (_, metrics) = client::call(&addr, "GET", "/metrics").await?;
+    println!("GET /metrics  (Prometheus; a few of its lines)");
+    for line in metrics.lines().filter(|l| {
+        l.starts_with("weir_events_total{plugin=\"track-deletions\"")
+            || l.starts_with("weir_handle_duration_seconds_count")
+    }) {
+        println!("    {line}");
+    }
+    let (_, paused) = client::call(&addr, "POST", "/plugins/audio-uploaded/pause").await?;
+    let paused: serde_json::Value = serde_json::from_str(&paused).map_err(|e| e.to_string())?;
+    println!(
+        "POST /plugins/audio-uploaded/pause   -> {}",
+        paused["state"].as_str().unwrap_or("?")
+    );
+    let (_, resumed) = client::call(&addr, "POST", "/plugins/audio-uploaded/resume").await?;
+    let resumed: serde_json::Value = serde_json::from_str(&resumed).map_err(|e| e.to_string())?;
+    println!(
+        "POST /plugins/audio-uploaded/resume  -> {}",
+        resumed["state"].as_str().unwrap_or("?")
+    );
     Ok(())
 }
 

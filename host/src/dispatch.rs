@@ -143,11 +143,15 @@ impl Workers {
         Workers { tasks }
     }
 
-    /// Stop the workers. Called once the source has drained and committed: what
-    /// they still hold was not committed and will be redelivered.
-    pub fn abort(self) {
-        for t in self.tasks {
+    /// Stop the workers and wait until they are gone (with them the last handles
+    /// on the consumer, which then closes). Called once the source has drained and
+    /// committed: what they still hold was not committed and will be redelivered.
+    pub async fn abort(self) {
+        for t in &self.tasks {
             t.abort();
+        }
+        for t in self.tasks {
+            let _ = t.await;
         }
     }
 }

@@ -3,6 +3,9 @@
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use weir_host::admin::client;
+use weir_host::admin::view::PluginReport;
+use weir_host::config::Config;
 use weir_host::invoke::{self, InvokeOptions};
 
 #[derive(Parser)]
@@ -30,15 +33,29 @@ enum Command {
         #[arg(long, default_value = "text")]
         log_format: String,
     },
-    /// List the plugins: name, content hash, state (running, rolled-back, rejected and
-    /// why), loaded-at and topics, as the running host reports them; without a running
-    /// host, each plugin of the directory is loaded and checked.
+    /// List the plugins: name, content hash, state (running, paused, rolled-back,
+    /// rejected and why), loaded-at, topics, lag and in-flight events, as the running
+    /// host reports them (admin API, else its status file); without a running host,
+    /// each plugin of the directory is loaded and checked.
     Plugins {
         #[arg(long, short, default_value = "weir.toml")]
         config: PathBuf,
         /// JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Pause a plugin of the running host: it stops fetching (in-flight events finish,
+    /// its consumer stays in the group) until resumed. Through the admin API.
+    Pause {
+        plugin: String,
+        #[arg(long, short, default_value = "weir.toml")]
+        config: PathBuf,
+    },
+    /// Resume a paused plugin of the running host. Through the admin API.
+    Resume {
+        plugin: String,
+        #[arg(long, short, default_value = "weir.toml")]
+        config: PathBuf,
     },
     /// Dead-letter topics.
     Dlq {
@@ -121,7 +138,7 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             let runtime = tokio::runtime::Runtime::new().expect("start the async runtime");
-            match runtime.block_on(weir_host::reload::plugin_status(&config)) {
+            match runtime.block_on(list_plugins(&config)) {
                 Ok((source, list)) => {
                     if json {
                         println!(
@@ -131,20 +148,10 @@ fn main() -> ExitCode {
                     } else {
                         println!("{source}");
                         for p in &list {
-                            println!(
-                                "{:<24} {:<12} sha256 {}  loaded {}  topics {}",
-                                p.name,
-                                p.state,
-                                p.sha256.as_deref().map_or("-", |h| &h[..12.min(h.len())]),
-                                p.loaded_at.as_deref().unwrap_or("-"),
-                                p.topics.join(",")
-                            );
-                            if let Some(reason) = &p.reason {
-                                println!("{:<24} {reason}", "");
-                            }
+                            print_plugin(p);
                         }
                     }
-                    if list.iter().any(|p| p.state == "rejected") {
+                    if list.iter().any(|p| p.status.state == "rejected") {
                         ExitCode::from(1)
                     } else {
                         ExitCode::SUCCESS
@@ -156,6 +163,8 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Pause { plugin, config } => set_paused(&config, &plugin, "pause"),
+        Command::Resume { plugin, config } => set_paused(&config, &plugin, "resume"),
         Command::Dlq {
             command:
                 DlqCommand::Replay {
@@ -230,8 +239,101 @@ fn main() -> ExitCode {
     }
 }
 
+/// The plugins as the running host's admin API reports them (live counters, lag,
+/// pause), else as `reload::plugin_status` finds them; and a line saying which.
+async fn list_plugins(config: &Config) -> Result<(String, Vec<PluginReport>), String> {
+    if let Ok(addr) = client::address(config) {
+        if let Ok((200, body)) = client::call(&addr, "GET", "/plugins").await {
+            let list = serde_json::from_str(&body)
+                .map_err(|e| format!("unexpected answer from {addr}/plugins: {e}"))?;
+            return Ok((
+                format!("as reported by the running host (http://{addr})"),
+                list,
+            ));
+        }
+    }
+    let (source, list) = weir_host::reload::plugin_status(config).await?;
+    let list = list
+        .into_iter()
+        .map(|status| PluginReport {
+            paused: status.state == "paused",
+            in_flight: 0,
+            partitions: vec![],
+            lag: 0,
+            status,
+        })
+        .collect();
+    Ok((source, list))
+}
+
+fn print_plugin(p: &PluginReport) {
+    let s = &p.status;
+    let live = if p.partitions.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "  lag {}  in-flight {}  partitions {}",
+            p.lag,
+            p.in_flight,
+            p.partitions.len()
+        )
+    };
+    println!(
+        "{:<24} {:<12} sha256 {}  loaded {}  topics {}{live}",
+        s.name,
+        s.state,
+        s.sha256.as_deref().map_or("-", |h| &h[..12.min(h.len())]),
+        s.loaded_at.as_deref().unwrap_or("-"),
+        s.topics.join(",")
+    );
+    if let Some(reason) = &s.reason {
+        println!("{:<24} {reason}", "");
+    }
+}
+
+/// `weir pause` / `weir resume`: exit 0 with the plugin's new state, 1 if the host
+/// refused (unknown plugin), 2 if it cannot be reached.
+fn set_paused(config: &std::path::Path, plugin: &str, action: &str) -> ExitCode {
+    init_logging("error", "text");
+    let config = match load_config(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let addr = match client::address(&config) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("start the async runtime");
+    let path = format!("/plugins/{plugin}/{action}");
+    match runtime.block_on(client::call(&addr, "POST", &path)) {
+        Ok((200, body)) => {
+            let state = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["state"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            println!("{plugin}: {state}");
+            ExitCode::SUCCESS
+        }
+        Ok((_, body)) => {
+            let why = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_string))
+                .unwrap_or(body);
+            eprintln!("error: {why}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 /// The host configuration, or exit status 2 after saying what is wrong with it.
-fn load_config(path: &std::path::Path) -> Result<weir_host::config::Config, ExitCode> {
+fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
     weir_host::config::Config::load(path).map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(2)

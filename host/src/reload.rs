@@ -460,7 +460,7 @@ async fn stop(r: Running) {
     r.source.stop();
     let source = r.source;
     let _ = tokio::task::spawn_blocking(move || source.join()).await;
-    r.workers.abort();
+    r.workers.abort().await;
 }
 
 /// Hash of a plugin's two files, or `None` if one cannot be read right now.

@@ -3,53 +3,18 @@
 
 use crate::kafka_support::*;
 use serde_json::{json, Value};
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
+use weir_host::admin::client;
 
-/// One HTTP/1.1 request to the admin API: (status code, body).
-fn http(port: u16, method: &str, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw)?;
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    // The API answers with a length or, for larger bodies, chunked: undo that.
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    Ok((code, body))
+/// One request to the admin API: (status code, body).
+async fn http(port: u16, method: &str, path: &str) -> Result<(u16, String), String> {
+    client::call(&format!("127.0.0.1:{port}"), method, path).await
 }
 
-fn dechunk(mut rest: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&after[..n]);
-        rest = &after[n + 2..];
-    }
-    out
-}
-
-fn get_json(port: u16, path: &str) -> (u16, Value) {
-    let (code, body) = http(port, "GET", path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+async fn get_json(port: u16, path: &str) -> (u16, Value) {
+    let (code, body) = http(port, "GET", path)
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
     let value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"));
     (code, value)
 }
@@ -59,7 +24,7 @@ async fn wait_json(port: u16, path: &str, what: &str, ok: impl Fn(u16, &Value) -
     let deadline = Instant::now() + PATIENCE;
     let mut last = String::new();
     loop {
-        if let Ok((code, body)) = http(port, "GET", path) {
+        if let Ok((code, body)) = http(port, "GET", path).await {
             if let Ok(v) = serde_json::from_str::<Value>(&body) {
                 if ok(code, &v) {
                     return v;
@@ -73,6 +38,22 @@ async fn wait_json(port: u16, path: &str, what: &str, ok: impl Fn(u16, &Value) -
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// `weir <args> --config <the host's weir.toml>`: exit code and stdout + stderr.
+async fn weir(files: &HostFiles, args: &[&str]) -> (Option<i32>, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(args)
+        .args(["--config", files.config().to_str().unwrap()])
+        .output()
+        .await
+        .expect("run weir");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
 }
 
 /// The value of a metric line `name{labels} value` (labels given exactly).
@@ -95,8 +76,8 @@ async fn health_metrics_status_and_pause_resume_through_the_admin_api() {
         code == 200 && v["status"] == "running"
     })
     .await;
-    assert_eq!(http(port, "GET", "/health/live").unwrap().0, 200);
-    let (code, health) = get_json(port, "/health");
+    assert_eq!(http(port, "GET", "/health/live").await.unwrap().0, 200);
+    let (code, health) = get_json(port, "/health").await;
     assert_eq!(code, 200, "{health}");
     assert_eq!(health["status"], "Healthy", "{health}");
     assert_eq!(health["checks"]["kafka"]["status"], "Healthy");
@@ -119,13 +100,13 @@ async fn health_metrics_status_and_pause_resume_through_the_admin_api() {
     })
     .await;
 
-    // Pause: nothing new is handled while events keep arriving.
-    let (code, paused) = {
-        let (code, body) = http(port, "POST", "/plugins/echo/pause").unwrap();
-        (code, serde_json::from_str::<Value>(&body).unwrap())
-    };
-    assert_eq!(code, 200);
-    assert_eq!(paused["state"], "paused");
+    // Pause (`weir pause`, through the API): nothing new is handled while events
+    // keep arriving.
+    assert_eq!(
+        weir(&files, &["pause", "echo"]).await,
+        (Some(0), "echo: paused\n".to_string())
+    );
+    let (_, paused) = get_json(port, "/plugins/echo").await;
     assert_eq!(paused["paused"], true);
     // The source applies the pause on its next poll (within 100 ms); events
     // produced after this are not handled until the resume.
@@ -143,7 +124,7 @@ async fn health_metrics_status_and_pause_resume_through_the_admin_api() {
     let status = wait_json(port, "/plugins/echo", "lag 20", |_, v| v["lag"] == 20).await;
     assert_eq!(status["stats"]["handled"], 30, "{status}");
     assert_eq!(status["partitions"].as_array().unwrap().len(), 3);
-    let (_, metrics) = http(port, "GET", "/metrics").unwrap();
+    let (_, metrics) = http(port, "GET", "/metrics").await.unwrap();
     assert_eq!(
         metric(&metrics, "weir_plugin_paused{plugin=\"echo\"}"),
         Some(1.0)
@@ -174,9 +155,20 @@ async fn health_metrics_status_and_pause_resume_through_the_admin_api() {
         "still nothing handled after the restart"
     );
 
-    // Resume: the waiting events are handled, nothing lost or doubled.
-    let (code, _) = http(port, "POST", "/plugins/echo/resume").unwrap();
-    assert_eq!(code, 200);
+    let (code, listing) = weir(&files, &["plugins"]).await;
+    assert_eq!(code, Some(0), "{listing}");
+    assert!(
+        listing.contains("running host (http://127.0.0.1:"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains("paused") && listing.contains("lag 20"),
+        "{listing}"
+    );
+
+    // Resume (the API directly): the waiting events are handled, nothing lost or doubled.
+    let (code, resumed) = http(port, "POST", "/plugins/echo/resume").await.unwrap();
+    assert_eq!(code, 200, "{resumed}");
     let out = b.read("adm-out", 50);
     let (seen, duplicates) = seqs(&out);
     assert_eq!((seen.len(), duplicates), (50, 0));
@@ -186,7 +178,7 @@ async fn health_metrics_status_and_pause_resume_through_the_admin_api() {
     .await;
     assert_eq!(status["in_flight"], 0);
 
-    let (code, metrics) = http(port, "GET", "/metrics").unwrap();
+    let (code, metrics) = http(port, "GET", "/metrics").await.unwrap();
     assert_eq!(code, 200);
     for (series, value) in [
         (
@@ -213,10 +205,13 @@ async fn health_metrics_status_and_pause_resume_through_the_admin_api() {
         "{metrics}"
     );
 
-    // Unknown plugins are a clear 404.
-    let (code, body) = http(port, "POST", "/plugins/nope/pause").unwrap();
+    // Unknown plugins are a clear 404, and `weir pause` says so.
+    let (code, body) = http(port, "POST", "/plugins/nope/pause").await.unwrap();
     assert_eq!(code, 404);
     assert!(body.contains("no plugin named \\\"nope\\\""), "{body}");
+    let (code, text) = weir(&files, &["pause", "nope"]).await;
+    assert_eq!(code, Some(1));
+    assert!(text.contains("error: no plugin named \"nope\""), "{text}");
 
     let report = host.stop().await;
     assert_eq!(report.plugins["echo"].handled, 50);
@@ -237,8 +232,8 @@ async fn the_host_is_live_but_not_ready_until_it_reaches_the_broker() {
         code == 503 && v["status"] == "starting"
     })
     .await;
-    assert_eq!(http(admin, "GET", "/health/live").unwrap().0, 200);
-    let (code, health) = get_json(admin, "/health");
+    assert_eq!(http(admin, "GET", "/health/live").await.unwrap().0, 200);
+    let (code, health) = get_json(admin, "/health").await;
     assert_eq!(code, 503, "{health}");
     assert_eq!(health["checks"]["kafka"]["status"], "Unhealthy", "{health}");
 
@@ -253,7 +248,10 @@ async fn the_host_is_live_but_not_ready_until_it_reaches_the_broker() {
     wait_json(admin, "/health/ready", "ready", |code, _| code == 200).await;
     host.stop().await;
     assert!(
-        http(admin, "GET", "/health/live").is_err(),
+        http(admin, "GET", "/health/live").await.is_err(),
         "the admin API stops with the host"
     );
+    let (code, text) = weir(&files, &["pause", "echo"]).await;
+    assert_eq!(code, Some(2), "no host to reach: {text}");
+    assert!(text.contains("is the host running?"), "{text}");
 }

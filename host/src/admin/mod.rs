@@ -12,6 +12,7 @@
 //!
 //! No request waits on the supervisor: see [`view`].
 
+pub mod client;
 pub mod metrics;
 pub mod view;
 

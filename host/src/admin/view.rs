@@ -51,7 +51,7 @@ pub struct PluginView {
 }
 
 /// One plugin as `GET /plugins` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct PluginReport {
     #[serde(flatten)]
     pub status: PluginStatus,

@@ -8,10 +8,10 @@
 //! - Backpressure: past `max_in_flight` unfinished events the assigned partitions
 //!   are paused, and polling goes on (so the group does not evict the consumer).
 //!   An operator's pause (admin API) pauses them the same way until resumed.
-//! - Lag: every `lag_interval` a second thread asks the broker for each assigned
-//!   partition's high watermark and the group's committed offset (librdkafka's own
-//!   statistics stop updating the watermark while a partition is paused, which is
-//!   when an operator most wants to see it).
+//! - Lag: every `lag_interval` a second thread, with its own client, asks the
+//!   broker for each assigned partition's high watermark and the group's committed
+//!   offset (librdkafka's own statistics stop updating the watermark while a
+//!   partition is paused, which is when an operator most wants to see it).
 //! - Rebalance: before partitions are revoked, their in-flight events are waited
 //!   for (up to the drain timeout) and the stored offsets committed synchronously.
 //! - Shutdown: stop fetching, wait for in-flight events (up to the drain timeout),
@@ -300,11 +300,24 @@ impl Source {
         let mut threads = Vec::new();
         let lag_interval = consumer_cfg.lag_interval;
         if !lag_interval.is_zero() {
-            let (consumer, shared, stop) = (consumer.clone(), shared.clone(), stop.clone());
+            // Its own client (same group, never joining it): on the consumer's
+            // connection these requests would queue behind long-polling fetches.
+            let probe: BaseConsumer = super::base_config(config)
+                .set("group.id", &settings.group)
+                .set("client.id", format!("weir-{}-lag", settings.plugin))
+                .set("enable.auto.commit", "false")
+                .create()
+                .map_err(|e| {
+                    format!(
+                        "plugin {}: cannot create its lag client: {e}",
+                        settings.plugin
+                    )
+                })?;
+            let (shared, stop) = (shared.clone(), stop.clone());
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("weir-lag-{}", settings.plugin))
-                    .spawn(move || lag_loop(&consumer, &shared, lag_interval, &stop))
+                    .spawn(move || lag_loop(&probe, &shared, lag_interval, &stop))
                     .map_err(|e| format!("cannot start the lag thread: {e}"))?,
             );
         }
@@ -344,11 +357,11 @@ impl Source {
 }
 
 /// Measure the lag of the assigned partitions every `interval` until `stop`.
-fn lag_loop(consumer: &SourceConsumer, shared: &Shared, interval: Duration, stop: &AtomicBool) {
+fn lag_loop(probe: &BaseConsumer, shared: &Shared, interval: Duration, stop: &AtomicBool) {
     let mut next = Instant::now() + Duration::from_secs(1).min(interval);
     while !stop.load(Ordering::SeqCst) {
         if Instant::now() >= next {
-            measure_lag(consumer, shared, interval.min(Duration::from_secs(5)));
+            measure_lag(probe, shared, Duration::from_secs(5));
             next = Instant::now() + interval;
         }
         std::thread::sleep(POLL);
@@ -357,7 +370,7 @@ fn lag_loop(consumer: &SourceConsumer, shared: &Shared, interval: Duration, stop
 
 /// High watermark minus the committed offset (minus the low watermark before the
 /// group's first commit), per assigned partition.
-fn measure_lag(consumer: &SourceConsumer, shared: &Shared, timeout: Duration) {
+fn measure_lag(consumer: &BaseConsumer, shared: &Shared, timeout: Duration) {
     let assigned: Vec<Tp> = {
         let state = shared.state.lock().expect("source state lock");
         state.assigned.iter().cloned().collect()

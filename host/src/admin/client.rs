@@ -1,0 +1,68 @@
+//! A client for a running host's admin API: `weir plugins`, `weir pause`,
+//! `weir resume`, the demo and the tests.
+
+use crate::config::Config;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use std::time::Duration;
+
+/// How long a call may take, connecting included.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The address to reach the admin API of the host configured by `config`: its
+/// `admin.listen`, with an unspecified IP (`0.0.0.0`, `[::]`) replaced by loopback.
+pub fn address(config: &Config) -> Result<String, String> {
+    if !config.admin.enabled {
+        return Err("the admin API is disabled ([admin] enabled = false)".into());
+    }
+    let mut addr: std::net::SocketAddr = config
+        .admin
+        .listen
+        .parse()
+        .map_err(|_| format!("admin.listen {:?} is not ip:port", config.admin.listen))?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    Ok(addr.to_string())
+}
+
+/// `method path` on the admin API at `addr`: the status code and the body.
+pub async fn call(addr: &str, method: &str, path: &str) -> Result<(u16, String), String> {
+    tokio::time::timeout(TIMEOUT, request(addr, method, path))
+        .await
+        .map_err(|_| format!("the admin API at {addr} did not answer within 10 s"))?
+}
+
+async fn request(addr: &str, method: &str, path: &str) -> Result<(u16, String), String> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("no admin API at {addr} (is the host running?): {e}"))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("admin API at {addr}: {e}"))?;
+    tokio::spawn(connection);
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, addr)
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("admin API at {addr}: {e}"))?;
+    let code = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("admin API at {addr}: {e}"))?
+        .to_bytes();
+    Ok((code, String::from_utf8_lossy(&body).into_owned()))
+}
