@@ -104,6 +104,7 @@ pub struct SourceContext {
     plugin: String,
     shared: Arc<Shared>,
     drain_timeout: Duration,
+    paused: Arc<AtomicBool>,
 }
 
 impl ClientContext for SourceContext {
@@ -146,9 +147,13 @@ impl ConsumerContext for SourceContext {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(list) => {
+                if self.paused.load(Ordering::SeqCst) {
+                    // Paused by the operator: not even the first fetch.
+                    let _ = consumer.pause(list);
+                }
                 let tps = tps_of(list);
                 tracing::info!(plugin = %self.plugin, partitions = %describe(&tps), "partitions assigned");
                 let mut state = self.shared.state.lock().expect("source state lock");
@@ -277,6 +282,7 @@ impl Source {
             plugin: settings.plugin.clone(),
             shared: shared.clone(),
             drain_timeout: settings.drain_timeout,
+            paused: settings.paused.clone(),
         };
         let consumer: SourceConsumer = c.create_with_context(context).map_err(|e| {
             format!(
