@@ -5,6 +5,7 @@ mod kafka_support;
 mod support;
 
 mod admin;
+mod container;
 mod faults;
 mod invoke_cli;
 mod pipeline;
