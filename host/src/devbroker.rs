@@ -4,10 +4,10 @@
 //! `.env` there), with in-memory storage or, for restart tests, SQLite. Dropping
 //! the [`DevBroker`] stops it.
 
-use std::io::Read;
+use crate::devprocess::DevProcess;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Where nisshi is looked for, in order: `$NISSHI_BIN`, `nisshi` on the `PATH`,
@@ -37,11 +37,8 @@ pub enum BrokerStorage {
 }
 
 pub struct DevBroker {
-    binary: PathBuf,
-    workdir: PathBuf,
     port: u16,
-    storage: BrokerStorage,
-    child: Option<Child>,
+    process: DevProcess,
 }
 
 /// A free TCP port on 127.0.0.1.
@@ -69,17 +66,33 @@ impl DevBroker {
         storage: BrokerStorage,
         port: u16,
     ) -> Result<DevBroker, String> {
-        std::fs::create_dir_all(workdir)
-            .map_err(|e| format!("cannot create {}: {e}", workdir.display()))?;
-        let mut broker = DevBroker {
-            binary: binary.to_path_buf(),
-            workdir: workdir.to_path_buf(),
-            port,
-            storage,
-            child: None,
+        let url = format!("tcp://127.0.0.1:{port}");
+        let storage = match storage {
+            BrokerStorage::Memory => "memory://nisshi/".to_string(),
+            BrokerStorage::Sqlite(name) => format!("sqlite://{name}"),
         };
-        broker.spawn()?;
-        Ok(broker)
+        let binary = binary.to_path_buf();
+        let command = move || {
+            let mut c = Command::new(&binary);
+            c.args(["broker", "--listener-url", &url])
+                .args(["--advertised-listener-url", &url])
+                .args(["--storage-engine", &storage])
+                .args(["--group-initial-rebalance-delay", "0s"])
+                // The host's RUST_LOG is not the broker's: info-level broker logging
+                // slows it several times over. NISSHI_LOG sets the broker's own.
+                .env_remove("RUST_LOG")
+                .envs(std::env::var("NISSHI_LOG").map(|l| ("RUST_LOG", l)));
+            c
+        };
+        let process = DevProcess::start(
+            "the broker",
+            workdir,
+            "broker.log",
+            command,
+            Box::new(|log| log.contains("ready in")),
+            Duration::from_secs(30),
+        )?;
+        Ok(DevBroker { port, process })
     }
 
     /// `127.0.0.1:PORT`.
@@ -91,87 +104,14 @@ impl DevBroker {
         self.port
     }
 
-    fn spawn(&mut self) -> Result<(), String> {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let storage = match &self.storage {
-            BrokerStorage::Memory => "memory://nisshi/".to_string(),
-            BrokerStorage::Sqlite(name) => format!("sqlite://{name}"),
-        };
-        let log_path = self.workdir.join("broker.log");
-        let log = std::fs::File::create(&log_path)
-            .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
-        let child = Command::new(&self.binary)
-            .current_dir(&self.workdir)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args([
-                "--storage-engine",
-                &storage,
-                "--group-initial-rebalance-delay",
-                "0s",
-            ])
-            // The host's RUST_LOG is not the broker's: info-level broker logging slows it
-            // several times over. NISSHI_LOG sets the broker's own.
-            .env_remove("RUST_LOG")
-            .envs(std::env::var("NISSHI_LOG").map(|l| ("RUST_LOG", l)))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|e| e.to_string())?)
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", self.binary.display()))?;
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let mut text = String::new();
-            if let Ok(mut f) = std::fs::File::open(&log_path) {
-                let _ = f.read_to_string(&mut text);
-            }
-            if text.contains("ready in") {
-                return Ok(());
-            }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                return Err(format!(
-                    "the broker exited ({status}) before it was ready: {}",
-                    text.lines().last().unwrap_or("")
-                ));
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "the broker was not ready within 30 s (log: {})",
-                    log_path.display()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
     /// Kill the broker (as a crash would) and start it again on the same port and
     /// storage.
     pub fn restart(&mut self) -> Result<(), String> {
-        self.stop();
-        self.spawn()
+        self.process.restart()
     }
 
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for DevBroker {
-    fn drop(&mut self) {
-        self.stop();
+        self.process.stop();
     }
 }
 

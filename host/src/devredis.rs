@@ -4,11 +4,12 @@
 //! on a free loopback port, without persistence, in its own directory. Dropping the
 //! [`DevRedis`] stops it.
 
+use crate::devprocess::DevProcess;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 /// `$REDIS_SERVER_BIN`, else `redis-server` on the `PATH`.
 pub fn find_redis_server() -> Option<PathBuf> {
@@ -21,10 +22,8 @@ pub fn find_redis_server() -> Option<PathBuf> {
 }
 
 pub struct DevRedis {
-    binary: PathBuf,
-    workdir: PathBuf,
     port: u16,
-    child: Option<Child>,
+    process: DevProcess,
 }
 
 impl DevRedis {
@@ -35,16 +34,25 @@ impl DevRedis {
 
     /// Start a server on a given port (to bring one up where a host already looks).
     pub fn start_on(binary: &Path, workdir: &Path, port: u16) -> Result<DevRedis, String> {
-        std::fs::create_dir_all(workdir)
-            .map_err(|e| format!("cannot create {}: {e}", workdir.display()))?;
-        let mut redis = DevRedis {
-            binary: binary.to_path_buf(),
-            workdir: workdir.to_path_buf(),
-            port,
-            child: None,
+        let binary = binary.to_path_buf();
+        let dir = workdir.to_string_lossy().into_owned();
+        let command = move || {
+            let mut c = Command::new(&binary);
+            c.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                // No persistence, no config file from the system, nothing left behind.
+                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+                .args(["--dir", &dir]);
+            c
         };
-        redis.spawn()?;
-        Ok(redis)
+        let process = DevProcess::start(
+            "redis-server",
+            workdir,
+            "redis.log",
+            command,
+            Box::new(move |_| pong(port)),
+            Duration::from_secs(20),
+        )?;
+        Ok(DevRedis { port, process })
     }
 
     /// `redis://127.0.0.1:PORT/0`.
@@ -56,76 +64,23 @@ impl DevRedis {
         self.port
     }
 
-    fn spawn(&mut self) -> Result<(), String> {
-        let log_path = self.workdir.join("redis.log");
-        let log = std::fs::File::create(&log_path)
-            .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
-        let port = self.port.to_string();
-        let child = Command::new(&self.binary)
-            .current_dir(&self.workdir)
-            .args(["--port", &port, "--bind", "127.0.0.1"])
-            // No persistence, no config file from the system, nothing left behind.
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .args(["--dir", &self.workdir.to_string_lossy()])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|e| e.to_string())?)
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", self.binary.display()))?;
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if self.pong() {
-                return Ok(());
-            }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-                return Err(format!(
-                    "redis-server exited ({status}) before it was ready: {}",
-                    text.lines().last().unwrap_or("")
-                ));
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "redis-server was not ready within 20 s (log: {})",
-                    log_path.display()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Whether the server answers `PING` with `+PONG`.
-    fn pong(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-        let mut buf = [0u8; 7];
-        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
-    }
-
     /// Kill the server (as a crash would): its data is gone.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.stop();
     }
 
     /// Start it again on the same port (empty).
     pub fn restart(&mut self) -> Result<(), String> {
-        self.stop();
-        self.spawn()
+        self.process.restart()
     }
 }
 
-impl Drop for DevRedis {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// Whether a server on `port` answers `PING` with `+PONG`.
+fn pong(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut buf = [0u8; 7];
+    s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
 }

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod capabilities;
 pub mod config;
 pub mod devbroker;
+pub mod devprocess;
 pub mod devredis;
 pub mod dispatch;
 pub mod dlq;
