@@ -56,6 +56,22 @@ fn deploy(files: &HostFiles, version: &str, extra_config: &str) {
     );
 }
 
+/// Wait until echo's last reload was rejected for `reason`, and check that the
+/// version with hash `running` still runs.
+async fn assert_rejected_keeps(files: &HostFiles, what: &str, reason: &str, running: &str) {
+    let s = files
+        .wait_status("echo", what, |s| {
+            s.reason.as_deref().is_some_and(|r| r.contains(reason))
+        })
+        .await;
+    assert_eq!(s.state, "running", "{what}: {s:?}");
+    assert_eq!(
+        s.sha256.as_deref(),
+        Some(running),
+        "{what}: the running version stays"
+    );
+}
+
 async fn setup(prefix: &str) -> Option<(TestBroker, HostFiles)> {
     let b = broker()?;
     let names: Vec<String> = ["in", "out", "in.dlq"]
@@ -158,17 +174,7 @@ async fn bad_files_are_rejected_and_the_old_version_keeps_running() {
     let mut seq = 0;
     for (what, bytes, reason) in cases {
         put(&wasm_path, &bytes);
-        let s = files
-            .wait_status("echo", what, |s| {
-                s.reason.as_deref().is_some_and(|r| r.contains(reason))
-            })
-            .await;
-        assert_eq!(s.state, "running", "{what}: {s:?}");
-        assert_eq!(
-            s.sha256.as_deref(),
-            Some(v1.as_str()),
-            "{what}: v1 still runs"
-        );
+        assert_rejected_keeps(&files, what, reason, &v1).await;
         produce(&producer, "bad-in", "k", json!({"seq": seq})).await;
         seq += 1;
     }
@@ -212,17 +218,7 @@ async fn bad_files_are_rejected_and_the_old_version_keeps_running() {
     ];
     for (what, text, reason) in manifests {
         put(&manifest_path, text.as_bytes());
-        let s = files
-            .wait_status("echo", what, |s| {
-                s.reason.as_deref().is_some_and(|r| r.contains(reason))
-            })
-            .await;
-        assert_eq!(s.state, "running", "{what}: {s:?}");
-        assert_eq!(
-            s.sha256.as_deref(),
-            Some(v2.as_str()),
-            "{what}: v2 still runs"
-        );
+        assert_rejected_keeps(&files, what, reason, &v2).await;
         produce(&producer, "bad-in", "k", json!({"seq": seq})).await;
         seq += 1;
     }
