@@ -247,3 +247,30 @@ async fn pause(State(s): State<AppState>, Path(name): Path<String>) -> Response 
 async fn resume(State(s): State<AppState>, Path(name): Path<String>) -> Response {
     set_paused(&s, &name, false).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capabilities::MemoryCache;
+
+    #[tokio::test]
+    async fn a_port_in_use_is_an_error_naming_the_key() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let listen = taken.local_addr().unwrap().to_string();
+        let config = crate::config::Config::from_figment(
+            figment::Figment::new().merge(figment::providers::Serialized::default(
+                "kafka.bootstrap_servers",
+                "127.0.0.1:9",
+            )),
+            std::path::Path::new("weir.toml"),
+        )
+        .unwrap();
+        let view = Arc::new(HostView::new(
+            &config,
+            Arc::new(MemoryCache::new(1024 * 1024)),
+        ));
+        let e = AdminServer::start(&listen, view).await.err().unwrap();
+        assert!(e.contains("admin.listen"), "{e}");
+        assert!(e.contains("WEIR_ADMIN__LISTEN"), "{e}");
+    }
+}
