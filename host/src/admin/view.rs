@@ -7,7 +7,7 @@
 
 use crate::capabilities::CacheBackend;
 use crate::config::Config;
-use crate::dispatch::{Stats, StatsSnapshot};
+use crate::dispatch::Stats;
 use crate::kafka::source::{PartitionView, Shared as SourceShared};
 use crate::reload::PluginStatus;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -85,10 +85,6 @@ impl PluginView {
             paused,
             status,
         }
-    }
-
-    pub fn snapshot(&self) -> StatsSnapshot {
-        self.stats.snapshot()
     }
 }
 
