@@ -86,7 +86,7 @@ impl HostState {
     }
 }
 
-fn unavailable(e: CacheError) -> CapabilityError {
+fn backend_error(e: CacheError) -> CapabilityError {
     match e {
         CacheError::Unavailable(m) => CapabilityError::Unavailable(format!("cache backend: {m}")),
         CacheError::Invalid(m) => CapabilityError::Invalid(format!("cache backend: {m}")),
@@ -96,7 +96,7 @@ fn unavailable(e: CacheError) -> CapabilityError {
 impl Host for HostState {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, CapabilityError> {
         let result = match self.cache_key(&key, "key") {
-            Ok(k) => self.backends.cache.get(&k).await.map_err(unavailable),
+            Ok(k) => self.backends.cache.get(&k).await.map_err(backend_error),
             Err(e) => Err(e),
         };
         self.record_cache(
@@ -126,7 +126,7 @@ impl Host for HostState {
                 .cache
                 .set(&k, value, ttl_ms.map(Duration::from_millis))
                 .await
-                .map_err(unavailable),
+                .map_err(backend_error),
             Err(e) => Err(e),
         };
         let ttl = ttl_ms.map_or(String::new(), |t| format!(", ttl {t} ms"));
@@ -140,7 +140,7 @@ impl Host for HostState {
 
     async fn delete(&mut self, key: String) -> Result<bool, CapabilityError> {
         let result = match self.cache_key(&key, "key") {
-            Ok(k) => self.backends.cache.delete(&k).await.map_err(unavailable),
+            Ok(k) => self.backends.cache.delete(&k).await.map_err(backend_error),
             Err(e) => Err(e),
         };
         self.record_cache(
@@ -160,7 +160,7 @@ impl Host for HostState {
                 .cache
                 .delete_prefix(&p)
                 .await
-                .map_err(unavailable),
+                .map_err(backend_error),
             Err(e) => Err(e),
         };
         self.record_cache(
