@@ -10,7 +10,7 @@ nisshi := nisshi_root / "bin" / "nisshi"
 
 # Example plugins, and the test-only fault plugins the tests also need.
 example_plugins := "track-deletions audio-uploaded envelope-router"
-test_plugins := "echo faulty rogue"
+test_plugins := "echo faulty rogue noop"
 
 # List the recipes
 default:
@@ -91,9 +91,10 @@ invoke-demo: plugins host
 test: plugins broker redis
     cargo test -p weir-host
 
-# Benchmarks: runtime alone, and end to end through a local broker (first build: about 20 min)
-bench: plugins broker
-    cargo run -q --profile dist -p weir-host --example bench
+# Benchmarks: Weir beside a hand-written rdkafka consumer on one broker (first build: about 20 min; a run: a few minutes)
+bench *args: plugins broker
+    cargo build -q --profile dist -p weir-host --bin weir --example bench
+    {{ target_dir }}/dist/examples/bench {{ args }}
 
 # The container image weir:dev (examples/container): a local Debian base (debootstrap,
 # once, about 1 min), the host built with the dist profile (first time about 15 min)

@@ -1,22 +1,58 @@
-//! `just bench`: how fast Weir is, measured.
+//! `just bench`: Weir side by side with the consumer a team would write by hand,
+//! in one run, on one broker, over the same pre-produced events.
 //!
-//! 1. The runtime alone (no broker): `track-deletions` handling distinct events
-//!    through its capabilities, one instance, events/s and latency percentiles.
-//! 2. End to end through a real broker (nisshi on a free port): N events already
-//!    on a 3-partition topic, the `echo` plugin (1, 4, 16 workers) republishing each;
-//!    the time from the host's start until every output is acknowledged on the
-//!    output topic: consume + wasm + publish (acks=all) + offset commits.
+//! 1. A local broker (nisshi, memory storage) and N keyed 1 KiB events on a
+//!    3-partition topic (a `TrackDeletedEvent` padded to 1 KiB, which all three
+//!    plugins accept).
+//! 2. Throughput, each run in its own consumer group over the same events:
+//!    - (a) a native rdkafka at-least-once consumer: consume, store, commit;
+//!    - (b) `weir run` with the `noop` plugin;
+//!    - (c) a native rdkafka consume → produce → commit loop: each record
+//!      republished with its key, an offset stored only once the outputs before it
+//!      are acknowledged (delivery reports), never stalling on a batch;
+//!    - (d) `weir run` with `echo` (republishes each event, JSON parsed and
+//!      re-encoded);
+//!    - (e) `weir run` with `track-deletions` (memory cache, local storage: a
+//!      cache delete and a scheduled deletion per event, recorded on the schedule
+//!      topic).
 //!
-//! Numbers depend on the machine; docs/benchmarks.md records the ones measured.
+//!    Every figure is read the same way, by an observer polling the group's
+//!    committed offsets: the rate between 10 % and 90 % committed (steady state;
+//!    start-up and tail excluded), plus the wall time from start to all committed.
+//! 3. The warm cost of one call into the plugin (`noop`) for 100 B, 1 KiB and
+//!    16 KiB events, one at a time and through `handle-batch`.
+//! 4. RSS: `weir run` idle with one plugin, per additional plugin, and the
+//!    highest RSS during (d).
+//! 5. Latency from produce to output for (d) at half its measured rate: p50, p99.
+//!
+//! `--quick` (CI) runs it with 50 000 events. The figures are printed as a
+//! Markdown table; docs/benchmarks.md records them.
 
-use std::path::Path;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use weir_devkit::{BrokerStorage, DevBroker};
 use weir_host::capabilities::Backends;
-use weir_host::devbroker::{self, BrokerStorage, DevBroker};
 use weir_host::event::EventRecord;
 
-#[tokio::main]
-async fn main() -> Result<(), String> {
+const PARTITIONS: i32 = 3;
+const KEYS: usize = 10_000;
+const PAYLOAD: usize = 1024;
+
+struct Plan {
+    events: usize,
+    latency_seconds: u64,
+    extra_plugins: usize,
+    calls: usize,
+}
+
+fn main() -> Result<(), String> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -24,192 +60,786 @@ async fn main() -> Result<(), String> {
         )
         .with_writer(std::io::stderr)
         .init();
+    let quick = std::env::args().any(|a| a == "--quick");
+    let plan = if quick {
+        Plan {
+            events: 50_000,
+            latency_seconds: 2,
+            extra_plugins: 3,
+            calls: 20_000,
+        }
+    } else {
+        Plan {
+            events: 1_000_000,
+            latency_seconds: 10,
+            extra_plugins: 10,
+            calls: 200_000,
+        }
+    };
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     std::env::set_current_dir(&root).map_err(|e| e.to_string())?;
     let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
-    let wasm_dir = Path::new(&target).join("wasm32-wasip2/release");
-    let work = std::env::temp_dir().join(format!("weir-bench-{}", std::process::id()));
-
-    println!("| benchmark | figure |\n| --- | --- |");
-    runtime_only(&wasm_dir, &work).await?;
-    broker_alone(&work.join("broker-alone")).await?;
-    for workers in [1, 4, 16] {
-        end_to_end(&wasm_dir, &work.join(format!("e2e-{workers}")), workers).await?;
-    }
-    let _ = std::fs::remove_dir_all(&work);
-    Ok(())
-}
-
-async fn runtime_only(wasm_dir: &Path, work: &Path) -> Result<(), String> {
-    let n = 20_000;
-    let runtime = weir_host::runtime::Runtime::new().map_err(|e| e.to_string())?;
-    let manifest =
-        weir_host::manifest::Manifest::load(Path::new("examples/plugins/track-deletions.toml"))
-            .map_err(|e| e.to_string())?;
-    let backends = Backends::local(&work.join("storage"))?;
-    let mut plugin = runtime
-        .load(&wasm_dir.join("track_deletions.wasm"), manifest, backends)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut latencies = Vec::with_capacity(n);
-    let started = Instant::now();
-    for i in 0..n {
-        let payload = format!(
-            r#"{{"SchemaVersion":2,"TrackId":"t{i}","UserId":"u{}","ObjectKey":"audio/u/t{i}.mp3","FileSizeBytes":1,"DeletedAt":"2026-11-20T10:00:00Z","ScheduledDeletionAt":"2026-12-20T10:00:00Z","CorrelationId":"c{i}","Timestamp":"2026-11-20T10:00:00Z"}}"#,
-            i % 100
-        );
-        let event = EventRecord {
-            topic: "dev-track-deletions".into(),
-            logical_topic: "track-deletions".into(),
-            partition: 0,
-            offset: i as i64,
-            timestamp_ms: None,
-            key: None,
-            payload: payload.into_bytes(),
-            headers: vec![],
-        };
-        let t = Instant::now();
-        let report = plugin.handle(&event).await;
-        latencies.push(t.elapsed());
-        if !report.outcome.is_handled() {
-            return Err(format!("event {i}: {:?}", report.outcome));
-        }
-    }
-    let total = started.elapsed();
-    latencies.sort();
-    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
-    println!(
-        "| runtime only: track-deletions, {n} events (2 cache deletes + 1 scheduled deletion each, local storage) | {:.0} events/s; p50 {:?}, p99 {:?} |",
-        n as f64 / total.as_secs_f64(),
-        pct(0.50),
-        pct(0.99)
-    );
-    Ok(())
-}
-
-/// What the broker and the producer manage without the host: the ceiling the
-/// end-to-end figures are to be read against.
-async fn broker_alone(work: &Path) -> Result<(), String> {
-    let binary = devbroker::find_nisshi().ok_or("nisshi is not installed: `just broker`")?;
-    let broker = DevBroker::start(&binary, &work.join("broker"), BrokerStorage::Memory)?;
-    let bootstrap = broker.bootstrap();
-    devbroker::create_topics(&bootstrap, &["bench-in"], 3).await?;
-    std::fs::write(
-        work.join("weir.toml"),
-        format!("[kafka]\nbootstrap_servers = \"{bootstrap}\"\n[topics]\nprefix = \"bench\"\n[admin]\nenabled = false\n"),
-    )
-    .map_err(|e| e.to_string())?;
-    let config =
-        weir_host::config::Config::load(&work.join("weir.toml")).map_err(|e| e.to_string())?;
-    let sink = weir_host::kafka::sink::Sink::new(&config)?;
-    let one = |i: i64| {
-        let sink = sink.clone();
-        async move {
-            let key = format!("k{}", i % 100);
-            sink.send("bench-in", Some(key.as_bytes()), b"{}", &[])
-                .await
-        }
+    let bench = Bench {
+        wasm_dir: Path::new(&target).join("wasm32-wasip2/release"),
+        weir: std::env::var("WEIR_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| Path::new(&target).join("dist/weir")),
+        work: std::env::temp_dir().join(format!("weir-bench-{}", std::process::id())),
     };
-    let n = 2_000;
-    let started = Instant::now();
-    for i in 0..n {
-        one(i).await?;
+    if !bench.weir.is_file() {
+        return Err(format!(
+            "{} not found: `just bench` builds it (cargo build --profile dist -p weir-host --bin weir)",
+            bench.weir.display()
+        ));
     }
-    let sequential = started.elapsed();
-    let started = Instant::now();
-    futures::future::try_join_all((0..20_000).map(one)).await?;
-    let concurrent = started.elapsed();
-    println!(
-        "| broker alone: {n} messages, one at a time, each ack awaited (a worker's pattern) | {:.0} messages/s ({:.2} ms per round trip) |",
-        n as f64 / sequential.as_secs_f64(),
-        sequential.as_secs_f64() * 1000.0 / n as f64
-    );
-    println!(
-        "| broker alone: 20000 messages sent at once (acks=all) | {:.0} messages/s |",
-        20_000.0 / concurrent.as_secs_f64()
-    );
-    Ok(())
+    let result = bench.run(&plan);
+    let _ = std::fs::remove_dir_all(&bench.work);
+    result
 }
 
-async fn end_to_end(wasm_dir: &Path, work: &Path, workers: usize) -> Result<(), String> {
-    let n: i64 = 20_000;
-    let binary = devbroker::find_nisshi().ok_or("nisshi is not installed: `just broker`")?;
-    let broker = DevBroker::start(&binary, &work.join("broker"), BrokerStorage::Memory)?;
-    let bootstrap = broker.bootstrap();
-    devbroker::create_topics(&bootstrap, &["bench-in", "bench-out", "bench-in.dlq"], 3).await?;
+struct Bench {
+    wasm_dir: PathBuf,
+    weir: PathBuf,
+    work: PathBuf,
+}
 
-    let plugins = work.join("plugins");
-    std::fs::create_dir_all(&plugins).map_err(|e| e.to_string())?;
-    std::fs::copy(wasm_dir.join("echo.wasm"), plugins.join("echo.wasm"))
+/// A throughput figure: steady rate and wall time.
+#[derive(Clone, Copy)]
+struct Rate {
+    per_second: f64,
+    wall: Duration,
+}
+
+impl Bench {
+    fn run(&self, plan: &Plan) -> Result<(), String> {
+        let n = plan.events;
+        let nisshi = weir_devkit::find_nisshi().ok_or("nisshi is not installed: `just broker`")?;
+        let broker = DevBroker::start(&nisshi, &self.work.join("broker"), BrokerStorage::Memory)?;
+        let bootstrap = broker.bootstrap();
+        let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+        rt.block_on(weir_devkit::create_topics(
+            &bootstrap,
+            &[
+                "bench-in",
+                "bench-out-c",
+                "bench-out-d",
+                "bench-in.dlq",
+                "bench-weir-schedule",
+                "bench-lat-in",
+                "bench-lat-out",
+                "bench-lat-in.dlq",
+                "bench-idle",
+                "bench-idle.dlq",
+            ],
+            PARTITIONS,
+        ))?;
+
+        eprintln!("producing {n} events of {PAYLOAD} bytes over {KEYS} keys...");
+        let started = Instant::now();
+        produce_events(&bootstrap, "bench-in", n)?;
+        let produce_rate = n as f64 / started.elapsed().as_secs_f64();
+
+        eprintln!("(a) native consumer...");
+        let a = self.native(&bootstrap, "bench-a", n, None)?;
+        eprintln!("(b) weir + noop...");
+        let (b, _) = self.weir_run(&bootstrap, "noop", "noop", "bench-b", n, "")?;
+        eprintln!("(c) native consume -> produce -> commit...");
+        let c = self.native(&bootstrap, "bench-c", n, Some("bench-out-c"))?;
+        eprintln!("(d) weir + echo...");
+        let (d, d_rss) = self.weir_run(
+            &bootstrap,
+            "echo",
+            "echo",
+            "bench-d",
+            n,
+            "[capabilities.publish]\ntopics = [\"out-d\"]\n[config]\noutput = \"out-d\"\n",
+        )?;
+        eprintln!("(e) weir + track-deletions...");
+        let (e, _) = self.weir_run(
+            &bootstrap,
+            "track-deletions",
+            "track_deletions",
+            "bench-e",
+            n,
+            "[capabilities.cache]\nnamespace = \"novatune\"\n[capabilities.storage]\nprefixes = [\"audio/\", \"waveforms/\"]\n",
+        )?;
+        eprintln!("warm calls...");
+        let calls = rt.block_on(self.warm_calls(plan.calls))?;
+        eprintln!("idle RSS...");
+        let (idle, per_plugin) = self.idle_rss(&bootstrap, plan.extra_plugins)?;
+        let target_rate = d.per_second / 2.0;
+        eprintln!("latency at {target_rate:.0} events/s...");
+        let (p50, p99, sent) = self.latency(
+            &bootstrap,
+            target_rate,
+            Duration::from_secs(plan.latency_seconds),
+        )?;
+
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        let fmt_rate = |r: Rate| {
+            format!(
+                "{:.0} events/s ({:.2} s start to all committed)",
+                r.per_second,
+                r.wall.as_secs_f64()
+            )
+        };
+        println!(
+            "\n{n} events of {PAYLOAD} B, {KEYS} keys, {PARTITIONS} partitions; producer alone: {produce_rate:.0} events/s\n"
+        );
+        println!("| run | throughput | ratio |\n| --- | --- | --- |");
+        println!(
+            "| (a) native consumer, consume + commit | {} | |",
+            fmt_rate(a)
+        );
+        println!(
+            "| (b) weir + noop | {} | b/a = {:.2} |",
+            fmt_rate(b),
+            b.per_second / a.per_second
+        );
+        println!(
+            "| (c) native consume → produce → commit | {} | |",
+            fmt_rate(c)
+        );
+        println!(
+            "| (d) weir + echo | {} | d/c = {:.2} |",
+            fmt_rate(d),
+            d.per_second / c.per_second
+        );
+        println!(
+            "| (e) weir + track-deletions | {} | e/a = {:.2} |",
+            fmt_rate(e),
+            e.per_second / a.per_second
+        );
+        println!("\n| figure | value |\n| --- | --- |");
+        for (size, one, batched) in &calls {
+            println!(
+                "| warm call, noop, {size} B event | {:.2} µs one at a time; {:.2} µs per event through handle-batch (128 per call) |",
+                one, batched
+            );
+        }
+        println!(
+            "| RSS, weir run idle with one plugin | {:.1} MiB |",
+            mib(idle)
+        );
+        println!(
+            "| RSS per additional plugin (its consumer included) | {:.1} MiB |",
+            mib(per_plugin)
+        );
+        println!("| RSS, highest during (d) | {:.1} MiB |", mib(d_rss));
+        println!(
+            "| latency produce → output, (d) at {target_rate:.0} events/s ({sent} events) | p50 {:.1} ms, p99 {:.1} ms |",
+            p50.as_secs_f64() * 1000.0,
+            p99.as_secs_f64() * 1000.0
+        );
+        Ok(())
+    }
+
+    /// (a) and (c): a hand-written at-least-once loop in this process.
+    fn native(
+        &self,
+        bootstrap: &str,
+        group: &str,
+        n: usize,
+        republish_to: Option<&str>,
+    ) -> Result<Rate, String> {
+        let observer = Observer::start(bootstrap, group, "bench-in", n);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let loop_stop = stop.clone();
+        let (b, g) = (bootstrap.to_string(), group.to_string());
+        let out = republish_to.map(str::to_string);
+        let worker = std::thread::spawn(move || native_loop(&b, &g, out.as_deref(), &loop_stop));
+        let rate = observer.wait();
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        worker.join().map_err(|_| "the native loop panicked")??;
+        rate
+    }
+
+    /// (b), (d), (e): `weir run` as an operator runs it; its rate and highest RSS (KiB).
+    fn weir_run(
+        &self,
+        bootstrap: &str,
+        plugin: &str,
+        wasm: &str,
+        group: &str,
+        n: usize,
+        manifest_extra: &str,
+    ) -> Result<(Rate, u64), String> {
+        let dir = self.work.join(group);
+        let plugins = dir.join("plugins");
+        std::fs::create_dir_all(&plugins).map_err(|e| e.to_string())?;
+        std::fs::copy(
+            self.wasm_dir.join(format!("{wasm}.wasm")),
+            plugins.join(format!("{plugin}.wasm")),
+        )
+        .map_err(|e| format!("{wasm}.wasm: {e} (`just plugins` builds it)"))?;
+        std::fs::write(
+            plugins.join(format!("{plugin}.toml")),
+            format!(
+                "name = \"{plugin}\"\ntopics = [\"in\"]\n[consumer]\ngroup = \"{group}\"\n{manifest_extra}"
+            ),
+        )
         .map_err(|e| e.to_string())?;
-    std::fs::write(
-        plugins.join("echo.toml"),
-        format!("name = \"echo\"\ntopics = [\"in\"]\n[consumer]\nworkers = {workers}\nmax_in_flight = 1000\n[capabilities.cache]\n[capabilities.publish]\ntopics = [\"out\"]\n"),
-    )
-    .map_err(|e| e.to_string())?;
-    let config_path = work.join("weir.toml");
-    std::fs::write(
-        &config_path,
-        format!("[kafka]\nbootstrap_servers = \"{bootstrap}\"\n[topics]\nprefix = \"bench\"\n[admin]\nenabled = false\n"),
-    )
-    .map_err(|e| e.to_string())?;
-    let config = weir_host::config::Config::load(&config_path).map_err(|e| e.to_string())?;
-
-    // Load the input first, so the measurement covers the host only.
-    let sink = weir_host::kafka::sink::Sink::new(&config)?;
-    let sends = (0..n).map(|i| {
-        let sink = sink.clone();
-        async move {
-            let payload = format!(r#"{{"seq":{i},"key":"k{}"}}"#, i % 100);
-            let key = format!("k{}", i % 100);
-            sink.send("bench-in", Some(key.as_bytes()), payload.as_bytes(), &[])
-                .await
-        }
-    });
-    futures::future::try_join_all(sends).await?;
-
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let started = Instant::now();
-    let host = tokio::spawn(weir_host::run::run(config, async move {
-        let _ = stopped.await;
-    }));
-    loop {
-        let b = bootstrap.clone();
-        let done = tokio::task::spawn_blocking(move || count(&b, "bench-out"))
-            .await
-            .map_err(|e| e.to_string())??;
-        if done >= n {
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(300) {
-            return Err(format!("only {done} of {n} outputs after 300 s"));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let observer = Observer::start(bootstrap, group, "bench-in", n);
+        let mut host = WeirProcess::start(&self.weir, &dir, bootstrap)?;
+        let mut rss = 0;
+        let rate = loop {
+            rss = rss.max(host.rss_kib());
+            if let Some(rate) = observer.poll() {
+                break rate;
+            }
+            if let Some(status) = host.exited() {
+                return Err(format!(
+                    "weir exited ({status}); log: {}",
+                    host.log.display()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        host.stop()?;
+        Ok((rate?, rss))
     }
-    let elapsed = started.elapsed();
-    let _ = stop.send(());
-    let report = host.await.map_err(|e| e.to_string())??;
-    println!(
-        "| end to end: {n} events on 3 partitions, echo plugin, {workers} worker(s), outputs acked (acks=all), start-up included | {:.0} events/s ({:.1} s; handled {}) |",
-        n as f64 / elapsed.as_secs_f64(),
-        elapsed.as_secs_f64(),
-        report.plugins["echo"].handled
+
+    /// Warm cost of one call into `noop`: (size, µs one at a time, µs per event batched).
+    async fn warm_calls(&self, calls: usize) -> Result<Vec<(usize, f64, f64)>, String> {
+        let runtime = weir_host::runtime::Runtime::new().map_err(|e| e.to_string())?;
+        let manifest = weir_host::manifest::Manifest::parse(
+            "name = \"noop\"\ntopics = [\"in\"]\n",
+            Path::new("noop.toml"),
+        )
+        .map_err(|e| e.to_string())?;
+        let backends = Backends::local(&self.work.join("calls"))?;
+        let mut plugin = runtime
+            .load(&self.wasm_dir.join("noop.wasm"), manifest, backends)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        for size in [100, 1024, 16 * 1024] {
+            let events: Vec<EventRecord> = (0..128)
+                .map(|i| {
+                    let mut e = EventRecord::for_test("bench-in", 0, i);
+                    e.logical_topic = "in".into();
+                    e.key = Some(format!("k{i}").into_bytes());
+                    e.payload = vec![b'x'; size];
+                    e.headers = vec![("correlation-id".into(), b"c-1".to_vec())];
+                    e
+                })
+                .collect();
+            for e in &events {
+                plugin.handle(e).await; // warm up
+            }
+            let started = Instant::now();
+            for i in 0..calls {
+                let report = plugin.handle(&events[i % events.len()]).await;
+                if !report.outcome.is_handled() {
+                    return Err(format!("noop: {:?}", report.outcome));
+                }
+            }
+            let one = started.elapsed().as_secs_f64() * 1e6 / calls as f64;
+            let refs: Vec<&EventRecord> = events.iter().collect();
+            let rounds = (calls / refs.len()).max(1);
+            let started = Instant::now();
+            for _ in 0..rounds {
+                let reports = plugin.handle_batch(&refs).await;
+                if reports
+                    .iter()
+                    .any(|r| !r.as_ref().is_some_and(|r| r.outcome.is_handled()))
+                {
+                    return Err("noop: a batch event was not handled".into());
+                }
+            }
+            let batched = started.elapsed().as_secs_f64() * 1e6 / (rounds * refs.len()) as f64;
+            out.push((size, one, batched));
+        }
+        Ok(out)
+    }
+
+    /// RSS (KiB) of `weir run` idle with one plugin, and per additional plugin.
+    fn idle_rss(&self, bootstrap: &str, extra: usize) -> Result<(u64, u64), String> {
+        let measure = |count: usize| -> Result<u64, String> {
+            let dir = self.work.join(format!("idle-{count}"));
+            let plugins = dir.join("plugins");
+            std::fs::create_dir_all(&plugins).map_err(|e| e.to_string())?;
+            for i in 0..count {
+                let name = format!("idle{i}");
+                std::fs::copy(
+                    self.wasm_dir.join("noop.wasm"),
+                    plugins.join(format!("{name}.wasm")),
+                )
+                .map_err(|e| e.to_string())?;
+                std::fs::write(
+                    plugins.join(format!("{name}.toml")),
+                    format!("name = \"{name}\"\ntopics = [\"idle\"]\n"),
+                )
+                .map_err(|e| e.to_string())?;
+            }
+            let mut host = WeirProcess::start(&self.weir, &dir, bootstrap)?;
+            host.wait_for_log("weir is running", Duration::from_secs(60))?;
+            std::thread::sleep(Duration::from_secs(3));
+            let rss = host.rss_kib();
+            host.stop()?;
+            Ok(rss)
+        };
+        let one = measure(1)?;
+        let many = measure(1 + extra)?;
+        Ok((one, many.saturating_sub(one) / extra as u64))
+    }
+
+    /// Produce to (d)'s echo at `rate` for `duration`; p50 and p99 from produce
+    /// to the output read back, and how many events were sent.
+    fn latency(
+        &self,
+        bootstrap: &str,
+        rate: f64,
+        duration: Duration,
+    ) -> Result<(Duration, Duration, usize), String> {
+        let dir = self.work.join("latency");
+        let plugins = dir.join("plugins");
+        std::fs::create_dir_all(&plugins).map_err(|e| e.to_string())?;
+        std::fs::copy(self.wasm_dir.join("echo.wasm"), plugins.join("echo.wasm"))
+            .map_err(|e| e.to_string())?;
+        std::fs::write(
+            plugins.join("echo.toml"),
+            "name = \"echo\"\ntopics = [\"lat-in\"]\n[consumer]\ngroup = \"bench-lat\"\n\
+             [capabilities.publish]\ntopics = [\"lat-out\"]\n[config]\noutput = \"lat-out\"\n",
+        )
+        .map_err(|e| e.to_string())?;
+        let mut host = WeirProcess::start(&self.weir, &dir, bootstrap)?;
+        host.wait_for_log("partitions assigned", Duration::from_secs(60))?;
+
+        let reader: BaseConsumer = client(bootstrap)
+            .set("group.id", "bench-lat-reader")
+            .set("fetch.wait.max.ms", "5")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .map_err(|e| e.to_string())?;
+        reader
+            .subscribe(&["bench-lat-out"])
+            .map_err(|e| e.to_string())?;
+        let b = bootstrap.to_string();
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let sent = count.clone();
+        let epoch = Instant::now();
+        let producer = std::thread::spawn(move || paced_produce(&b, rate, duration, epoch, &sent));
+        let mut latencies = Vec::new();
+        let deadline = Instant::now() + duration + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(Ok(m)) = reader.poll(Duration::from_millis(20)) {
+                let now = epoch.elapsed().as_micros() as u64;
+                let body: serde_json::Value =
+                    serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or_default();
+                if let Some(at) = body["sent_us"].as_u64() {
+                    latencies.push(Duration::from_micros(now.saturating_sub(at)));
+                }
+            }
+            let sent = count.load(std::sync::atomic::Ordering::SeqCst);
+            if producer.is_finished() && latencies.len() >= sent {
+                break;
+            }
+        }
+        let sent = producer.join().map_err(|_| "the producer panicked")??;
+        host.stop()?;
+        if latencies.is_empty() {
+            return Err("no output came back".into());
+        }
+        latencies.sort();
+        let pct =
+            |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+        Ok((pct(0.50), pct(0.99), sent))
+    }
+}
+
+fn client(bootstrap: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap);
+    c
+}
+
+/// A padded `TrackDeletedEvent` (schema 2): every bench plugin accepts it.
+fn event_body(i: usize, key: &str, extra: &str) -> Vec<u8> {
+    let head = format!(
+        r#"{{"SchemaVersion":2,"TrackId":"t{i}","UserId":"{key}","ObjectKey":"audio/{key}/t{i}.mp3","FileSizeBytes":1,"DeletedAt":"2026-11-20T10:00:00Z","ScheduledDeletionAt":"2026-12-20T10:00:00Z","CorrelationId":"c{i}","Timestamp":"2026-11-20T10:00:00Z","seq":{i}{extra},"pad":""#
     );
+    let mut body = head.into_bytes();
+    let pad = PAYLOAD.saturating_sub(body.len() + 2);
+    body.extend(std::iter::repeat_n(b'x', pad));
+    body.extend_from_slice(b"\"}");
+    body
+}
+
+/// Produce `n` keyed events as fast as the broker takes them.
+fn produce_events(bootstrap: &str, topic: &str, n: usize) -> Result<(), String> {
+    let producer: ThreadedProducer<Counter> = client(bootstrap)
+        .set("linger.ms", "5")
+        .set("enable.idempotence", "true")
+        .set("queue.buffering.max.messages", "500000")
+        .create_with_context(Counter::default())
+        .map_err(|e| e.to_string())?;
+    for i in 0..n {
+        let key = format!("user-{}", i % KEYS);
+        let body = event_body(i, &key, "");
+        let mut record = BaseRecord::to(topic).key(&key).payload(&body);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+    producer
+        .flush(Duration::from_secs(120))
+        .map_err(|e| e.to_string())?;
+    let failed = producer
+        .context()
+        .failed
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if failed > 0 {
+        return Err(format!("{failed} events could not be produced"));
+    }
     Ok(())
 }
 
-fn count(bootstrap: &str, topic: &str) -> Result<i64, String> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let c: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+/// Produce at `rate` events/s for `duration`, each stamped with when it was sent.
+fn paced_produce(
+    bootstrap: &str,
+    rate: f64,
+    duration: Duration,
+    epoch: Instant,
+    count: &std::sync::atomic::AtomicUsize,
+) -> Result<usize, String> {
+    let producer: ThreadedProducer<Counter> = client(bootstrap)
+        .set("linger.ms", "1")
+        .set("enable.idempotence", "true")
+        .create_with_context(Counter::default())
+        .map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let mut sent = 0usize;
+    while started.elapsed() < duration {
+        let due = (started.elapsed().as_secs_f64() * rate) as usize;
+        while sent < due {
+            let key = format!("user-{}", sent % KEYS);
+            let at = epoch.elapsed().as_micros();
+            let body = event_body(sent, &key, &format!(",\"sent_us\":{at}"));
+            let _ = producer.send(BaseRecord::to("bench-lat-in").key(&key).payload(&body));
+            sent += 1;
+        }
+        count.store(sent, std::sync::atomic::Ordering::SeqCst);
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    producer
+        .flush(Duration::from_secs(30))
+        .map_err(|e| e.to_string())?;
+    Ok(sent)
+}
+
+#[derive(Default)]
+struct Counter {
+    failed: std::sync::atomic::AtomicU64,
+}
+
+impl ClientContext for Counter {}
+
+impl ProducerContext for Counter {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if result.is_err() {
+            self.failed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// Delivery reports of the native republishing loop: (partition, offset) of the
+/// input record whose output was acknowledged.
+struct Acks {
+    tx: std::sync::Mutex<mpsc::Sender<(i32, i64, bool)>>,
+}
+
+impl ClientContext for Acks {}
+
+impl ProducerContext for Acks {
+    type DeliveryOpaque = Box<(i32, i64)>;
+    fn delivery(&self, result: &DeliveryResult<'_>, input: Box<(i32, i64)>) {
+        let _ = self
+            .tx
+            .lock()
+            .unwrap()
+            .send((input.0, input.1, result.is_ok()));
+    }
+}
+
+/// The loop a team would write with rust-rdkafka: poll, (republish,) store the
+/// offset once everything before it is done, auto-commit every 100 ms.
+fn native_loop(
+    bootstrap: &str,
+    group: &str,
+    republish_to: Option<&str>,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<(), String> {
+    let consumer: BaseConsumer = client(bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.commit.interval.ms", "100")
+        .set("auto.offset.reset", "earliest")
         .create()
         .map_err(|e| e.to_string())?;
-    let mut total = 0;
-    for p in 0..3 {
-        let (lo, hi) = c
-            .fetch_watermarks(topic, p, Duration::from_secs(5))
-            .map_err(|e| e.to_string())?;
-        total += hi - lo;
+    consumer
+        .subscribe(&["bench-in"])
+        .map_err(|e| e.to_string())?;
+    let (tx, rx) = mpsc::channel();
+    let producer: Option<ThreadedProducer<Acks>> = match republish_to {
+        None => None,
+        Some(_) => Some(
+            client(bootstrap)
+                .set("enable.idempotence", "true")
+                .set("acks", "all")
+                .set("linger.ms", "5")
+                .create_with_context(Acks {
+                    tx: std::sync::Mutex::new(tx),
+                })
+                .map_err(|e| e.to_string())?,
+        ),
+    };
+    // Per partition, the offsets read and whether their output was acknowledged.
+    let mut pending: BTreeMap<i32, VecDeque<(i64, bool)>> = BTreeMap::new();
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        match consumer.poll(Duration::from_millis(20)) {
+            None => {}
+            Some(Err(e)) => return Err(e.to_string()),
+            Some(Ok(m)) => match (&producer, republish_to) {
+                (Some(p), Some(out)) => {
+                    pending
+                        .entry(m.partition())
+                        .or_default()
+                        .push_back((m.offset(), false));
+                    let mut record =
+                        BaseRecord::with_opaque_to(out, Box::new((m.partition(), m.offset())))
+                            .payload(m.payload().unwrap_or_default());
+                    if let Some(k) = m.key() {
+                        record = record.key(k);
+                    }
+                    loop {
+                        match p.send(record) {
+                            Ok(()) => break,
+                            Err((_, back)) => {
+                                record = back;
+                                p.poll(Duration::from_millis(1));
+                            }
+                        }
+                    }
+                }
+                _ => {
+                    consumer
+                        .store_offset(m.topic(), m.partition(), m.offset())
+                        .map_err(|e| e.to_string())?;
+                }
+            },
+        }
+        // Acknowledged outputs: store each partition's finished prefix.
+        let mut acked = false;
+        while let Ok((partition, offset, ok)) = rx.try_recv() {
+            if !ok {
+                return Err(format!("output of {partition}@{offset} not delivered"));
+            }
+            if let Some(q) = pending.get_mut(&partition) {
+                if let Some(slot) = q.iter_mut().find(|(o, _)| *o == offset) {
+                    slot.1 = true;
+                    acked = true;
+                }
+            }
+        }
+        if acked {
+            for (partition, q) in pending.iter_mut() {
+                let mut last = None;
+                while q.front().is_some_and(|(_, done)| *done) {
+                    last = q.pop_front().map(|(o, _)| o);
+                }
+                if let Some(last) = last {
+                    consumer
+                        .store_offset("bench-in", *partition, last)
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+        }
     }
-    Ok(total)
+    Ok(())
+}
+
+/// Polls a group's committed offsets; the time at 10 %, 90 % and 100 %.
+struct Observer {
+    rx: mpsc::Receiver<Result<Rate, String>>,
+}
+
+impl Observer {
+    fn start(bootstrap: &str, group: &str, topic: &str, n: usize) -> Observer {
+        let (tx, rx) = mpsc::channel();
+        let (b, g, t) = (bootstrap.to_string(), group.to_string(), topic.to_string());
+        std::thread::spawn(move || {
+            let _ = tx.send(observe(&b, &g, &t, n));
+        });
+        Observer { rx }
+    }
+
+    fn poll(&self) -> Option<Result<Rate, String>> {
+        self.rx.try_recv().ok()
+    }
+
+    fn wait(self) -> Result<Rate, String> {
+        self.rx
+            .recv()
+            .unwrap_or_else(|_| Err("the observer stopped".into()))
+    }
+}
+
+fn observe(bootstrap: &str, group: &str, topic: &str, n: usize) -> Result<Rate, String> {
+    let probe: BaseConsumer = client(bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| e.to_string())?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition(topic, p);
+    }
+    let started = Instant::now();
+    let (mut t10, mut t90) = (None, None);
+    let (mut c10, mut c90) = (0, 0);
+    loop {
+        let committed: usize = probe
+            .committed_offsets(tpl.clone(), Duration::from_secs(5))
+            .map(|c| {
+                c.elements()
+                    .iter()
+                    .map(|e| match e.offset() {
+                        Offset::Offset(o) => o as usize,
+                        _ => 0,
+                    })
+                    .sum()
+            })
+            .unwrap_or(0);
+        let now = started.elapsed();
+        if t10.is_none() && committed >= n / 10 {
+            (t10, c10) = (Some(now), committed);
+        }
+        if t90.is_none() && committed >= n * 9 / 10 {
+            (t90, c90) = (Some(now), committed);
+        }
+        if committed >= n {
+            let (t10, t90) = (t10.unwrap_or_default(), t90.unwrap_or(now));
+            let span = (t90.saturating_sub(t10)).as_secs_f64();
+            let per_second = if span > 0.0 {
+                (c90 - c10) as f64 / span
+            } else {
+                n as f64 / now.as_secs_f64()
+            };
+            return Ok(Rate {
+                per_second,
+                wall: now,
+            });
+        }
+        if now > Duration::from_secs(900) {
+            return Err(format!(
+                "group {group}: only {committed} of {n} committed after 900 s"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `weir run` in its own directory, its log in `weir.log` there.
+struct WeirProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl WeirProcess {
+    fn start(weir: &Path, dir: &Path, bootstrap: &str) -> Result<WeirProcess, String> {
+        std::fs::write(
+            dir.join("weir.toml"),
+            format!(
+                "[kafka]\nbootstrap_servers = \"{bootstrap}\"\n\
+                 [topics]\nprefix = \"bench\"\n[admin]\nenabled = false\n"
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        let log = dir.join("weir.log");
+        let out = std::fs::File::create(&log).map_err(|e| e.to_string())?;
+        let child = Command::new(weir)
+            .args(["run", "--config"])
+            .arg(dir.join("weir.toml"))
+            // As an operator at this rate would: the plugins' per-event info lines off.
+            .env("RUST_LOG", "info,weir::plugin=warn")
+            .env(
+                "HOSTNAME",
+                format!(
+                    "bench-{}",
+                    dir.file_name().unwrap_or_default().to_string_lossy()
+                ),
+            )
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().map_err(|e| e.to_string())?)
+            .stderr(out)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", weir.display()))?;
+        Ok(WeirProcess { child, log })
+    }
+
+    fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    fn wait_for_log(&mut self, needle: &str, patience: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + patience;
+        loop {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if text.contains(needle) {
+                return Ok(());
+            }
+            if let Some(status) = self.exited() {
+                return Err(format!("weir exited ({status}): {text}"));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("{needle:?} never logged: {text}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, and wait for the drain.
+    fn stop(&mut self) -> Result<(), String> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.exited().is_none() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                return Err(format!("weir did not stop; log: {}", self.log.display()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for WeirProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

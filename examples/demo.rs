@@ -11,10 +11,11 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use std::path::Path;
 use std::time::Duration;
-use weir_host::capabilities::{Backends, CacheBackend, MemoryCache};
+use weir_devkit as devbroker;
+use weir_devkit::{BrokerStorage, DevBroker};
+use weir_host::capabilities::{Backends, CacheBackend, DeletionSchedule, MemoryCache};
 use weir_host::config::Config;
-use weir_host::devbroker::{self, BrokerStorage, DevBroker};
-use weir_host::kafka::sink::Sink;
+use weir_host::pipeline::outputs::Outputs;
 
 const SAMPLES: &[(&str, &str)] = &[
     ("track-deletions", "examples/events/track-deletions.jsonl"),
@@ -103,6 +104,8 @@ async fn demo() -> Result<(), String> {
     let cache = std::sync::Arc::new(MemoryCache::new(64 * 1024 * 1024));
     let mut backends = Backends::local(&config.storage.dir)?;
     backends.cache = cache.clone();
+    // As `weir run` does: scheduled deletions are records on the schedule topic.
+    backends.deletions = DeletionSchedule::in_records();
     for key in PRESIGNED {
         cache
             .set(key, b"https://storage.example/signed-url".to_vec(), None)
@@ -121,7 +124,7 @@ async fn demo() -> Result<(), String> {
     ));
 
     // Produce the samples once the host has created its topics.
-    let sink = Sink::new(&config)?;
+    let sink = Outputs::new(&config)?;
     let mut produced = 0;
     for (topic, file) in SAMPLES {
         let full = namer.full_name(topic);
@@ -165,7 +168,10 @@ async fn demo() -> Result<(), String> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
 
-    println!("\n-- track-deletions: cache invalidated, deletions scheduled --");
+    println!(
+        "\n-- track-deletions: cache invalidated, deletions scheduled (records on {}) --",
+        config.schedule_topic()?
+    );
     println!("cache after:  {}", cache.keys().join(", "));
     for d in &deletions {
         println!(

@@ -61,9 +61,21 @@ pub struct ConsumerConfig {
     pub session_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub max_poll_interval: Duration,
-    /// How often stored offsets are committed.
+    /// How often finished offsets are committed (asynchronously). Short, so a
+    /// crash redelivers little.
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
+    /// Static group membership (`group.instance.id`): a host that restarts with
+    /// the same id gets its partitions back at once instead of after
+    /// `session_timeout`. `{hostname}`, `{plugin}` and the `[topics]` variables
+    /// are available; every host of a group needs its own (a pod name, say).
+    /// Empty: dynamic membership. A host stopped for good keeps its partitions
+    /// until `session_timeout` has passed.
+    pub instance_id: String,
+    /// A partition with lag and no progress for this long (not paused by an
+    /// operator) is reported: logged, and `/health` turns `Degraded`. `0s`: never.
+    #[serde(with = "humantime_serde")]
+    pub stall_timeout: Duration,
     pub fetch_max_bytes: u32,
     pub max_partition_fetch_bytes: u32,
     /// How often each plugin's lag is measured (a watermark request per assigned
@@ -79,7 +91,9 @@ impl Default for ConsumerConfig {
             auto_offset_reset: "earliest".into(),
             session_timeout: Duration::from_secs(45),
             max_poll_interval: Duration::from_secs(300),
-            commit_interval: Duration::from_secs(1),
+            commit_interval: Duration::from_millis(100),
+            instance_id: "{hostname}-{plugin}".into(),
+            stall_timeout: Duration::from_secs(60),
             fetch_max_bytes: 52_428_800,
             max_partition_fetch_bytes: 1_048_576,
             lag_interval: Duration::from_secs(5),
@@ -93,18 +107,21 @@ pub struct ProducerConfig {
     /// How long a message may take to be acknowledged before it counts as failed.
     #[serde(with = "humantime_serde")]
     pub message_timeout: Duration,
-    /// librdkafka's `linger.ms`. Zero by default: a worker waits for its event's
-    /// outputs to be acknowledged before its next event, so lingering only adds
-    /// latency (measured in docs/benchmarks.md: 5 ms cut end-to-end throughput by 3x).
+    /// librdkafka's `linger.ms`: how long the producer waits to fill a batch.
+    /// Nothing in the event path waits for acknowledgements, so this trades a
+    /// little latency for far fewer, larger produce requests.
     #[serde(with = "humantime_serde")]
     pub linger: Duration,
+    /// librdkafka's `compression.type`: `none`, `gzip`, `snappy`, `lz4`, `zstd`.
+    pub compression: String,
 }
 
 impl Default for ProducerConfig {
     fn default() -> Self {
         ProducerConfig {
             message_timeout: Duration::from_secs(30),
-            linger: Duration::ZERO,
+            linger: Duration::from_millis(5),
+            compression: "none".into(),
         }
     }
 }
@@ -254,6 +271,9 @@ pub struct StorageConfig {
     /// How often due scheduled deletions are carried out.
     #[serde(with = "humantime_serde")]
     pub sweep_interval: Duration,
+    /// The topic scheduled deletions are recorded on (a logical name: the
+    /// `[topics]` template applies), read back when the host starts.
+    pub schedule_topic: String,
 }
 
 impl Default for StorageConfig {
@@ -261,6 +281,7 @@ impl Default for StorageConfig {
         StorageConfig {
             dir: PathBuf::from("data/storage"),
             sweep_interval: Duration::from_secs(60),
+            schedule_topic: "weir-schedule".into(),
         }
     }
 }
@@ -400,6 +421,26 @@ impl Config {
         .map_err(|e| ("kafka.consumer.group_template".into(), e))?;
         check_template(&self.dlq.template, "topic", &self.topics.vars)
             .map_err(|e| ("dlq.template".into(), e))?;
+        check_template(
+            &self.kafka.consumer.instance_id,
+            "hostname",
+            &self.topics.vars,
+        )
+        .map_err(|e| ("kafka.consumer.instance_id".into(), e))?;
+        if !["none", "gzip", "snappy", "lz4", "zstd"]
+            .contains(&self.kafka.producer.compression.as_str())
+        {
+            return Err((
+                "kafka.producer.compression".into(),
+                format!(
+                    "{:?}: use \"none\", \"gzip\", \"snappy\", \"lz4\" or \"zstd\"",
+                    self.kafka.producer.compression
+                ),
+            ));
+        }
+        if self.storage.schedule_topic.trim().is_empty() {
+            return Err(("storage.schedule_topic".into(), "is empty".into()));
+        }
         if let Some(create) = &self.topics.create {
             if create.partitions < 1 || create.replication < 1 {
                 return Err((
@@ -462,6 +503,24 @@ impl Config {
         )
     }
 
+    /// The static group membership id of `plugin`'s consumer, if any.
+    pub fn instance_id_for(&self, plugin: &str) -> Option<String> {
+        let template = self.kafka.consumer.instance_id.trim();
+        if template.is_empty() {
+            return None;
+        }
+        Some(fill(
+            template,
+            &[("plugin", plugin), ("hostname", &hostname())],
+            &self.topics.vars,
+        ))
+    }
+
+    /// The full name of the schedule topic.
+    pub fn schedule_topic(&self) -> Result<String, String> {
+        Ok(self.namer()?.full_name(&self.storage.schedule_topic))
+    }
+
     /// The dead-letter topic for events of `full_topic` handled by `plugin`.
     pub fn dlq_topic(&self, full_topic: &str, plugin: &str) -> String {
         fill(
@@ -470,6 +529,16 @@ impl Config {
             &self.topics.vars,
         )
     }
+}
+
+/// This machine's name (`$HOSTNAME`, else the kernel's), `weir` if unknown.
+pub fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "weir".into())
 }
 
 /// Replace `{name}` placeholders from `fixed` then `vars`.

@@ -9,13 +9,11 @@
 //! reports success. The dead-letter topic itself is left untouched.
 
 use crate::config::Config;
-use crate::kafka::sink::{Sink, H_FAILED_AT, H_PLUGIN, H_TOPIC};
 use crate::manifest::Manifest;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use crate::pipeline::outputs::{Outputs, H_FAILED_AT, H_PLUGIN, H_TOPIC};
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeSet;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 #[derive(Debug, Clone, Default)]
 pub struct ReplayFilter {
@@ -73,7 +71,7 @@ pub async fn replay(config: &Config, filter: &ReplayFilter) -> Result<ReplayRepo
         });
     }
     let existing = crate::kafka::wait_for_broker(config).await?;
-    let sink = Sink::new(config)?;
+    let sink = Outputs::new(config)?;
     let mut report = ReplayReport::default();
     for topic in topics {
         if !existing.contains(&topic) {
@@ -167,66 +165,17 @@ impl Letter {
     }
 }
 
-/// Every record of `topic` up to its end as of now, partition by partition.
-fn read_to_end(mut cfg: rdkafka::ClientConfig, topic: &str) -> Result<Vec<Letter>, String> {
-    cfg.set("group.id", "weir-dlq-replay")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false");
-    let consumer: BaseConsumer = cfg.create().map_err(|e| e.to_string())?;
-    let timeout = Duration::from_secs(10);
-    let md = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .map_err(|e| e.to_string())?;
-    let mut ends = std::collections::BTreeMap::new();
-    let mut tpl = TopicPartitionList::new();
-    for p in md
-        .topics()
-        .first()
-        .map(|t| t.partitions())
-        .unwrap_or_default()
-    {
-        let (lo, hi) = consumer
-            .fetch_watermarks(topic, p.id(), timeout)
-            .map_err(|e| e.to_string())?;
-        if hi > lo {
-            ends.insert(p.id(), hi);
-            tpl.add_partition_offset(topic, p.id(), Offset::Offset(lo))
-                .map_err(|e| e.to_string())?;
-        }
-    }
+/// Every record of `topic` up to its end as of now.
+fn read_to_end(cfg: rdkafka::ClientConfig, topic: &str) -> Result<Vec<Letter>, String> {
     let mut out = Vec::new();
-    if ends.is_empty() {
-        return Ok(out);
-    }
-    consumer.assign(&tpl).map_err(|e| e.to_string())?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while !ends.is_empty() {
-        if std::time::Instant::now() > deadline {
-            return Err(format!(
-                "reading {topic} did not reach its end within 120 s"
-            ));
-        }
-        match consumer.poll(Duration::from_millis(200)) {
-            None => {}
-            Some(Err(e)) => tracing::warn!(topic, error = %e, "reading the dead-letter topic"),
-            Some(Ok(m)) => {
-                let Some(&end) = ends.get(&m.partition()) else {
-                    continue;
-                };
-                if m.offset() < end {
-                    out.push(Letter {
-                        partition: m.partition(),
-                        offset: m.offset(),
-                        key: m.key().map(<[u8]>::to_vec),
-                        payload: m.payload().unwrap_or_default().to_vec(),
-                        headers: crate::kafka::headers_of(&m),
-                    });
-                }
-                if m.offset() + 1 >= end {
-                    ends.remove(&m.partition());
-                }
-            }
-        }
-    }
+    crate::kafka::read_to_end(cfg, topic, "weir-dlq-replay", |m| {
+        out.push(Letter {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().unwrap_or_default().to_vec(),
+            headers: crate::kafka::headers_of(m),
+        })
+    })?;
     Ok(out)
 }

@@ -1,13 +1,19 @@
 //! The host's view of one consumed record, and its conversion to the WIT `event`.
 
-use crate::runtime::bindings::{CloudEvent, Event, Header};
+use crate::runtime::bindings::CloudEvent;
 use serde::Serialize;
+use std::fmt;
+use std::sync::Arc;
+use wasmtime::component::{ComponentType, Lower};
 
 /// One record as the host received it (from Kafka, or from a file in `weir invoke`).
 #[derive(Debug, Clone, Serialize)]
 pub struct EventRecord {
-    pub topic: String,
-    pub logical_topic: String,
+    /// Shared by every event read from the topic.
+    #[serde(serialize_with = "arc_str")]
+    pub topic: Arc<str>,
+    #[serde(serialize_with = "arc_str")]
+    pub logical_topic: Arc<str>,
     pub partition: i32,
     pub offset: i64,
     pub timestamp_ms: Option<i64>,
@@ -19,10 +25,55 @@ pub struct EventRecord {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
+/// Where an event came from: `topic/partition@offset` in logs and reports.
+#[derive(Debug, Clone)]
+pub struct Coordinates {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl fmt::Display for Coordinates {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}@{}", self.topic, self.partition, self.offset)
+    }
+}
+
+/// The WIT `event` borrowed from an [`EventRecord`]: lowered into the plugin's
+/// memory straight from the record, with no copy on the host's side.
+#[derive(ComponentType, Lower)]
+#[component(record)]
+pub struct EventView<'a> {
+    topic: &'a str,
+    #[component(name = "logical-topic")]
+    logical_topic: &'a str,
+    partition: i32,
+    offset: i64,
+    #[component(name = "timestamp-ms")]
+    timestamp_ms: Option<i64>,
+    key: Option<&'a [u8]>,
+    payload: &'a [u8],
+    headers: Vec<HeaderView<'a>>,
+    #[component(name = "cloud-event")]
+    cloud_event: Option<CloudEvent>,
+}
+
+/// The WIT `header`, borrowed.
+#[derive(ComponentType, Lower)]
+#[component(record)]
+pub struct HeaderView<'a> {
+    key: &'a str,
+    value: &'a [u8],
+}
+
 impl EventRecord {
     /// `topic/partition@offset`, the coordinates used in logs and reports.
-    pub fn coordinates(&self) -> String {
-        format!("{}/{}@{}", self.topic, self.partition, self.offset)
+    pub fn coordinates(&self) -> Coordinates {
+        Coordinates {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            offset: self.offset,
+        }
     }
 
     pub fn header(&self, name: &str) -> Option<&[u8]> {
@@ -32,25 +83,36 @@ impl EventRecord {
             .map(|(_, v)| v.as_slice())
     }
 
-    /// The WIT value handed to the plugin.
-    pub fn to_wit(&self) -> Event {
-        Event {
-            topic: self.topic.clone(),
-            logical_topic: self.logical_topic.clone(),
+    /// The WIT value handed to the plugin, borrowing the record.
+    pub fn view(&self) -> EventView<'_> {
+        EventView {
+            topic: &self.topic,
+            logical_topic: &self.logical_topic,
             partition: self.partition,
             offset: self.offset,
             timestamp_ms: self.timestamp_ms,
-            key: self.key.clone(),
-            payload: self.payload.clone(),
+            key: self.key.as_deref(),
+            payload: &self.payload,
             headers: self
                 .headers
                 .iter()
-                .map(|(k, v)| Header {
-                    key: k.clone(),
-                    value: v.clone(),
-                })
+                .map(|(k, v)| HeaderView { key: k, value: v })
                 .collect(),
             cloud_event: self.cloud_event(),
+        }
+    }
+
+    /// An empty record at `topic/partition@offset` (tests, examples).
+    pub fn for_test(topic: &str, partition: i32, offset: i64) -> EventRecord {
+        EventRecord {
+            topic: Arc::from(topic),
+            logical_topic: Arc::from(topic),
+            partition,
+            offset,
+            timestamp_ms: None,
+            key: None,
+            payload: Vec::new(),
+            headers: Vec::new(),
         }
     }
 
@@ -73,6 +135,10 @@ impl EventRecord {
     }
 }
 
+fn arc_str<S: serde::Serializer>(v: &Arc<str>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(v)
+}
+
 fn bytes_as_text<S: serde::Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
     match v {
         None => s.serialize_none(),
@@ -86,17 +152,11 @@ mod tests {
 
     fn record(headers: &[(&str, &str)]) -> EventRecord {
         EventRecord {
-            topic: "dev-t".into(),
-            logical_topic: "t".into(),
-            partition: 0,
-            offset: 0,
-            timestamp_ms: None,
-            key: None,
-            payload: vec![],
             headers: headers
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
                 .collect(),
+            ..EventRecord::for_test("dev-t", 0, 0)
         }
     }
 

@@ -155,7 +155,7 @@ pub async fn run(opts: &InvokeOptions, out: &mut dyn Write) -> Result<Summary, I
             let value = serde_json::json!({
                 "event": i + 1,
                 "line": line,
-                "event_coordinates": event.coordinates(),
+                "event_coordinates": event.coordinates().to_string(),
                 "key": event.key.as_deref().map(String::from_utf8_lossy),
                 "report": report,
             });
@@ -351,8 +351,8 @@ pub fn read_events(
         events.push((
             lineno,
             EventRecord {
-                topic: namer.full_name(&logical),
-                logical_topic: logical,
+                topic: namer.full_name(&logical).into(),
+                logical_topic: logical.into(),
                 partition: parsed.partition.unwrap_or(0),
                 offset: parsed.offset.unwrap_or(events.len() as i64),
                 timestamp_ms: parsed

@@ -8,15 +8,12 @@
 pub mod admin;
 pub mod capabilities;
 pub mod config;
-pub mod devbroker;
-pub mod devprocess;
-pub mod devredis;
-pub mod dispatch;
 pub mod dlq;
 pub mod event;
 pub mod invoke;
 pub mod kafka;
 pub mod manifest;
+pub mod pipeline;
 pub mod reload;
 pub mod run;
 pub mod runtime;

@@ -101,8 +101,14 @@ pub struct ConsumerSettings {
     /// Parallel instances. Events of one key (within a partition) always go to the
     /// same worker, in order; events without a key keep their partition's order.
     pub workers: u32,
-    /// Events read but not yet finished, at most; past it the partitions are paused.
+    /// Events read and not yet committed past, at most; past it the partitions
+    /// are paused (they resume at half).
     pub max_in_flight: u32,
+    /// The same bound in bytes (payloads and keys).
+    pub max_in_flight_bytes: ByteSize,
+    /// Events handed to the plugin in one call at most (when it exports
+    /// `handle-batch`; one event per (partition, key) per call).
+    pub batch: u32,
 }
 
 impl Default for ConsumerSettings {
@@ -110,7 +116,9 @@ impl Default for ConsumerSettings {
         ConsumerSettings {
             group: None,
             workers: 1,
-            max_in_flight: 100,
+            max_in_flight: 10_000,
+            max_in_flight_bytes: ByteSize::mib(64),
+            batch: 128,
         }
     }
 }
@@ -306,6 +314,21 @@ impl Manifest {
             return bad(
                 "consumer.max_in_flight",
                 "must be at least consumer.workers".into(),
+            );
+        }
+        if !(1..=4096).contains(&self.consumer.batch) {
+            return bad(
+                "consumer.batch",
+                format!("{} is out of range: use 1 to 4096", self.consumer.batch),
+            );
+        }
+        if self.consumer.max_in_flight_bytes.as_u64() < 1024 * 1024 {
+            return bad(
+                "consumer.max_in_flight_bytes",
+                format!(
+                    "{} is too small: at least 1 MiB",
+                    self.consumer.max_in_flight_bytes
+                ),
             );
         }
         if let Some(group) = &self.consumer.group {

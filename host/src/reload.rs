@@ -16,10 +16,13 @@
 use crate::admin::view::{HostView, PluginView};
 use crate::capabilities::Backends;
 use crate::config::Config;
-use crate::dispatch::{self, DeadLetters, Stats, StatsSnapshot, Workers};
-use crate::kafka::sink::Sink;
-use crate::kafka::source::{Source, SourceSettings};
 use crate::manifest::Manifest;
+use crate::pipeline::fetch::FetchSettings;
+use crate::pipeline::handle::{DeadLetters, ScheduleOutput, WorkerContext};
+use crate::pipeline::lanes::BatchLimits;
+use crate::pipeline::outputs::Outputs;
+use crate::pipeline::stats::{Stats, StatsSnapshot};
+use crate::pipeline::Pipeline;
 use crate::run::{discover, PluginFiles, RunReport};
 use crate::runtime::{Plugin, Runtime};
 use crate::topics::TopicNamer;
@@ -29,7 +32,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
-use tokio::sync::watch;
 
 /// What `weir plugins` shows of one plugin.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -57,6 +59,8 @@ struct ConsumerShape {
     group: Option<String>,
     workers: u32,
     max_in_flight: u32,
+    max_in_flight_bytes: u64,
+    batch: u32,
 }
 
 impl ConsumerShape {
@@ -66,6 +70,8 @@ impl ConsumerShape {
             group: m.consumer.group.clone(),
             workers: m.consumer.workers,
             max_in_flight: m.consumer.max_in_flight,
+            max_in_flight_bytes: m.consumer.max_in_flight_bytes.as_u64(),
+            batch: m.consumer.batch,
         }
     }
 }
@@ -73,9 +79,7 @@ impl ConsumerShape {
 struct Running {
     versions: Arc<Versions>,
     shape: ConsumerShape,
-    source: Source,
-    workers: Workers,
-    stop: watch::Sender<bool>,
+    pipeline: Pipeline,
 }
 
 struct Managed {
@@ -96,7 +100,7 @@ pub struct Supervisor {
     namer: TopicNamer,
     runtime: Runtime,
     backends: Backends,
-    sink: Sink,
+    outputs: Outputs,
     existing_topics: BTreeSet<String>,
     plugins: BTreeMap<String, Managed>,
     last_status: Vec<PluginStatus>,
@@ -113,9 +117,18 @@ impl Supervisor {
     ) -> Result<Supervisor, String> {
         let runtime = Runtime::with_compile_cache(config.plugins.cache_dir.clone())?;
         let existing_topics = crate::kafka::wait_for_broker(&config).await?;
+        if backends.deletions.is_records() {
+            let topic = config.schedule_topic()?;
+            if existing_topics.contains(&topic) {
+                let read =
+                    crate::kafka::schedule::rebuild(&config, &topic, &backends.deletions).await?;
+                let pending = backends.deletions.list().await?.len();
+                tracing::info!(topic = %topic, records = read, pending, "scheduled deletions read back");
+            }
+        }
         let mut sup = Supervisor {
             namer: config.namer()?,
-            sink: Sink::new(&config)?,
+            outputs: Outputs::new(&config)?,
             config,
             runtime,
             backends,
@@ -137,6 +150,25 @@ impl Supervisor {
 
     pub fn runtime(&self) -> &Runtime {
         &self.runtime
+    }
+
+    /// Carry out due scheduled deletions every `interval` (records-kept schedule:
+    /// tombstones through the producer; store-kept: entries in the store).
+    pub fn spawn_sweeper(
+        &self,
+        interval: std::time::Duration,
+    ) -> Result<tokio::task::JoinHandle<()>, String> {
+        let deletions = self.backends.deletions.clone();
+        if !deletions.is_records() {
+            return Ok(deletions.spawn_sweeper(interval));
+        }
+        Ok(crate::kafka::schedule::spawn_sweeper(
+            deletions,
+            self.backends.storage.clone(),
+            self.outputs.clone(),
+            self.config.schedule_topic()?,
+            interval,
+        ))
     }
 
     /// The plugins wanted now: the directory's pairs and `[plugins] extra`.
@@ -294,48 +326,70 @@ impl Supervisor {
             self.existing_topics.extend(needed);
         }
 
-        let workers = m.consumer.workers as usize;
+        let schedule = match &m.capabilities.storage {
+            Some(_) if self.backends.deletions.is_records() => {
+                let topic = self.config.schedule_topic()?;
+                if !self.existing_topics.contains(&topic) {
+                    crate::kafka::ensure_topics(
+                        &self.config,
+                        &self.existing_topics,
+                        &BTreeSet::from([topic.clone()]),
+                    )
+                    .await?;
+                    self.existing_topics.insert(topic.clone());
+                }
+                Some(ScheduleOutput {
+                    topic,
+                    schedule: self.backends.deletions.clone(),
+                })
+            }
+            _ => None,
+        };
         let versions = Versions::new(plugin);
-        let (router, receivers) = dispatch::queues(workers);
-        let settings = SourceSettings {
+        let settings = FetchSettings {
             plugin: m.name.clone(),
             group: m
                 .consumer
                 .group
                 .clone()
                 .unwrap_or_else(|| self.config.group_for(&m.name)),
+            instance_id: self.config.instance_id_for(&m.name),
             topics: m.topics.iter().map(|t| self.namer.full_name(t)).collect(),
             max_in_flight: m.consumer.max_in_flight as usize,
+            max_in_flight_bytes: m.consumer.max_in_flight_bytes.as_u64() as usize,
             drain_timeout: self.config.shutdown.drain_timeout,
+            stall_timeout: self.config.kafka.consumer.stall_timeout,
             paused,
         };
         let group = settings.group.clone();
-        let (source, acker) =
-            Source::start(&self.config, self.namer.clone(), settings, move |e| {
-                router.dispatch(e)
-            })?;
         let dlq_config = self.config.clone();
         let plugin_name = m.name.clone();
-        let dead_letters = DeadLetters {
-            topic_for: Arc::new(move |topic| dlq_config.dlq_topic(topic, &plugin_name)),
+        let context = WorkerContext {
+            versions: versions.clone(),
+            outputs: self.outputs.clone(),
+            dead_letters: DeadLetters {
+                topic_for: Arc::new(move |topic| dlq_config.dlq_topic(topic, &plugin_name)),
+            },
+            schedule,
+            stats,
+            stopping: tokio::sync::watch::channel(false).1,
+            limits: BatchLimits {
+                events: m.consumer.batch as usize,
+                bytes: 4 * 1024 * 1024,
+            },
         };
-        let (stop, stopping) = watch::channel(false);
-        let workers = Workers::spawn(
-            versions.clone(),
-            receivers,
-            self.sink.clone(),
-            acker,
-            dead_letters,
-            stats.clone(),
-            stopping,
-        );
+        let pipeline = Pipeline::start(
+            &self.config,
+            self.namer.clone(),
+            settings,
+            m.consumer.workers as usize,
+            context,
+        )?;
         tracing::info!(plugin = %m.name, group = %group, workers = m.consumer.workers, "consuming");
         Ok(Running {
             versions,
             shape: ConsumerShape::of(&m),
-            source,
-            workers,
-            stop,
+            pipeline,
         })
     }
 
@@ -421,7 +475,7 @@ impl Supervisor {
                         status: st.clone(),
                         paused: m.paused.clone(),
                         stats: m.stats.clone(),
-                        source: m.running.as_ref().map(|r| r.source.shared()),
+                        source: m.running.as_ref().map(|r| r.pipeline.shared()),
                     },
                 ))
             })
@@ -434,8 +488,7 @@ impl Supervisor {
         let mut report = RunReport::default();
         for m in self.plugins.values() {
             if let Some(r) = &m.running {
-                let _ = r.stop.send(true);
-                r.source.stop();
+                r.pipeline.begin_stop();
             }
         }
         let names: Vec<String> = self.plugins.keys().cloned().collect();
@@ -456,11 +509,7 @@ impl Supervisor {
 /// Drain one plugin's consumer (in-flight events finish, offsets committed), then
 /// stop its workers.
 async fn stop(r: Running) {
-    let _ = r.stop.send(true);
-    r.source.stop();
-    let source = r.source;
-    let _ = tokio::task::spawn_blocking(move || source.join()).await;
-    r.workers.abort().await;
+    r.pipeline.stop().await;
 }
 
 /// Hash of a plugin's two files, or `None` if one cannot be read right now.

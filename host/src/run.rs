@@ -2,9 +2,9 @@
 
 use crate::admin::view::{HostView, Phase};
 use crate::admin::AdminServer;
-use crate::capabilities::Backends;
+use crate::capabilities::{Backends, DeletionSchedule};
 use crate::config::Config;
-use crate::dispatch::StatsSnapshot;
+use crate::pipeline::stats::StatsSnapshot;
 use crate::reload::Supervisor;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -69,8 +69,10 @@ pub fn discover(dir: &Path) -> Result<Vec<PluginFiles>, String> {
 }
 
 /// Run until `shutdown` completes, then drain, commit and return what happened.
+/// Scheduled deletions are records on the schedule topic.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<RunReport, String> {
-    let backends = Backends::from_config(&config).await?;
+    let mut backends = Backends::from_config(&config).await?;
+    backends.deletions = DeletionSchedule::in_records();
     run_with(config, backends, shutdown).await
 }
 
@@ -91,14 +93,12 @@ pub async fn run_with(
     } else {
         None
     };
-    let sweeper = backends
-        .deletions
-        .clone()
-        .spawn_sweeper(config.storage.sweep_interval);
-    let mut supervisor = match Supervisor::start(config.clone(), backends, view.clone()).await {
+    let started = Supervisor::start(config.clone(), backends, view.clone())
+        .await
+        .and_then(|s| Ok((s.spawn_sweeper(config.storage.sweep_interval)?, s)));
+    let (sweeper, mut supervisor) = match started {
         Ok(s) => s,
         Err(e) => {
-            sweeper.abort();
             if let Some(admin) = admin {
                 admin.stop().await;
             }

@@ -222,7 +222,7 @@ async fn health_metrics_status_and_pause_resume_through_the_admin_api() {
 async fn the_host_is_live_but_not_ready_until_it_reaches_the_broker() {
     // A broker address nobody listens on yet.
     let Some(binary) = nisshi() else { return };
-    let port = weir_host::devbroker::free_port();
+    let port = weir_devkit::free_port();
     let bootstrap = format!("127.0.0.1:{port}");
     let files = HostFiles::echo(&bootstrap, "wait", "");
     let admin = files.admin_port;
@@ -238,10 +238,10 @@ async fn the_host_is_live_but_not_ready_until_it_reaches_the_broker() {
     assert_eq!(health["checks"]["kafka"]["status"], "Unhealthy", "{health}");
 
     let dir = tempfile::tempdir().unwrap();
-    let _broker = weir_host::devbroker::DevBroker::start_on(
+    let _broker = weir_devkit::DevBroker::start_on(
         &binary,
         &dir.path().join("broker"),
-        weir_host::devbroker::BrokerStorage::Memory,
+        weir_devkit::BrokerStorage::Memory,
         port,
     )
     .unwrap();

@@ -55,7 +55,7 @@ async fn the_image_runs_the_host_against_a_broker_and_stops_cleanly() {
     let Some(b) = broker() else { return };
     b.create_topics(&["ctr-audio-events", "ctr-audio-events.dlq"], 3)
         .await;
-    let admin = weir_host::devbroker::free_port();
+    let admin = weir_devkit::free_port();
     let name = format!("weir-test-{}", std::process::id());
     // Host networking: the container reaches the test's broker on loopback.
     let id = docker(&[
@@ -102,7 +102,8 @@ async fn the_image_runs_the_host_against_a_broker_and_stops_cleanly() {
         weir_host::invoke::read_events(Some(&samples), &["audio-events".to_string()], &namer)
             .unwrap();
     let sink =
-        weir_host::kafka::sink::Sink::new(&HostFiles::new(&b.bootstrap(), "ctr").load()).unwrap();
+        weir_host::pipeline::outputs::Outputs::new(&HostFiles::new(&b.bootstrap(), "ctr").load())
+            .unwrap();
     for (_, e) in &events {
         sink.send("ctr-audio-events", e.key.as_deref(), &e.payload, &e.headers)
             .await

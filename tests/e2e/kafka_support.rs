@@ -9,7 +9,7 @@ use rdkafka::ClientConfig;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use weir_host::devbroker::{find_nisshi, BrokerStorage, DevBroker};
+use weir_devkit::{find_nisshi, BrokerStorage, DevBroker};
 use weir_host::reload::{read_status_file, PluginStatus};
 
 /// Generous bound for waits, so a broken build fails instead of hanging.
@@ -53,7 +53,7 @@ impl TestBroker {
     }
 
     pub async fn create_topics(&self, names: &[&str], partitions: i32) {
-        weir_host::devbroker::create_topics(&self.bootstrap(), names, partitions)
+        weir_devkit::create_topics(&self.bootstrap(), names, partitions)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
     }
@@ -67,7 +67,7 @@ impl TestBroker {
     /// Every record of `topic` (all partitions, from the start) once at least `min`
     /// are there, or what is there when PATIENCE runs out.
     pub fn read(&self, topic: &str, min: usize) -> Vec<Record> {
-        weir_host::devbroker::read_topic(&self.bootstrap(), topic, min, PATIENCE)
+        weir_devkit::read_topic(&self.bootstrap(), topic, min, PATIENCE)
             .unwrap_or_else(|e| panic!("reading {topic}: {e}"))
     }
 
@@ -91,7 +91,7 @@ impl TestBroker {
 }
 
 /// A record as read back.
-pub use weir_host::devbroker::TopicRecord as Record;
+pub use weir_devkit::TopicRecord as Record;
 
 /// The payload of a record as JSON.
 pub trait JsonPayload {
@@ -135,7 +135,7 @@ impl HostFiles {
     pub fn new(bootstrap: &str, prefix: &str) -> HostFiles {
         let files = HostFiles {
             dir: tempfile::tempdir().unwrap(),
-            admin_port: weir_host::devbroker::free_port(),
+            admin_port: weir_devkit::free_port(),
         };
         std::fs::create_dir_all(files.plugins()).unwrap();
         files.write_config(bootstrap, prefix, "");
@@ -257,8 +257,11 @@ impl BinaryHost {
         let child = Command::new(env!("CARGO_BIN_EXE_weir"))
             .args(["run", "--config", files.config().to_str().unwrap()])
             .env("RUST_LOG", "info")
-            // Several binaries may share one config: each gets its own admin port.
+            // Several binaries may share one config: each gets its own admin port,
+            // and its own host name (the default static group membership id is
+            // "{hostname}-{plugin}", as it is for hosts on different machines).
             .env("WEIR_ADMIN__LISTEN", "127.0.0.1:0")
+            .env("HOSTNAME", name)
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)

@@ -363,17 +363,17 @@ async fn two_hosts_share_a_group_and_the_survivor_takes_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_started_before_its_broker_waits_and_then_consumes() {
     let Some(binary) = nisshi() else { return };
-    let port = weir_host::devbroker::free_port();
+    let port = weir_devkit::free_port();
     let bootstrap = format!("127.0.0.1:{port}");
     let files = HostFiles::echo(&bootstrap, "late", "");
     let host = BinaryHost::start(&files, "host");
     host.wait_for_log("broker not reachable; retrying");
 
     let dir = tempfile::tempdir().unwrap();
-    let broker = weir_host::devbroker::DevBroker::start_on(
+    let broker = weir_devkit::DevBroker::start_on(
         &binary,
         dir.path(),
-        weir_host::devbroker::BrokerStorage::Memory,
+        weir_devkit::BrokerStorage::Memory,
         port,
     )
     .unwrap();
@@ -485,10 +485,10 @@ async fn dlq_replay_brings_dead_letters_back_to_their_topic() {
 async fn the_host_recovers_when_the_broker_restarts() {
     let Some(binary) = nisshi() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let broker = weir_host::devbroker::DevBroker::start(
+    let broker = weir_devkit::DevBroker::start(
         &binary,
         dir.path(),
-        weir_host::devbroker::BrokerStorage::Sqlite("weir.db".into()),
+        weir_devkit::BrokerStorage::Sqlite("weir.db".into()),
     )
     .unwrap();
     let mut b = TestBroker { broker, _dir: dir };
@@ -538,7 +538,7 @@ async fn a_producer_that_failed_fatally_is_replaced_and_later_sends_go_through()
     };
     b.create_topics(&["fatal-out"], 1).await;
     let files = HostFiles::echo(&b.bootstrap(), "fatal", "");
-    let sink = weir_host::kafka::sink::Sink::new(&files.load()).unwrap();
+    let sink = weir_host::pipeline::outputs::Outputs::new(&files.load()).unwrap();
     sink.send("fatal-out", Some(b"k"), b"1", &[]).await.unwrap();
 
     // What librdkafka does when the broker answers out of sequence and the idempotent

@@ -5,8 +5,8 @@ use crate::kafka_support::*;
 use crate::support::{event, example_manifest, redis, redis_on, wasm, TestHost};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use weir_host::capabilities::{Backends, CacheBackend, CacheError, RedisCache};
-use weir_host::devbroker::free_port;
+use weir_devkit::free_port;
+use weir_host::capabilities::{CacheBackend, CacheError, DeletionSchedule, RedisCache};
 use weir_host::runtime::Outcome;
 
 fn raw(url: &str) -> redis::Connection {
@@ -226,8 +226,20 @@ async fn the_pipeline_rides_out_a_redis_outage_without_losing_or_dead_lettering_
         prefix,
         &format!("[cache]\nbackend = \"redis\"\nurl = \"{url}\"\ntimeout = \"300ms\"\n"),
     );
-    let storage = Backends::local(&files.dir.path().join("data/storage")).unwrap();
-    let scheduled = || async { storage.deletions.list().await.unwrap().len() };
+    // The deletions scheduled so far, as a restarted host reads them back from
+    // the schedule topic.
+    let config = files.load();
+    let scheduled = || {
+        let config = config.clone();
+        async move {
+            let topic = config.schedule_topic().unwrap();
+            let schedule = DeletionSchedule::in_records();
+            match weir_host::kafka::schedule::rebuild(&config, &topic, &schedule).await {
+                Ok(_) => schedule.list().await.unwrap().len(),
+                Err(_) => 0, // the topic is created when the plugin starts
+            }
+        }
+    };
     let producer = b.producer();
     let produce_range = |range: std::ops::Range<usize>| {
         let producer = producer.clone();

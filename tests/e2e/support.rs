@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
+use weir_devkit::{find_redis_server, DevRedis};
 use weir_host::capabilities::{Backends, CacheBackend, MemoryCache};
-use weir_host::devredis::{find_redis_server, DevRedis};
 use weir_host::event::EventRecord;
 use weir_host::manifest::Manifest;
 use weir_host::runtime::{Plugin, Runtime};
@@ -38,7 +38,7 @@ pub fn wasm_dir() -> &'static Path {
                 "-p",
                 "envelope-router",
             ])
-            .args(["-p", "echo", "-p", "faulty", "-p", "rogue"])
+            .args(["-p", "echo", "-p", "faulty", "-p", "rogue", "-p", "noop"])
             .status()
             .expect("run cargo to build the plugins");
         assert!(
@@ -161,8 +161,8 @@ impl TestHost {
 /// An event on `dev-{topic}`, partition 0, at `offset`.
 pub fn event(topic: &str, offset: i64, key: Option<&str>, payload: &[u8]) -> EventRecord {
     EventRecord {
-        topic: format!("dev-{topic}"),
-        logical_topic: topic.to_string(),
+        topic: format!("dev-{topic}").into(),
+        logical_topic: topic.into(),
         partition: 0,
         offset,
         timestamp_ms: Some(1_764_000_000_000),

@@ -72,6 +72,8 @@ impl Collector for HostCollector {
         let mut retries = Vec::new();
         let mut published = Vec::new();
         let mut rollbacks = Vec::new();
+        let mut redelivered = Vec::new();
+        let mut calls = Vec::new();
         for (name, r) in &reports {
             let s = r.status.stats.unwrap_or_default();
             for (outcome, n) in [
@@ -84,6 +86,11 @@ impl Collector for HostCollector {
             retries.push((vec![("plugin", name.as_str())], s.retries));
             published.push((vec![("plugin", name.as_str())], s.published));
             rollbacks.push((vec![("plugin", name.as_str())], r.status.rollbacks));
+            redelivered.push((vec![("plugin", name.as_str())], s.redelivered));
+            if let Some(v) = plugins.get(name) {
+                let c = v.stats.calls.load(std::sync::atomic::Ordering::Relaxed);
+                calls.push((vec![("plugin", name.as_str())], c));
+            }
         }
         counters(
             &mut encoder,
@@ -105,6 +112,18 @@ impl Collector for HostCollector {
         )?;
         counters(
             &mut encoder,
+            "weir_redelivered_events",
+            "Events handed to the plugin again because a failed delivery rewound their partition (the failure path's duplicates)",
+            &redelivered,
+        )?;
+        counters(
+            &mut encoder,
+            "weir_plugin_calls",
+            "Calls into the plugin (a batch of events is one call)",
+            &calls,
+        )?;
+        counters(
+            &mut encoder,
             "weir_plugin_rollbacks",
             "Automatic rollbacks of a new version to the last good one",
             &rollbacks,
@@ -113,7 +132,7 @@ impl Collector for HostCollector {
         {
             let mut family = encoder.encode_descriptor(
                 "weir_handle_duration",
-                "Time spent in the plugin per attempt",
+                "Time spent in the plugin per attempt (a batch's time shared by its events)",
                 Some(&Unit::Seconds),
                 MetricType::Histogram,
             )?;
@@ -127,11 +146,20 @@ impl Collector for HostCollector {
         let mut in_flight = Vec::new();
         let mut paused = Vec::new();
         let mut lag = Vec::new();
+        let mut stalled = Vec::new();
         let mut states = Vec::new();
         for (name, r) in &reports {
             in_flight.push((vec![("plugin", name.clone())], r.in_flight as i64));
             paused.push((vec![("plugin", name.clone())], r.paused as i64));
             for p in &r.partitions {
+                stalled.push((
+                    vec![
+                        ("plugin", name.clone()),
+                        ("topic", p.topic.clone()),
+                        ("partition", p.partition.to_string()),
+                    ],
+                    p.stalled.is_some() as i64,
+                ));
                 if let Some(l) = p.lag {
                     lag.push((
                         vec![
@@ -153,7 +181,7 @@ impl Collector for HostCollector {
         gauges(
             &mut encoder,
             "weir_events_in_flight",
-            "Events handed to the plugin's workers and not finished",
+            "Events read and not yet committed past (bounded by consumer.max_in_flight)",
             &in_flight,
         )?;
         gauges(
@@ -167,6 +195,12 @@ impl Collector for HostCollector {
             "weir_consumer_lag",
             "Records after the committed offset, per assigned partition",
             &lag,
+        )?;
+        gauges(
+            &mut encoder,
+            "weir_partition_stalled",
+            "1 while an assigned partition has lag and made no progress for kafka.consumer.stall_timeout",
+            &stalled,
         )?;
         gauges(
             &mut encoder,

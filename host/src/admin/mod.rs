@@ -177,8 +177,31 @@ async fn health(State(s): State<AppState>) -> Response {
         },
         Value::Object(states),
     );
+    let stalls: serde_json::Map<String, Value> = s
+        .view
+        .plugins()
+        .iter()
+        .filter_map(|(name, v)| {
+            let problems = v.source.as_ref()?.problems();
+            (!problems.is_empty()).then(|| (name.clone(), Value::from(problems)))
+        })
+        .collect();
+    let consumption = check(
+        true,
+        !stalls.is_empty(),
+        if stalls.is_empty() {
+            "every assigned partition makes progress".to_string()
+        } else {
+            format!(
+                "partitions with lag and no progress (kafka.consumer.stall_timeout): {}",
+                stalls.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
+        },
+        Value::Object(stalls),
+    );
     let starting = s.view.phase() != Phase::Running;
-    let checks = json!({ "kafka": kafka, "cache": cache, "plugins": plugins });
+    let checks =
+        json!({ "kafka": kafka, "cache": cache, "plugins": plugins, "consumption": consumption });
     let worst = ["Unhealthy", "Degraded"]
         .into_iter()
         .find(|w| {

@@ -7,8 +7,8 @@
 
 use crate::capabilities::CacheBackend;
 use crate::config::Config;
-use crate::dispatch::Stats;
-use crate::kafka::source::{PartitionView, Shared as SourceShared};
+use crate::pipeline::fetch::{PartitionView, Shared as SourceShared};
+use crate::pipeline::stats::Stats;
 use crate::reload::PluginStatus;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde::Serialize;

@@ -18,8 +18,9 @@ impl Host for HostState {
         message: String,
         fields: Vec<Field>,
     ) -> Result<(), CapabilityError> {
-        self.log_lines += 1;
-        if self.log_lines > MAX_LINES_PER_EVENT {
+        let effects = self.effects();
+        effects.log_lines += 1;
+        if effects.log_lines > MAX_LINES_PER_EVENT {
             return Err(CapabilityError::Denied(format!(
                 "an event may write at most {MAX_LINES_PER_EVENT} log lines"
             )));
@@ -39,7 +40,7 @@ impl Host for HostState {
             .collect::<Vec<_>>()
             .join(" ");
         let plugin = &self.grants.plugin;
-        let event = self.event_coordinates.as_deref().unwrap_or("-");
+        let event = self.coordinates();
         macro_rules! emit {
             ($lvl:expr) => {
                 tracing::event!(target: "weir::plugin", $lvl, plugin = %plugin, event = %event, fields = %fields, "{message}")

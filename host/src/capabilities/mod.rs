@@ -10,6 +10,7 @@ pub mod cache;
 pub mod config;
 pub mod log;
 pub mod publish;
+pub mod schedule;
 pub mod storage;
 
 use crate::config::{CacheKind, Config};
@@ -21,7 +22,7 @@ use std::sync::Arc;
 
 pub use cache::{CacheBackend, CacheError, MemoryCache, RedisCache};
 pub use publish::OutgoingMessage;
-pub use storage::{DeletionSchedule, ScheduledDeletion};
+pub use schedule::{DeletionSchedule, ScheduleChange, ScheduledDeletion, SweepReport};
 
 /// The backends every plugin of one host shares.
 #[derive(Clone)]
@@ -45,7 +46,7 @@ impl Backends {
         let storage = storage::local_store(storage_dir)?;
         Ok(Backends {
             cache,
-            deletions: DeletionSchedule::new(storage.clone()),
+            deletions: DeletionSchedule::in_store(storage.clone()),
             storage,
         })
     }

@@ -74,7 +74,7 @@ fn headers_as_text<S: serde::Serializer>(v: &[(String, Vec<u8>)], s: S) -> Resul
 }
 
 impl HostState {
-    fn check_message(&self, msg: &Message) -> Result<(), CapabilityError> {
+    fn check_message(&mut self, msg: &Message) -> Result<(), CapabilityError> {
         let granted = self
             .grants
             .publish_topics
@@ -104,7 +104,7 @@ impl HostState {
                 "the message is {size} bytes; the limit is {MAX_MESSAGE_LEN}"
             )));
         }
-        if self.outbox.len() >= MAX_MESSAGES_PER_EVENT {
+        if self.effects().outbox.len() >= MAX_MESSAGES_PER_EVENT {
             return Err(CapabilityError::Invalid(format!(
                 "an event may publish at most {MAX_MESSAGES_PER_EVENT} messages"
             )));
@@ -130,7 +130,7 @@ impl Host for HostState {
             result: describe(&result, |_| format!("queued ({len} bytes)")),
         });
         if result.is_ok() {
-            self.outbox.push(OutgoingMessage {
+            self.effects().outbox.push(OutgoingMessage {
                 topic: msg.topic,
                 key: msg.key,
                 payload: msg.payload,

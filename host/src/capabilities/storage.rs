@@ -1,12 +1,11 @@
 //! The `storage` capability: object storage scoped to granted key prefixes, and
-//! scheduled deletions that survive restarts.
+//! scheduled deletions (see [`super::schedule`]: they belong to the event, like
+//! its published messages).
 //!
 //! The backend is any `object_store::ObjectStore` (a local directory by default).
-//! Scheduled deletions are kept in that same store under `_weir/scheduled-deletions/`,
-//! one small JSON object per (plugin, key), so they live as long as the data they
-//! concern and a restarted host (or another replica) finds them.
 
 use super::cache::describe;
+use super::schedule::{ScheduleChange, ScheduledDeletion};
 use super::{not_granted, CallRecord};
 use crate::runtime::bindings::weir::plugin::storage::{DeletionTime, Host, ObjectInfo};
 use crate::runtime::bindings::CapabilityError;
@@ -14,15 +13,11 @@ use crate::runtime::HostState;
 use crate::storage_key::{self, KeyError, RESERVED_PREFIX};
 use futures::TryStreamExt;
 use object_store::{path::Path as StorePath, ObjectStore, PutPayload};
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Largest object a plugin may put.
 pub const MAX_OBJECT_LEN: usize = 64 * 1024 * 1024;
-
-const SCHEDULE_DIR: &str = "_weir/scheduled-deletions";
 
 /// A local directory as an object store (created if missing).
 pub fn local_store(dir: &std::path::Path) -> Result<Arc<dyn ObjectStore>, String> {
@@ -33,135 +28,10 @@ pub fn local_store(dir: &std::path::Path) -> Result<Arc<dyn ObjectStore>, String
     Ok(Arc::new(store))
 }
 
-/// One pending deletion.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ScheduledDeletion {
-    pub plugin: String,
-    pub key: String,
-    /// When it is due, milliseconds since the Unix epoch.
-    pub due_ms: i64,
-    pub scheduled_at_ms: i64,
-}
-
-/// What one sweep did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct SweepReport {
-    pub deleted: Vec<ScheduledDeletion>,
-    pub failed: Vec<(ScheduledDeletion, String)>,
-    pub pending: usize,
-}
-
-/// The persisted schedule of deletions, and the sweep that carries them out.
-#[derive(Clone)]
-pub struct DeletionSchedule {
-    store: Arc<dyn ObjectStore>,
-}
-
-impl DeletionSchedule {
-    pub fn new(store: Arc<dyn ObjectStore>) -> Self {
-        DeletionSchedule { store }
-    }
-
-    fn entry_path(plugin: &str, key: &str) -> StorePath {
-        let digest = hex::encode(Sha256::digest(key.as_bytes()));
-        StorePath::from(format!("{SCHEDULE_DIR}/{plugin}/{digest}.json"))
-    }
-
-    /// Schedule (or reschedule) the deletion of `key` for `plugin`.
-    pub async fn schedule(&self, entry: &ScheduledDeletion) -> Result<(), String> {
-        let body = serde_json::to_vec(entry).map_err(|e| e.to_string())?;
-        self.store
-            .put(
-                &Self::entry_path(&entry.plugin, &entry.key),
-                PutPayload::from(body),
-            )
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    }
-
-    /// Drop a scheduled deletion; whether there was one.
-    pub async fn cancel(&self, plugin: &str, key: &str) -> Result<bool, String> {
-        let path = Self::entry_path(plugin, key);
-        match self.store.head(&path).await {
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(e.to_string()),
-            Ok(_) => delete_quietly(&*self.store, &path).await.map(|_| true),
-        }
-    }
-
-    /// Every pending deletion, soonest first.
-    pub async fn list(&self) -> Result<Vec<ScheduledDeletion>, String> {
-        Ok(self.entries().await?.into_iter().map(|(_, e)| e).collect())
-    }
-
-    /// Every entry with its path, soonest due first.
-    async fn entries(&self) -> Result<Vec<(StorePath, ScheduledDeletion)>, String> {
-        let prefix = StorePath::from(SCHEDULE_DIR);
-        let metas: Vec<_> = self
-            .store
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut out = Vec::new();
-        for meta in metas {
-            let bytes = match self.store.get(&meta.location).await {
-                Ok(r) => r.bytes().await.map_err(|e| e.to_string())?,
-                Err(object_store::Error::NotFound { .. }) => continue, // swept meanwhile
-                Err(e) => return Err(e.to_string()),
-            };
-            match serde_json::from_slice::<ScheduledDeletion>(&bytes) {
-                Ok(entry) => out.push((meta.location, entry)),
-                Err(e) => {
-                    tracing::warn!(entry = %meta.location, error = %e, "ignoring an unreadable scheduled-deletion entry")
-                }
-            }
-        }
-        out.sort_by(|(_, a), (_, b)| (a.due_ms, &a.key).cmp(&(b.due_ms, &b.key)));
-        Ok(out)
-    }
-
-    /// Delete every object whose deletion is due at `now_ms`, then its entry.
-    /// A failed deletion stays scheduled and is retried by the next sweep.
-    pub async fn sweep(&self, now_ms: i64) -> Result<SweepReport, String> {
-        let mut report = SweepReport::default();
-        for (entry_path, entry) in self.entries().await? {
-            if entry.due_ms > now_ms {
-                report.pending += 1;
-                continue;
-            }
-            let target = StorePath::from(entry.key.as_str());
-            match delete_quietly(&*self.store, &target).await {
-                Ok(()) => {
-                    delete_quietly(&*self.store, &entry_path).await?;
-                    tracing::info!(plugin = %entry.plugin, key = %entry.key, "scheduled deletion carried out");
-                    report.deleted.push(entry);
-                }
-                Err(e) => {
-                    tracing::warn!(plugin = %entry.plugin, key = %entry.key, error = %e, "scheduled deletion failed; will retry");
-                    report.failed.push((entry, e));
-                }
-            }
-        }
-        Ok(report)
-    }
-
-    /// Sweep every `interval` until the task is dropped.
-    pub fn spawn_sweeper(self, interval: std::time::Duration) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            loop {
-                tick.tick().await;
-                if let Err(e) = self.sweep(now_ms()).await {
-                    tracing::warn!(error = %e, "scheduled-deletion sweep failed; will retry");
-                }
-            }
-        })
-    }
-}
-
-async fn delete_quietly(store: &dyn ObjectStore, path: &StorePath) -> Result<(), String> {
+pub(crate) async fn delete_quietly(
+    store: &dyn ObjectStore,
+    path: &StorePath,
+) -> Result<(), String> {
     match store.delete(path).await {
         Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
         Err(e) => Err(e.to_string()),
@@ -292,22 +162,17 @@ impl Host for HostState {
             DeletionTime::AtMs(at) => at,
             DeletionTime::AfterMs(after) => now.saturating_add(after.min(i64::MAX as u64) as i64),
         };
-        let result = match self.object_path(&key) {
-            Err(e) => Err(e),
-            Ok(_) => {
-                let entry = ScheduledDeletion {
-                    plugin: self.grants.plugin.clone(),
+        let plugin = self.grants.plugin.clone();
+        let result = self.object_path(&key).map(|_| {
+            self.effects()
+                .schedule
+                .push(ScheduleChange::Schedule(ScheduledDeletion {
+                    plugin,
                     key: key.clone(),
                     due_ms,
                     scheduled_at_ms: now,
-                };
-                self.backends
-                    .deletions
-                    .schedule(&entry)
-                    .await
-                    .map_err(unavailable)
-            }
-        };
+                }));
+        });
         self.record_storage(
             "schedule-deletion",
             &key,
@@ -319,12 +184,32 @@ impl Host for HostState {
     async fn cancel_deletion(&mut self, key: String) -> Result<bool, CapabilityError> {
         let result = match self.object_path(&key) {
             Err(e) => Err(e),
-            Ok(_) => self
-                .backends
-                .deletions
-                .cancel(&self.grants.plugin, &key)
-                .await
-                .map_err(unavailable),
+            Ok(_) => {
+                // This event's own earlier changes come first, then the schedule.
+                let earlier = self
+                    .effects()
+                    .schedule
+                    .iter()
+                    .rev()
+                    .find(|c| c.key() == key)
+                    .map(|c| matches!(c, ScheduleChange::Schedule(_)));
+                let was = match earlier {
+                    Some(was) => Ok(was),
+                    None => self
+                        .backends
+                        .deletions
+                        .is_scheduled(&self.grants.plugin, &key)
+                        .await
+                        .map_err(unavailable),
+                };
+                was.inspect(|_| {
+                    let plugin = self.grants.plugin.clone();
+                    self.effects().schedule.push(ScheduleChange::Cancel {
+                        plugin,
+                        key: key.clone(),
+                    });
+                })
+            }
         };
         self.record_storage(
             "cancel-deletion",
@@ -376,55 +261,4 @@ async fn list_objects(
 pub fn rfc3339(ms: i64) -> String {
     let t = UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_millis(t).to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn schedule_persists_and_sweeps_when_due() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = local_store(dir.path()).unwrap();
-        store
-            .put(&StorePath::from("audio/a.mp3"), PutPayload::from(vec![1u8]))
-            .await
-            .unwrap();
-        let entry = |key: &str, due_ms| ScheduledDeletion {
-            plugin: "p".into(),
-            key: key.into(),
-            due_ms,
-            scheduled_at_ms: 0,
-        };
-        let schedule = DeletionSchedule::new(store.clone());
-        schedule
-            .schedule(&entry("audio/a.mp3", 1_000))
-            .await
-            .unwrap();
-        schedule
-            .schedule(&entry("audio/b.mp3", 9_000))
-            .await
-            .unwrap();
-        // Rescheduling replaces, it does not duplicate.
-        schedule
-            .schedule(&entry("audio/a.mp3", 2_000))
-            .await
-            .unwrap();
-
-        // A new schedule over the same directory (a restarted host) sees both.
-        let restarted = DeletionSchedule::new(local_store(dir.path()).unwrap());
-        let pending = restarted.list().await.unwrap();
-        assert_eq!(
-            pending,
-            vec![entry("audio/a.mp3", 2_000), entry("audio/b.mp3", 9_000)]
-        );
-
-        let report = restarted.sweep(5_000).await.unwrap();
-        assert_eq!(report.deleted, vec![entry("audio/a.mp3", 2_000)]);
-        assert_eq!(report.pending, 1);
-        assert!(store.head(&StorePath::from("audio/a.mp3")).await.is_err());
-        assert_eq!(restarted.list().await.unwrap().len(), 1);
-        assert!(restarted.cancel("p", "audio/b.mp3").await.unwrap());
-        assert!(restarted.list().await.unwrap().is_empty());
-    }
 }

@@ -1,9 +1,7 @@
-//! Kafka: client settings, reaching the broker, topics, and the source/sink halves
-//! of the pipeline.
+//! Kafka: client settings, reaching the broker, topics, reading a topic to its
+//! end, and the schedule topic. The delivery path itself is in `pipeline/`.
 
-pub mod offsets;
-pub mod sink;
-pub mod source;
+pub mod schedule;
 
 use crate::config::Config;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -11,6 +9,8 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::BorrowedMessage;
+use rdkafka::{Message, Offset, TopicPartitionList};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -134,4 +134,73 @@ pub async fn ensure_topics(
         }
     }
     Ok(())
+}
+
+/// Visit every record of `topic` up to its end as of now (all partitions, from
+/// their start, without joining a group). Fails if the reading stops making
+/// progress for 30 s.
+pub fn read_to_end(
+    mut cfg: ClientConfig,
+    topic: &str,
+    group: &str,
+    mut visit: impl FnMut(&BorrowedMessage<'_>),
+) -> Result<u64, String> {
+    cfg.set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false");
+    let consumer: BaseConsumer = cfg.create().map_err(|e| e.to_string())?;
+    let timeout = Duration::from_secs(10);
+    let md = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| e.to_string())?;
+    let mut ends = std::collections::BTreeMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for p in md
+        .topics()
+        .first()
+        .map(|t| t.partitions())
+        .unwrap_or_default()
+    {
+        let (lo, hi) = consumer
+            .fetch_watermarks(topic, p.id(), timeout)
+            .map_err(|e| e.to_string())?;
+        if hi > lo {
+            ends.insert(p.id(), hi);
+            tpl.add_partition_offset(topic, p.id(), Offset::Offset(lo))
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    let mut read = 0;
+    if ends.is_empty() {
+        return Ok(read);
+    }
+    consumer.assign(&tpl).map_err(|e| e.to_string())?;
+    let patience = Duration::from_secs(30);
+    let mut progress = std::time::Instant::now();
+    while !ends.is_empty() {
+        if progress.elapsed() > patience {
+            return Err(format!(
+                "reading {topic} made no progress for {} s before its end",
+                patience.as_secs()
+            ));
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Err(e)) => tracing::warn!(topic, error = %e, "reading to the end of the topic"),
+            Some(Ok(m)) => {
+                progress = std::time::Instant::now();
+                let Some(&end) = ends.get(&m.partition()) else {
+                    continue;
+                };
+                if m.offset() < end {
+                    visit(&m);
+                    read += 1;
+                }
+                if m.offset() + 1 >= end {
+                    ends.remove(&m.partition());
+                }
+            }
+        }
+    }
+    Ok(read)
 }

@@ -3,7 +3,7 @@
 
 wasmtime::component::bindgen!({
     path: "../wit",
-    world: "handler",
+    world: "batch-handler",
     imports: { default: async },
     exports: { default: async },
 });
@@ -13,5 +13,6 @@ pub use weir::plugin::types::{CapabilityError, CloudEvent, Header};
 /// The WIT package's interfaces as the component model names them, for load-time checks.
 pub const PACKAGE: &str = "weir:plugin";
 pub const PACKAGE_VERSION: &str = "0.1.0";
-pub const CAPABILITY_INTERFACES: &[&str] =
-    &["types", "cache", "storage", "publish", "log", "config"];
+pub const CAPABILITY_INTERFACES: &[&str] = &[
+    "types", "cache", "storage", "publish", "log", "config", "batch",
+];

@@ -17,14 +17,14 @@ pub use compile_cache::CompileStats;
 pub use load::{LoadError, LoadErrorKind};
 pub use state::HostState;
 
-use crate::capabilities::{Backends, CallRecord, Grants, OutgoingMessage};
-use crate::event::EventRecord;
+use crate::capabilities::{Backends, CallRecord, Grants, OutgoingMessage, ScheduleChange};
+use crate::event::{EventRecord, EventView};
 use crate::manifest::Manifest;
-use bindings::{Event, HandleError};
+use bindings::HandleError;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wasmtime::component::{Component, InstancePre, Linker, TypedFunc};
+use wasmtime::component::{Component, Func, InstancePre, Linker, TypedFunc};
 use wasmtime::{Engine, Store, UpdateDeadline};
 
 /// How often the engine's epoch advances: the granularity of deadlines and of
@@ -48,7 +48,7 @@ impl Runtime {
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        bindings::Handler::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
+        bindings::BatchHandler::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
             &mut linker,
             |s| s,
         )?;
@@ -161,16 +161,21 @@ impl Drop for EpochTicker {
     }
 }
 
-type HandleFunc = TypedFunc<(Event,), (Result<(), HandleError>,)>;
+type HandleFunc<'a> = TypedFunc<(EventView<'a>,), (Result<(), HandleError>,)>;
+type BatchFunc<'a, 'b> = TypedFunc<(&'b [EventView<'a>],), (Vec<Result<(), HandleError>>,)>;
 type InitFunc = TypedFunc<(), (Result<(), String>,)>;
 
-/// A live instance: its store and its `handle` export.
+/// A live instance: its store and its exports.
 struct Live {
     store: Store<HostState>,
-    handle: HandleFunc,
+    /// `handle`, type-checked against [`HandleFunc`] at instantiation.
+    handle: Func,
+    /// `handle-batch` when the component exports it (type-checked against
+    /// [`BatchFunc`]), until it breaks its contract.
+    batch: Option<Func>,
 }
 
-/// A loaded plugin, ready to handle events one at a time.
+/// A loaded plugin, ready to handle events.
 pub struct Plugin {
     name: String,
     hash: String,
@@ -276,19 +281,24 @@ impl Outcome {
     }
 }
 
-/// Everything one call produced.
+/// Everything one event's attempt produced.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Report {
     #[serde(flatten)]
     pub outcome: Outcome,
     /// Messages to publish; empty unless the outcome is `Handled`.
     pub published: Vec<OutgoingMessage>,
+    /// Scheduled-deletion changes to record; empty unless the outcome is
+    /// `Handled`, and already written when the schedule is kept in the store.
+    #[serde(skip)]
+    pub schedule: Vec<ScheduleChange>,
     /// Capability calls, when call recording is on.
     pub calls: Vec<CallRecord>,
     /// Lines the plugin wrote to stdout or stderr (`stdout: ...`), when call
     /// recording is on; they are always logged.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub output: Vec<String>,
+    /// Time in the plugin (a batch's time divided by its events).
     pub duration_us: u64,
 }
 
@@ -341,10 +351,12 @@ impl Plugin {
 
     async fn instantiate(&mut self) -> Result<(), InstantiateFailure> {
         let limits = &self.manifest.limits;
+        let timeout = limits.timeout;
         let state = HostState::new(
             self.grants.clone(),
             self.backends.clone(),
             limits.memory.as_u64() as usize,
+            timeout,
             self.record_calls,
         );
         let mut store = Store::new(self.pre.engine(), state);
@@ -356,8 +368,7 @@ impl Plugin {
                 Ok(UpdateDeadline::Yield(1))
             }
         });
-        let timeout = limits.timeout;
-        arm_deadline(&mut store, timeout);
+        arm_deadline(&mut store);
         let failed = |kind, message| InstantiateFailure { kind, message };
 
         let instance = self
@@ -365,29 +376,41 @@ impl Plugin {
             .instantiate_async(&mut store)
             .await
             .map_err(|e| failed(LoadErrorKind::Instantiate, classify(&store, &e, timeout).1))?;
-        let handle: HandleFunc = instance.get_typed_func(&mut store, "handle").map_err(|e| {
+        let wrong = |export: &str, e: wasmtime::Error| {
             failed(
                 LoadErrorKind::WrongWorld,
                 format!(
-                    "its `handle` export does not match weir:plugin/handler@0.1.0: {}",
+                    "its `{export}` export does not match weir:plugin/handler@0.1.0: {}",
                     load::chain(&e)
                 ),
             )
-        })?;
+        };
+        let handle = *instance
+            .get_typed_func::<(EventView<'static>,), (Result<(), HandleError>,)>(
+                &mut store, "handle",
+            )
+            .map_err(|e| wrong("handle", e))?
+            .func();
+        let batch = match instance.get_export_index(&mut store, None, "handle-batch") {
+            None => None,
+            Some(_) => Some(
+                *instance
+                    .get_typed_func::<(&[EventView<'static>],), (Vec<Result<(), HandleError>>,)>(
+                        &mut store,
+                        "handle-batch",
+                    )
+                    .map_err(|e| wrong("handle-batch", e))?
+                    .func(),
+            ),
+        };
         if instance
             .get_export_index(&mut store, None, "init")
             .is_some()
         {
-            let init: InitFunc = instance.get_typed_func(&mut store, "init").map_err(|e| {
-                failed(
-                    LoadErrorKind::WrongWorld,
-                    format!(
-                        "its `init` export does not match weir:plugin/handler@0.1.0: {}",
-                        load::chain(&e)
-                    ),
-                )
-            })?;
-            arm_deadline(&mut store, timeout);
+            let init: InitFunc = instance
+                .get_typed_func(&mut store, "init")
+                .map_err(|e| wrong("init", e))?;
+            arm_deadline(&mut store);
             match init.call_async(&mut store, ()).await {
                 Ok((Ok(()),)) => {}
                 Ok((Err(reason),)) => {
@@ -402,49 +425,179 @@ impl Plugin {
                 }
             }
         }
-        store.data_mut().deadline = None;
-        self.live = Some(Live { store, handle });
+        store.data_mut().end_call();
+        self.live = Some(Live {
+            store,
+            handle,
+            batch,
+        });
         Ok(())
+    }
+
+    /// Whether the plugin takes several events per call (`handle-batch`).
+    pub fn handles_batches(&self) -> bool {
+        self.live.as_ref().is_none_or(|l| l.batch.is_some())
+    }
+
+    /// Make sure there is a live instance; the failure as a report otherwise.
+    async fn ensure_live(&mut self, started: Instant) -> Result<(), Report> {
+        if self.live.is_some() {
+            return Ok(());
+        }
+        self.instantiate().await.map_err(|failure| Report {
+            outcome: Outcome::Unavailable(failure.message),
+            published: vec![],
+            schedule: vec![],
+            calls: vec![],
+            output: vec![],
+            duration_us: started.elapsed().as_micros() as u64,
+        })
     }
 
     /// Handle one event. Never panics and never fails: every way the plugin can
     /// fail is an [`Outcome`].
     pub async fn handle(&mut self, event: &EventRecord) -> Report {
         let started = Instant::now();
-        if self.live.is_none() {
-            if let Err(failure) = self.instantiate().await {
-                return Report {
-                    outcome: Outcome::Unavailable(failure.message),
-                    published: vec![],
-                    calls: vec![],
-                    output: vec![],
-                    duration_us: started.elapsed().as_micros() as u64,
-                };
-            }
+        if let Err(report) = self.ensure_live(started).await {
+            return report;
         }
         let timeout = self.manifest.limits.timeout;
         let live = self.live.as_mut().expect("instantiated above");
-        live.store.data_mut().begin_event(event.coordinates());
-        arm_deadline(&mut live.store, timeout);
-        let result = live
-            .handle
-            .call_async(&mut live.store, (event.to_wit(),))
-            .await;
-        let effects = live.store.data_mut().end_event();
+        live.store.data_mut().begin_call([event.coordinates()]);
+        arm_deadline(&mut live.store);
+        // SAFETY: `handle` was type-checked as this signature (lifetimes aside,
+        // which the component model does not see).
+        let func: HandleFunc<'_> = unsafe { TypedFunc::new_unchecked(live.handle) };
+        let result = func.call_async(&mut live.store, (event.view(),)).await;
+        let mut effects = live.store.data_mut().end_call();
+        let effects = effects.pop().unwrap_or_default();
         let outcome = match result {
             Ok((Ok(()),)) => Outcome::Handled,
             Ok((Err(HandleError::Retry(r)),)) => Outcome::Retry(r),
             Ok((Err(HandleError::Reject(r)),)) => Outcome::Reject(r),
-            Err(e) => {
-                let (mut outcome, _) = classify(&live.store, &e, timeout);
-                if let (Outcome::Trap(reason), Some(panic)) = (&mut outcome, effects.panic) {
-                    *reason = format!("{reason}: {panic}");
+            Err(e) => self.trapped(&e, timeout, effects.panic.as_deref()),
+        };
+        let duration_us = started.elapsed().as_micros() as u64;
+        self.report(outcome, effects, duration_us).await
+    }
+
+    /// Handle several events (at most one per lane) in one call when the plugin
+    /// exports `handle-batch`, one by one otherwise. One report per event, in
+    /// order; `None` for an event that did not run to completion because another
+    /// event of the batch trapped, or because the batch broke its contract: it
+    /// must be handled again (on its own).
+    pub async fn handle_batch(&mut self, events: &[&EventRecord]) -> Vec<Option<Report>> {
+        let started = Instant::now();
+        if let Err(report) = self.ensure_live(started).await {
+            return events.iter().map(|_| Some(report.clone())).collect();
+        }
+        let live = self.live.as_mut().expect("instantiated above");
+        let batch = match live.batch {
+            Some(f) if events.len() > 1 => f,
+            _ => {
+                let mut reports = Vec::with_capacity(events.len());
+                for e in events {
+                    reports.push(Some(self.handle(e).await));
                 }
-                // The instance may be in any state after a trap: never reuse it.
-                self.live = None;
-                outcome
+                return reports;
             }
         };
+        let timeout = self.manifest.limits.timeout;
+        let n = events.len();
+        live.store
+            .data_mut()
+            .begin_call(events.iter().map(|e| e.coordinates()));
+        arm_deadline(&mut live.store);
+        let views: Vec<EventView<'_>> = events.iter().map(|e| e.view()).collect();
+        // SAFETY: `handle-batch` was type-checked as this signature (lifetimes
+        // aside, which the component model does not see).
+        let func: BatchFunc<'_, '_> = unsafe { TypedFunc::new_unchecked(batch) };
+        let result = func.call_async(&mut live.store, (&views,)).await;
+        drop(views);
+        let current = live.store.data().current();
+        let in_order = live.store.data().begun.iter().copied().eq(0..n as u32);
+        let effects = live.store.data_mut().end_call();
+        let each_us = started.elapsed().as_micros() as u64 / n as u64;
+        match result {
+            Ok((results,)) if results.len() == n && in_order => {
+                let mut reports = Vec::with_capacity(n);
+                for (result, effects) in results.into_iter().zip(effects) {
+                    let outcome = match result {
+                        Ok(()) => Outcome::Handled,
+                        Err(HandleError::Retry(r)) => Outcome::Retry(r),
+                        Err(HandleError::Reject(r)) => Outcome::Reject(r),
+                    };
+                    reports.push(Some(self.report(outcome, effects, each_us).await));
+                }
+                reports
+            }
+            Ok((results,)) => {
+                tracing::warn!(
+                    plugin = %self.name,
+                    events = n,
+                    outcomes = results.len(),
+                    "handle-batch did not return one outcome per event, or did not call \
+                     batch.begin-event before each: this instance now takes events one at a time"
+                );
+                if let Some(live) = self.live.as_mut() {
+                    live.batch = None;
+                }
+                vec![None; n]
+            }
+            Err(e) => {
+                let mut effects = effects;
+                let at = current.min(n - 1);
+                let failed = std::mem::take(&mut effects[at]);
+                let outcome = self.trapped(&e, timeout, failed.panic.as_deref());
+                let mut reports: Vec<Option<Report>> = vec![None; n];
+                reports[at] = Some(self.report(outcome, failed, each_us).await);
+                reports
+            }
+        }
+    }
+
+    /// A call failed: its outcome. The instance may be in any state after a
+    /// trap, so it is never reused.
+    fn trapped(&mut self, e: &wasmtime::Error, timeout: Duration, panic: Option<&str>) -> Outcome {
+        let live = self.live.take().expect("a call was made");
+        let (mut outcome, _) = classify(&live.store, e, timeout);
+        if let (Outcome::Trap(reason), Some(panic)) = (&mut outcome, panic) {
+            *reason = format!("{reason}: {panic}");
+        }
+        outcome
+    }
+
+    /// The report of one event; a handled event's schedule changes are written
+    /// now when the schedule is kept in the store (not sent as records).
+    fn report(
+        &self,
+        outcome: Outcome,
+        effects: state::EventEffects,
+        duration_us: u64,
+    ) -> impl std::future::Future<Output = Report> + Send + 'static {
+        let deletions = self.backends.deletions.clone();
+        report(deletions, outcome, effects, duration_us)
+    }
+}
+
+/// See [`Plugin::report`].
+async fn report(
+    deletions: crate::capabilities::DeletionSchedule,
+    mut outcome: Outcome,
+    effects: state::EventEffects,
+    duration_us: u64,
+) -> Report {
+    {
+        let handled = outcome.is_handled();
+        let mut schedule = if handled { effects.schedule } else { vec![] };
+        if !schedule.is_empty() && !deletions.is_records() {
+            for change in schedule.drain(..) {
+                if let Err(e) = deletions.write(&change).await {
+                    outcome = Outcome::Retry(format!("storage backend: {e}"));
+                    break;
+                }
+            }
+        }
         let published = if outcome.is_handled() {
             effects.outbox
         } else {
@@ -453,14 +606,16 @@ impl Plugin {
         Report {
             outcome,
             published,
+            schedule,
             calls: effects.calls,
             output: effects.output,
-            duration_us: started.elapsed().as_micros() as u64,
+            duration_us,
         }
     }
 }
 
-fn arm_deadline(store: &mut Store<HostState>, timeout: Duration) {
+fn arm_deadline(store: &mut Store<HostState>) {
+    let timeout = store.data().timeout;
     store.data_mut().deadline = Some(Instant::now() + timeout);
     store.set_epoch_deadline(1);
 }

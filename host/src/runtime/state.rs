@@ -1,11 +1,12 @@
 //! Per-instance state: WASI, limits, the plugin's grants, and what the current
 //! event has done so far (capability calls, queued messages, output).
 
-use crate::capabilities::{Backends, CallRecord, Grants, OutgoingMessage};
+use crate::capabilities::{Backends, CallRecord, Grants, OutgoingMessage, ScheduleChange};
+use crate::event::Coordinates;
 use bytes::Bytes;
 use std::fmt;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use wasmtime::component::ResourceTable;
 use wasmtime::ResourceLimiter;
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
@@ -20,13 +21,17 @@ pub struct HostState {
     pub(crate) limiter: MemoryLimiter,
     pub(crate) grants: Arc<Grants>,
     pub(crate) backends: Backends,
-    /// When the current call must end.
+    /// When the current event must end.
     pub(crate) deadline: Option<Instant>,
-    pub(crate) event_coordinates: Option<String>,
+    /// Each event's `limits.timeout` (re-armed by `batch.begin-event`).
+    pub(crate) timeout: Duration,
     pub(crate) record_calls: bool,
-    calls: Vec<CallRecord>,
-    pub(crate) outbox: Vec<OutgoingMessage>,
-    pub(crate) log_lines: u32,
+    /// What each event of the current call did (one entry outside a batch).
+    events: Vec<EventEffects>,
+    /// The event being handled: an index into `events`.
+    current: usize,
+    /// The indices a batch announced with `batch.begin-event`, in order.
+    pub(crate) begun: Vec<u32>,
     stdout: CapturedOutput,
     stderr: CapturedOutput,
 }
@@ -45,6 +50,7 @@ impl HostState {
         grants: Arc<Grants>,
         backends: Backends,
         memory_limit: usize,
+        timeout: Duration,
         record_calls: bool,
     ) -> Self {
         let (stdout, stderr) = (CapturedOutput::default(), CapturedOutput::default());
@@ -64,67 +70,122 @@ impl HostState {
             grants,
             backends,
             deadline: None,
-            event_coordinates: None,
+            timeout,
             record_calls,
-            calls: Vec::new(),
-            outbox: Vec::new(),
-            log_lines: 0,
+            events: Vec::new(),
+            current: 0,
+            begun: Vec::new(),
             stdout,
             stderr,
         }
     }
 
+    /// What the current event has done so far. Outside a call (during `init`),
+    /// a scratch entry.
+    pub(crate) fn effects(&mut self) -> &mut EventEffects {
+        if self.events.is_empty() {
+            self.events.push(EventEffects::default());
+        }
+        let i = self.current.min(self.events.len() - 1);
+        &mut self.events[i]
+    }
+
     /// Record a capability call, if recording is on (the closure is not run otherwise).
     pub(crate) fn record(&mut self, call: impl FnOnce() -> CallRecord) {
         if self.record_calls {
-            self.calls.push(call());
+            let call = call();
+            self.effects().calls.push(call);
         }
     }
 
-    pub(crate) fn begin_event(&mut self, coordinates: String) {
-        self.event_coordinates = Some(coordinates);
-        self.calls.clear();
-        self.outbox.clear();
-        self.log_lines = 0;
+    /// A call into the plugin starts, for events at these coordinates (one, or
+    /// a batch); the first is current.
+    pub(crate) fn begin_call(&mut self, coordinates: impl IntoIterator<Item = Coordinates>) {
+        self.events.clear();
+        self.events
+            .extend(coordinates.into_iter().map(|c| EventEffects {
+                coordinates: Some(c),
+                ..EventEffects::default()
+            }));
+        self.current = 0;
+        self.begun.clear();
         self.stdout.clear();
         self.stderr.clear();
+        self.deadline = Some(Instant::now() + self.timeout);
     }
 
-    /// End the event: log what the plugin printed, hand back what it did.
-    pub(crate) fn end_event(&mut self) -> EventEffects {
-        self.deadline = None;
-        let event = self.event_coordinates.take().unwrap_or_default();
-        let mut panic = None;
-        let mut output = Vec::new();
-        for (stream, out) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
-            let text = out.take_text();
+    /// `batch.begin-event`: the plugin moves on to the event at `index`.
+    pub(crate) fn start_event(&mut self, index: u32) {
+        self.flush_output();
+        self.begun.push(index);
+        if (index as usize) < self.events.len() {
+            self.current = index as usize;
+        }
+        self.deadline = Some(Instant::now() + self.timeout);
+    }
+
+    /// The coordinates of the current event, for log lines.
+    pub(crate) fn coordinates(&self) -> String {
+        match self
+            .events
+            .get(self.current)
+            .and_then(|e| e.coordinates.as_ref())
+        {
+            Some(c) => c.to_string(),
+            None => "-".into(),
+        }
+    }
+
+    /// The index of the event being handled.
+    pub(crate) fn current(&self) -> usize {
+        self.current
+    }
+
+    /// Log what the plugin printed since the last flush, as the current event's.
+    fn flush_output(&mut self) {
+        if self.stdout.is_empty() && self.stderr.is_empty() {
+            return;
+        }
+        let plugin = self.grants.plugin.clone();
+        let record = self.record_calls;
+        let (stdout, stderr) = (self.stdout.take_text(), self.stderr.take_text());
+        let event = self.coordinates();
+        let effects = self.effects();
+        for (stream, text) in [("stdout", &stdout), ("stderr", &stderr)] {
             for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                tracing::info!(target: "weir::plugin", plugin = %self.grants.plugin, event = %event, stream, "{line}");
-                if self.record_calls {
-                    output.push(format!("{stream}: {line}"));
+                tracing::info!(target: "weir::plugin", plugin = %plugin, event = %event, stream, "{line}");
+                if record {
+                    effects.output.push(format!("{stream}: {line}"));
                 }
             }
-            if stream == "stderr" {
-                panic = panic_message(&text);
-            }
         }
-        EventEffects {
-            calls: std::mem::take(&mut self.calls),
-            outbox: std::mem::take(&mut self.outbox),
-            output,
-            panic,
+        if let Some(panic) = panic_message(&stderr) {
+            effects.panic = Some(panic);
         }
+    }
+
+    /// The call ended: log what the plugin printed, hand back what each event did.
+    pub(crate) fn end_call(&mut self) -> Vec<EventEffects> {
+        self.flush_output();
+        self.deadline = None;
+        self.current = 0;
+        std::mem::take(&mut self.events)
     }
 }
 
-/// What one event did, handed back when it ends.
+/// What one event did, handed back when its call ends.
+#[derive(Default)]
 pub(crate) struct EventEffects {
+    /// Where the event came from, for log lines.
+    pub coordinates: Option<Coordinates>,
     pub calls: Vec<CallRecord>,
     pub outbox: Vec<OutgoingMessage>,
+    pub schedule: Vec<ScheduleChange>,
     /// `stdout: line` / `stderr: line`, when calls are recorded.
     pub output: Vec<String>,
     /// A Rust panic message the plugin printed to stderr, if any.
     pub panic: Option<String>,
+    pub log_lines: u32,
 }
 
 /// `panicked at src/lib.rs:10:9: boom` from Rust's panic output.
@@ -208,6 +269,10 @@ impl ResourceLimiter for MemoryLimiter {
 pub(crate) struct CapturedOutput(Arc<Mutex<Vec<u8>>>);
 
 impl CapturedOutput {
+    fn is_empty(&self) -> bool {
+        self.0.lock().expect("output lock").is_empty()
+    }
+
     fn clear(&self) {
         self.0.lock().expect("output lock").clear();
     }
@@ -282,5 +347,12 @@ impl tokio::io::AsyncWrite for CapturedOutput {
         _cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// `batch.begin-event`: the plugin's batch moves on to another event.
+impl super::bindings::weir::plugin::batch::Host for HostState {
+    async fn begin_event(&mut self, index: u32) {
+        self.start_event(index);
     }
 }

@@ -1,8 +1,10 @@
 //! # weir-sdk: write Weir event handlers in Rust
 //!
 //! A Weir plugin is a WebAssembly component built for `wasm32-wasip2` against the
-//! `weir:plugin/handler` world (the `wit/` folder of the Weir repository). This crate
-//! wraps the generated bindings so a handler reads like ordinary Rust:
+//! `weir:plugin/batch-handler` world (the `wit/` folder of the Weir repository): the
+//! `handler` world plus `handle-batch`, which this crate implements for you by
+//! calling your `handle` once per event. It wraps the generated bindings so a
+//! handler reads like ordinary Rust:
 //!
 //! ```ignore
 //! use weir_sdk::{cache, Event, Handler};
@@ -34,7 +36,7 @@ use std::fmt;
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../../wit",
-        world: "handler",
+        world: "batch-handler",
         pub_export_macro: true,
         default_bindings_module: "weir_sdk::bindings",
     });
@@ -65,6 +67,19 @@ impl<T: Handler> bindings::Guest for T {
 
     fn handle(event: Event) -> std::result::Result<(), HandleError> {
         <T as Handler>::handle(event)
+    }
+
+    /// Events one after the other, each announced to the host first so what it
+    /// publishes, schedules and logs is its own.
+    fn handle_batch(events: Vec<Event>) -> Vec<std::result::Result<(), HandleError>> {
+        events
+            .into_iter()
+            .enumerate()
+            .map(|(i, event)| {
+                bindings::weir::plugin::batch::begin_event(i as u32);
+                <T as Handler>::handle(event)
+            })
+            .collect()
     }
 }
 

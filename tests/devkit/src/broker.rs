@@ -4,7 +4,7 @@
 //! `.env` there), with in-memory storage or, for restart tests, SQLite. Dropping
 //! the [`DevBroker`] stops it.
 
-use crate::devprocess::DevProcess;
+use crate::process::DevProcess;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -204,10 +204,7 @@ pub fn read_topic(
                     offset: m.offset(),
                     key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
                     payload: m.payload().unwrap_or_default().to_vec(),
-                    headers: crate::kafka::headers_of(&m)
-                        .into_iter()
-                        .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
-                        .collect(),
+                    headers: text_headers(&m),
                 });
                 quiet_since = Instant::now();
             }
@@ -220,4 +217,19 @@ pub fn read_topic(
         }
     }
     Ok(out)
+}
+
+/// A record's headers as text (a header without a value reads as empty).
+fn text_headers<M: rdkafka::Message>(m: &M) -> Vec<(String, String)> {
+    use rdkafka::message::Headers;
+    m.headers()
+        .map(|hs| {
+            hs.iter()
+                .map(|h| {
+                    let value = String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned();
+                    (h.key.to_string(), value)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -4,7 +4,7 @@
 //! on a free loopback port, without persistence, in its own directory. Dropping the
 //! [`DevRedis`] stops it.
 
-use crate::devprocess::DevProcess;
+use crate::process::DevProcess;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -29,7 +29,7 @@ pub struct DevRedis {
 impl DevRedis {
     /// Start a server in `workdir` (created if needed) on a free port.
     pub fn start(binary: &Path, workdir: &Path) -> Result<DevRedis, String> {
-        Self::start_on(binary, workdir, crate::devbroker::free_port())
+        Self::start_on(binary, workdir, crate::broker::free_port())
     }
 
     /// Start a server on a given port (to bring one up where a host already looks).

@@ -1,0 +1,418 @@
+//! Scheduled deletions: what plugins asked the host to delete later, and when.
+//!
+//! A plugin's `schedule-deletion` / `cancel-deletion` is a [`ScheduleChange`]
+//! that belongs to its event, like a published message: it takes effect only if
+//! the handler succeeds. Where it goes depends on how the host runs:
+//!
+//! - **records** (`weir run`): the change is a record on the schedule topic, sent
+//!   with the event's other outputs; the event's offset moves only once it is
+//!   acknowledged, and the host applies it to its in-memory schedule then. At
+//!   start the schedule is rebuilt by reading that topic. No disk write per event.
+//! - **store** (`weir invoke`, the runtime alone): the change is written to the
+//!   object store under `_weir/scheduled-deletions/` once the event is handled,
+//!   and read back from there.
+
+use object_store::{path::Path as StorePath, ObjectStore, PutPayload};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use super::storage::delete_quietly;
+
+const SCHEDULE_DIR: &str = "_weir/scheduled-deletions";
+
+/// One pending deletion.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ScheduledDeletion {
+    pub plugin: String,
+    pub key: String,
+    /// When it is due, milliseconds since the Unix epoch.
+    pub due_ms: i64,
+    pub scheduled_at_ms: i64,
+}
+
+/// A change to the schedule, made by a plugin's event or by the sweeper.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScheduleChange {
+    /// Delete the object when due (replacing any earlier due time).
+    Schedule(ScheduledDeletion),
+    /// Forget it (cancelled, or carried out).
+    Cancel { plugin: String, key: String },
+}
+
+impl ScheduleChange {
+    pub fn plugin(&self) -> &str {
+        match self {
+            ScheduleChange::Schedule(d) => &d.plugin,
+            ScheduleChange::Cancel { plugin, .. } => plugin,
+        }
+    }
+
+    pub fn key(&self) -> &str {
+        match self {
+            ScheduleChange::Schedule(d) => &d.key,
+            ScheduleChange::Cancel { key, .. } => key,
+        }
+    }
+
+    /// As a record of the schedule topic: key `{plugin}/{object key}` (plugin
+    /// names have no `/`), value the entry as JSON, or none (a tombstone).
+    pub fn record(&self) -> (String, Option<Vec<u8>>) {
+        let key = format!("{}/{}", self.plugin(), self.key());
+        match self {
+            ScheduleChange::Schedule(d) => (
+                key,
+                Some(serde_json::to_vec(d).expect("a deletion serializes")),
+            ),
+            ScheduleChange::Cancel { .. } => (key, None),
+        }
+    }
+
+    /// Read a record of the schedule topic back.
+    pub fn from_record(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Self, String> {
+        let key = key
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .ok_or("a schedule record without a UTF-8 key")?;
+        let (plugin, object) = key
+            .split_once('/')
+            .ok_or_else(|| format!("schedule record key {key:?} is not plugin/key"))?;
+        match value {
+            None => Ok(ScheduleChange::Cancel {
+                plugin: plugin.to_string(),
+                key: object.to_string(),
+            }),
+            Some(v) => serde_json::from_slice(v)
+                .map(ScheduleChange::Schedule)
+                .map_err(|e| format!("schedule record {key:?}: {e}")),
+        }
+    }
+}
+
+/// What one sweep did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SweepReport {
+    pub deleted: Vec<ScheduledDeletion>,
+    pub failed: Vec<(ScheduledDeletion, String)>,
+    pub pending: usize,
+}
+
+#[derive(Clone)]
+pub struct DeletionSchedule {
+    kind: Arc<Kind>,
+}
+
+enum Kind {
+    Store(Arc<dyn ObjectStore>),
+    Records(Mutex<BTreeMap<(String, String), ScheduledDeletion>>),
+}
+
+impl DeletionSchedule {
+    /// Kept in `store` under `_weir/scheduled-deletions/`, one small JSON object
+    /// per (plugin, key): `weir invoke` and the runtime alone.
+    pub fn in_store(store: Arc<dyn ObjectStore>) -> Self {
+        DeletionSchedule {
+            kind: Arc::new(Kind::Store(store)),
+        }
+    }
+
+    /// Kept in memory, fed by delivered schedule records: `weir run`.
+    pub fn in_records() -> Self {
+        DeletionSchedule {
+            kind: Arc::new(Kind::Records(Mutex::new(BTreeMap::new()))),
+        }
+    }
+
+    /// Whether changes are records sent with the event's outputs (`weir run`)
+    /// rather than written by the host once the event is handled.
+    pub fn is_records(&self) -> bool {
+        matches!(*self.kind, Kind::Records(_))
+    }
+
+    fn entry_path(plugin: &str, key: &str) -> StorePath {
+        let digest = hex::encode(Sha256::digest(key.as_bytes()));
+        StorePath::from(format!("{SCHEDULE_DIR}/{plugin}/{digest}.json"))
+    }
+
+    /// Apply a delivered (or replayed) change to the in-memory schedule.
+    /// Nothing to do for a store-kept schedule (see [`DeletionSchedule::write`]).
+    pub fn apply(&self, change: &ScheduleChange) {
+        if let Kind::Records(map) = &*self.kind {
+            let mut map = map.lock().expect("schedule lock");
+            let id = (change.plugin().to_string(), change.key().to_string());
+            match change {
+                ScheduleChange::Schedule(d) => {
+                    map.insert(id, d.clone());
+                }
+                ScheduleChange::Cancel { .. } => {
+                    map.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// Write a change now: to the store, or to memory for a record-kept schedule.
+    pub async fn write(&self, change: &ScheduleChange) -> Result<(), String> {
+        match change {
+            ScheduleChange::Schedule(d) => self.schedule(d).await,
+            ScheduleChange::Cancel { plugin, key } => self.cancel(plugin, key).await.map(|_| ()),
+        }
+    }
+
+    /// Schedule (or reschedule) the deletion of `key` for `plugin`.
+    pub async fn schedule(&self, entry: &ScheduledDeletion) -> Result<(), String> {
+        match &*self.kind {
+            Kind::Store(store) => {
+                let body = serde_json::to_vec(entry).map_err(|e| e.to_string())?;
+                store
+                    .put(
+                        &Self::entry_path(&entry.plugin, &entry.key),
+                        PutPayload::from(body),
+                    )
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+            Kind::Records(_) => {
+                self.apply(&ScheduleChange::Schedule(entry.clone()));
+                Ok(())
+            }
+        }
+    }
+
+    /// Drop a scheduled deletion; whether there was one.
+    pub async fn cancel(&self, plugin: &str, key: &str) -> Result<bool, String> {
+        let was = self.is_scheduled(plugin, key).await?;
+        match &*self.kind {
+            Kind::Store(store) if was => {
+                delete_quietly(&**store, &Self::entry_path(plugin, key)).await?
+            }
+            Kind::Store(_) => {}
+            Kind::Records(_) => self.apply(&ScheduleChange::Cancel {
+                plugin: plugin.to_string(),
+                key: key.to_string(),
+            }),
+        }
+        Ok(was)
+    }
+
+    /// Whether a deletion of `key` is scheduled for `plugin`.
+    pub async fn is_scheduled(&self, plugin: &str, key: &str) -> Result<bool, String> {
+        match &*self.kind {
+            Kind::Store(store) => match store.head(&Self::entry_path(plugin, key)).await {
+                Ok(_) => Ok(true),
+                Err(object_store::Error::NotFound { .. }) => Ok(false),
+                Err(e) => Err(e.to_string()),
+            },
+            Kind::Records(map) => Ok(map
+                .lock()
+                .expect("schedule lock")
+                .contains_key(&(plugin.to_string(), key.to_string()))),
+        }
+    }
+
+    /// Every pending deletion, soonest first.
+    pub async fn list(&self) -> Result<Vec<ScheduledDeletion>, String> {
+        let mut out: Vec<ScheduledDeletion> = match &*self.kind {
+            Kind::Store(_) => self.entries().await?.into_iter().map(|(_, e)| e).collect(),
+            Kind::Records(map) => map
+                .lock()
+                .expect("schedule lock")
+                .values()
+                .cloned()
+                .collect(),
+        };
+        out.sort_by(|a, b| (a.due_ms, &a.key).cmp(&(b.due_ms, &b.key)));
+        Ok(out)
+    }
+
+    /// The deletions due at `now_ms`, soonest first.
+    pub async fn due(&self, now_ms: i64) -> Result<Vec<ScheduledDeletion>, String> {
+        let mut all = self.list().await?;
+        all.retain(|d| d.due_ms <= now_ms);
+        Ok(all)
+    }
+
+    /// Every entry of a store-kept schedule with its path.
+    async fn entries(&self) -> Result<Vec<(StorePath, ScheduledDeletion)>, String> {
+        use futures::TryStreamExt;
+        let Kind::Store(store) = &*self.kind else {
+            return Ok(Vec::new());
+        };
+        let prefix = StorePath::from(SCHEDULE_DIR);
+        let metas: Vec<_> = store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        for meta in metas {
+            let bytes = match store.get(&meta.location).await {
+                Ok(r) => r.bytes().await.map_err(|e| e.to_string())?,
+                Err(object_store::Error::NotFound { .. }) => continue, // swept meanwhile
+                Err(e) => return Err(e.to_string()),
+            };
+            match serde_json::from_slice::<ScheduledDeletion>(&bytes) {
+                Ok(entry) => out.push((meta.location, entry)),
+                Err(e) => {
+                    tracing::warn!(entry = %meta.location, error = %e, "ignoring an unreadable scheduled-deletion entry")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Delete from `storage` every object whose deletion is due at `now_ms`, then
+    /// forget it with `forget` (for a store-kept schedule: remove its entry). A
+    /// failed deletion stays scheduled and is retried by the next sweep.
+    pub async fn sweep_with<F, Fut>(
+        &self,
+        storage: &dyn ObjectStore,
+        now_ms: i64,
+        mut forget: F,
+    ) -> Result<SweepReport, String>
+    where
+        F: FnMut(ScheduleChange) -> Fut,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
+        let mut report = SweepReport::default();
+        for entry in self.list().await? {
+            if entry.due_ms > now_ms {
+                report.pending += 1;
+                continue;
+            }
+            let target = StorePath::from(entry.key.as_str());
+            let done = match delete_quietly(storage, &target).await {
+                Ok(()) => {
+                    let change = ScheduleChange::Cancel {
+                        plugin: entry.plugin.clone(),
+                        key: entry.key.clone(),
+                    };
+                    forget(change).await
+                }
+                Err(e) => Err(e),
+            };
+            match done {
+                Ok(()) => {
+                    tracing::info!(plugin = %entry.plugin, key = %entry.key, "scheduled deletion carried out");
+                    report.deleted.push(entry);
+                }
+                Err(e) => {
+                    tracing::warn!(plugin = %entry.plugin, key = %entry.key, error = %e, "scheduled deletion failed; will retry");
+                    report.failed.push((entry, e));
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Sweep a store-kept schedule: the objects live in the same store.
+    pub async fn sweep(&self, now_ms: i64) -> Result<SweepReport, String> {
+        let Kind::Store(store) = &*self.kind else {
+            return Err("this schedule is swept by the host that keeps its records".into());
+        };
+        let store = store.clone();
+        self.sweep_with(&*store, now_ms, |change| {
+            let schedule = self.clone();
+            async move { schedule.write(&change).await }
+        })
+        .await
+    }
+
+    /// Sweep a store-kept schedule every `interval` until the task is dropped.
+    pub fn spawn_sweeper(self, interval: std::time::Duration) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            loop {
+                tick.tick().await;
+                if let Err(e) = self.sweep(super::storage::now_ms()).await {
+                    tracing::warn!(error = %e, "scheduled-deletion sweep failed; will retry");
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capabilities::storage::local_store;
+
+    fn entry(key: &str, due_ms: i64) -> ScheduledDeletion {
+        ScheduledDeletion {
+            plugin: "p".into(),
+            key: key.into(),
+            due_ms,
+            scheduled_at_ms: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_kept_schedule_persists_and_sweeps_when_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = local_store(dir.path()).unwrap();
+        store
+            .put(&StorePath::from("audio/a.mp3"), PutPayload::from(vec![1u8]))
+            .await
+            .unwrap();
+        let schedule = DeletionSchedule::in_store(store.clone());
+        schedule
+            .schedule(&entry("audio/a.mp3", 1_000))
+            .await
+            .unwrap();
+        schedule
+            .schedule(&entry("audio/b.mp3", 9_000))
+            .await
+            .unwrap();
+        // Rescheduling replaces, it does not duplicate.
+        schedule
+            .schedule(&entry("audio/a.mp3", 2_000))
+            .await
+            .unwrap();
+
+        // A new schedule over the same directory (a restarted host) sees both.
+        let restarted = DeletionSchedule::in_store(local_store(dir.path()).unwrap());
+        let pending = restarted.list().await.unwrap();
+        assert_eq!(
+            pending,
+            vec![entry("audio/a.mp3", 2_000), entry("audio/b.mp3", 9_000)]
+        );
+
+        let report = restarted.sweep(5_000).await.unwrap();
+        assert_eq!(report.deleted, vec![entry("audio/a.mp3", 2_000)]);
+        assert_eq!(report.pending, 1);
+        assert!(store.head(&StorePath::from("audio/a.mp3")).await.is_err());
+        assert_eq!(restarted.list().await.unwrap().len(), 1);
+        assert!(restarted.cancel("p", "audio/b.mp3").await.unwrap());
+        assert!(restarted.list().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn records_round_trip_and_rebuild_the_same_schedule() {
+        let changes = [
+            ScheduleChange::Schedule(entry("audio/a.mp3", 5)),
+            ScheduleChange::Schedule(entry("audio/b/c.mp3", 7)),
+            ScheduleChange::Schedule(entry("audio/a.mp3", 6)),
+            ScheduleChange::Cancel {
+                plugin: "p".into(),
+                key: "audio/b/c.mp3".into(),
+            },
+        ];
+        let schedule = DeletionSchedule::in_records();
+        for c in &changes {
+            let (key, value) = c.record();
+            let back = ScheduleChange::from_record(Some(key.as_bytes()), value.as_deref()).unwrap();
+            assert_eq!(&back, c);
+            schedule.apply(&back);
+        }
+        assert_eq!(
+            schedule.list().await.unwrap(),
+            vec![entry("audio/a.mp3", 6)]
+        );
+        assert!(schedule.is_scheduled("p", "audio/a.mp3").await.unwrap());
+        assert!(!schedule.is_scheduled("p", "audio/b/c.mp3").await.unwrap());
+        assert_eq!(schedule.due(5).await.unwrap(), vec![]);
+        assert_eq!(schedule.due(6).await.unwrap().len(), 1);
+        assert!(ScheduleChange::from_record(Some(b"nokey"), None).is_err());
+    }
+}

@@ -1,0 +1,228 @@
+//! Acknowledgements: what each event in flight still waits for.
+//!
+//! An event is *finished* when the plugin is done with it (handled, or given up
+//! and dead-lettered) and the broker acknowledged every record it produced (its
+//! outputs, its schedule records, or its dead letter). Nothing waits for that:
+//! the worker moves on as soon as the records are handed to the producer, and the
+//! delivery reports count down here. The offsets stage reads the result.
+//!
+//! A failed delivery marks the event *failed* and raises its partition's flag:
+//! the fetch stage then rewinds that partition to its first unfinished event.
+//! An event of an older *generation* (its partition was rewound or revoked since
+//! it was fetched) is stale: workers drop it, and its acknowledgements count for
+//! nothing.
+
+use crate::event::EventRecord;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+const PENDING: u8 = 0;
+const FINISHED: u8 = 1;
+const FAILED: u8 = 2;
+const ABANDONED: u8 = 3;
+
+/// What one partition's events share: its generation and its failure flag.
+#[derive(Debug, Default)]
+pub struct PartitionSignal {
+    /// Bumped when the partition is rewound or revoked.
+    generation: AtomicU64,
+    /// An output of one of its events failed: rewind.
+    failed: AtomicBool,
+    /// Why, for the log.
+    reason: Mutex<Option<String>>,
+}
+
+impl PartitionSignal {
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Make every event fetched so far stale.
+    pub fn bump(&self) -> u64 {
+        self.generation.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Whether a delivery failed, and why; clears the flag.
+    pub fn take_failure(&self) -> Option<String> {
+        if !self.failed.swap(false, Ordering::AcqRel) {
+            return None;
+        }
+        Some(
+            self.reason
+                .lock()
+                .expect("reason lock")
+                .take()
+                .unwrap_or_else(|| "an output was not acknowledged".into()),
+        )
+    }
+
+    fn fail(&self, reason: String) {
+        let mut slot = self.reason.lock().expect("reason lock");
+        if slot.is_none() {
+            *slot = Some(reason);
+        }
+        drop(slot);
+        self.failed.store(true, Ordering::Release);
+    }
+}
+
+/// The acknowledgement state of one event.
+#[derive(Debug)]
+pub struct EventAck {
+    offset: i64,
+    bytes: usize,
+    /// 1 while the plugin has the event, plus one per record not yet acknowledged.
+    remaining: AtomicU32,
+    state: AtomicU8,
+    partition: Arc<PartitionSignal>,
+}
+
+impl EventAck {
+    pub fn new(offset: i64, bytes: usize, partition: Arc<PartitionSignal>) -> Arc<EventAck> {
+        Arc::new(EventAck {
+            offset,
+            bytes,
+            remaining: AtomicU32::new(1),
+            state: AtomicU8::new(PENDING),
+            partition,
+        })
+    }
+
+    pub fn offset(&self) -> i64 {
+        self.offset
+    }
+
+    /// Payload, key and header bytes (for the in-flight bound).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// `n` more records will be acknowledged for this event (call before sending them).
+    pub fn expect(&self, n: u32) {
+        self.remaining.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// The plugin is done with the event (its records, if any, were handed over).
+    pub fn released(&self) {
+        self.count_down();
+    }
+
+    /// The broker acknowledged one of the event's records.
+    pub fn delivered(&self) {
+        self.count_down();
+    }
+
+    /// One of the event's records could not be delivered: the event is failed
+    /// and its partition is rewound to it (or to an earlier unfinished event).
+    pub fn failed(&self, reason: String) {
+        if self
+            .state
+            .compare_exchange(PENDING, FAILED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.partition.fail(reason);
+        }
+    }
+
+    /// Given up without being finished (shutdown while it waited for a retry):
+    /// its offset is not committed, so it is read again by the next owner.
+    pub fn abandon(&self) {
+        let _ =
+            self.state
+                .compare_exchange(PENDING, ABANDONED, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    fn count_down(&self) {
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let _ =
+                self.state
+                    .compare_exchange(PENDING, FINISHED, Ordering::AcqRel, Ordering::Acquire);
+        }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.state.load(Ordering::Acquire) == FINISHED
+    }
+
+    /// Finished, failed or abandoned: nothing more will happen to it.
+    pub fn is_settled(&self) -> bool {
+        self.state.load(Ordering::Acquire) != PENDING
+    }
+}
+
+/// An event in flight: the record, its acknowledgement, and where it stands.
+#[derive(Debug)]
+pub struct Ticket {
+    pub event: EventRecord,
+    pub ack: Arc<EventAck>,
+    pub partition: Arc<PartitionSignal>,
+    /// The partition's generation when the event was fetched.
+    pub generation: u64,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Hash of (partition, key): events with equal lanes are handled in order.
+    pub lane: u64,
+    /// How many times this event's records failed to be delivered (its
+    /// partition was rewound to it), and the last reason.
+    pub delivery_failures: u32,
+    pub delivery_error: Option<Arc<str>>,
+}
+
+impl Ticket {
+    /// Its partition was rewound or revoked since: drop it.
+    pub fn is_stale(&self) -> bool {
+        self.partition.generation() != self.generation
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finished_once_released_and_every_record_delivered() {
+        let p = Arc::new(PartitionSignal::default());
+        let ack = EventAck::new(7, 10, p.clone());
+        ack.expect(2);
+        ack.released();
+        assert!(!ack.is_finished());
+        ack.delivered();
+        assert!(!ack.is_finished());
+        ack.delivered();
+        assert!(ack.is_finished() && ack.is_settled());
+        assert!(p.take_failure().is_none());
+    }
+
+    #[test]
+    fn a_failed_delivery_fails_the_event_and_flags_the_partition_once() {
+        let p = Arc::new(PartitionSignal::default());
+        let ack = EventAck::new(1, 0, p.clone());
+        ack.expect(2);
+        ack.released();
+        ack.failed("timed out".into());
+        ack.delivered();
+        ack.delivered();
+        assert!(!ack.is_finished(), "a failed event never finishes");
+        assert!(ack.is_settled());
+        assert_eq!(p.take_failure().as_deref(), Some("timed out"));
+        assert!(p.take_failure().is_none(), "the flag is cleared when taken");
+    }
+
+    #[test]
+    fn generations_make_earlier_tickets_stale() {
+        let p = Arc::new(PartitionSignal::default());
+        let ticket = Ticket {
+            event: EventRecord::for_test("t", 0, 0),
+            ack: EventAck::new(0, 0, p.clone()),
+            partition: p.clone(),
+            generation: p.generation(),
+            attempts: 0,
+            lane: 0,
+            delivery_failures: 0,
+            delivery_error: None,
+        };
+        assert!(!ticket.is_stale());
+        p.bump();
+        assert!(ticket.is_stale());
+    }
+}

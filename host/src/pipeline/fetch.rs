@@ -1,0 +1,836 @@
+//! Fetch: one consumer per plugin, polled on its own thread, reading in batches.
+//!
+//! The thread owns everything that touches the consumer: it reads records in
+//! batches and hands them on as [`Ticket`]s, keeps the [`OffsetBook`], stores
+//! the finished positions (committed asynchronously by librdkafka every
+//! `commit_interval`), rewinds partitions whose deliveries failed, and decides
+//! per partition whether it is paused.
+//!
+//! - Backpressure: past `max_in_flight` events (or `max_in_flight_bytes`) read
+//!   and not yet committed past, the assigned partitions are paused; polling goes
+//!   on (so the group does not evict the consumer). They resume at half.
+//! - Pausing is reconciled per partition against what librdkafka was told, and
+//!   every newly assigned partition is explicitly resumed first: a pause never
+//!   outlives a rebalance, whatever librdkafka keeps of a partition's state.
+//! - Stalls: a partition with lag and no progress for `stall_timeout` while not
+//!   paused by an operator is reported (log, `/health` Degraded).
+//! - Rebalance: before partitions are revoked, their in-flight events are
+//!   waited for (up to the drain timeout) and the positions committed.
+//! - Shutdown: stop fetching, wait for in-flight events (up to the drain
+//!   timeout), commit, leave.
+
+use super::acks::{EventAck, Ticket};
+use super::lanes::lane_of;
+use super::offsets::{OffsetBook, Rewind, Tp};
+use super::stats::Stats;
+use crate::event::EventRecord;
+use crate::topics::TopicNamer;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::topic_partition_list::TopicPartitionList;
+use rdkafka::{ClientContext, Offset};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Longest wait in one poll when nothing is in flight.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+/// Wait in one poll while events are in flight: their completions move offsets
+/// and lift backpressure, which this thread must notice soon.
+const BUSY_POLL: Duration = Duration::from_millis(2);
+/// Records read in one batch at most.
+const READ_BATCH: usize = 1024;
+
+/// What the fetch thread shares with the admin API and the lag thread.
+#[derive(Default)]
+pub struct Shared {
+    state: Mutex<State>,
+    in_flight: AtomicUsize,
+    in_flight_bytes: AtomicUsize,
+}
+
+#[derive(Default)]
+struct State {
+    /// Partitions assigned to this consumer now.
+    assigned: BTreeSet<Tp>,
+    /// Latest lag of each assigned partition (high watermark - committed offset).
+    lag: BTreeMap<Tp, i64>,
+    /// Partitions with lag and no progress, with what is known of why.
+    stalled: BTreeMap<Tp, String>,
+    /// The consumer failed for good (fenced by another member with its instance id).
+    fatal: Option<String>,
+}
+
+/// One assigned partition, as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PartitionView {
+    pub topic: String,
+    pub partition: i32,
+    /// Records not yet committed; unknown until first measured.
+    pub lag: Option<i64>,
+    /// Set when the partition has lag and made no progress for `stall_timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stalled: Option<String>,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("source state lock")
+    }
+
+    /// Events read and not yet committed past.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The assigned partitions, their lag and stalls.
+    pub fn partitions(&self) -> Vec<PartitionView> {
+        let state = self.lock();
+        state
+            .assigned
+            .iter()
+            .map(|tp| PartitionView {
+                topic: tp.0.to_string(),
+                partition: tp.1,
+                lag: state.lag.get(tp).copied(),
+                stalled: state.stalled.get(tp).cloned(),
+            })
+            .collect()
+    }
+
+    /// What keeps this consumer from making progress: stalled partitions and a
+    /// fatal consumer error, as sentences.
+    pub fn problems(&self) -> Vec<String> {
+        let state = self.lock();
+        let mut out: Vec<String> = state
+            .stalled
+            .iter()
+            .map(|(tp, why)| format!("{}/{}: {why}", tp.0, tp.1))
+            .collect();
+        out.extend(state.fatal.clone());
+        out
+    }
+
+    /// The assigned partitions (for the lag thread).
+    pub(super) fn assigned(&self) -> Vec<Tp> {
+        self.lock().assigned.iter().cloned().collect()
+    }
+
+    pub(super) fn set_lag(&self, tp: Tp, lag: i64) {
+        let mut state = self.lock();
+        if state.assigned.contains(&tp) {
+            state.lag.insert(tp, lag);
+        }
+    }
+}
+
+/// Settings of one plugin's consumer.
+pub struct FetchSettings {
+    pub plugin: String,
+    pub group: String,
+    /// Static group membership (`group.instance.id`); `None` for a dynamic member.
+    pub instance_id: Option<String>,
+    pub topics: Vec<String>,
+    pub max_in_flight: usize,
+    pub max_in_flight_bytes: usize,
+    pub drain_timeout: Duration,
+    pub stall_timeout: Duration,
+    /// Set by an operator (admin API): consumption paused until cleared.
+    pub paused: Arc<AtomicBool>,
+}
+
+/// The consumer's callbacks: rebalances and librdkafka's log lines. Called on
+/// the fetch thread (from `poll`), like everything else that touches the book.
+pub struct FetchContext {
+    plugin: String,
+    shared: Arc<Shared>,
+    book: Mutex<OffsetBook>,
+    /// Partitions librdkafka was told to pause.
+    paused: Mutex<HashSet<Tp>>,
+    drain_timeout: Duration,
+    operator: Arc<AtomicBool>,
+    /// Names of the subscribed topics, shared by every event read from them.
+    topics: Vec<(Arc<str>, Arc<str>)>,
+}
+
+impl ClientContext for FetchContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error => {
+                tracing::error!(plugin = %self.plugin, facility = fac, "librdkafka: {message}")
+            }
+            L::Warning => {
+                tracing::warn!(plugin = %self.plugin, facility = fac, "librdkafka: {message}")
+            }
+            _ => tracing::debug!(plugin = %self.plugin, facility = fac, "librdkafka: {message}"),
+        }
+    }
+}
+
+impl ConsumerContext for FetchContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            let tps = self.tps_of(list);
+            if consumer.assignment_lost() {
+                tracing::warn!(plugin = %self.plugin, partitions = %describe(&tps), "partitions lost (session timed out?); their events in flight will be read again by the new owner");
+            } else {
+                let deadline = Instant::now() + self.drain_timeout;
+                let drained = loop {
+                    let unsettled = {
+                        let mut book = self.book.lock().expect("book lock");
+                        book.advance(|tp, last| store(consumer, &self.plugin, tp, last));
+                        book.unsettled(Some(&tps))
+                    };
+                    if unsettled == 0 {
+                        break true;
+                    }
+                    if Instant::now() >= deadline {
+                        break false;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                };
+                if !drained {
+                    tracing::warn!(plugin = %self.plugin, "partitions revoked before their in-flight events finished; those events will be read again");
+                }
+                if let Err(e) = commit(consumer) {
+                    tracing::warn!(plugin = %self.plugin, error = %e, "commit on revoke failed; events since the last commit will be read again");
+                }
+            }
+            self.book.lock().expect("book lock").revoke(&tps);
+            let mut paused = self.paused.lock().expect("paused lock");
+            let mut state = self.shared.lock();
+            for tp in &tps {
+                state.assigned.remove(tp);
+                state.lag.remove(tp);
+                state.stalled.remove(tp);
+                paused.remove(tp);
+            }
+            drop(state);
+            tracing::info!(plugin = %self.plugin, partitions = %describe(&tps), "partitions revoked");
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(list) => {
+                let tps = self.tps_of(list);
+                // Whatever librdkafka remembers of these partitions, they start
+                // resumed; the fetch loop pauses them again if it must.
+                let _ = consumer.resume(list);
+                if self.operator.load(Ordering::SeqCst) {
+                    // Paused by the operator: not even the first fetch.
+                    let _ = consumer.pause(list);
+                }
+                let mut paused = self.paused.lock().expect("paused lock");
+                let mut book = self.book.lock().expect("book lock");
+                let mut state = self.shared.lock();
+                for tp in &tps {
+                    book.assign(tp.clone());
+                    state.assigned.insert(tp.clone());
+                    if self.operator.load(Ordering::SeqCst) {
+                        paused.insert(tp.clone());
+                    } else {
+                        paused.remove(tp);
+                    }
+                }
+                drop(state);
+                tracing::info!(plugin = %self.plugin, partitions = %describe(&tps), "partitions assigned");
+            }
+            Rebalance::Error(e) => {
+                tracing::warn!(plugin = %self.plugin, error = %e, "rebalance error")
+            }
+            Rebalance::Revoke(_) => {}
+        }
+    }
+}
+
+impl FetchContext {
+    /// The shared names of a subscribed topic.
+    fn names(&self, topic: &str) -> (Arc<str>, Arc<str>) {
+        self.topics
+            .iter()
+            .find(|(full, _)| &**full == topic)
+            .cloned()
+            .unwrap_or_else(|| (Arc::from(topic), Arc::from(topic)))
+    }
+
+    fn tps_of(&self, list: &TopicPartitionList) -> Vec<Tp> {
+        list.elements()
+            .iter()
+            .map(|e| (self.names(e.topic()).0, e.partition()))
+            .collect()
+    }
+}
+
+pub type FetchConsumer = BaseConsumer<FetchContext>;
+
+/// Store `last + 1` as the partition's next offset; committed on the timer.
+fn store(consumer: &FetchConsumer, plugin: &str, tp: &Tp, last: i64) {
+    if let Err(e) = consumer.store_offset(&tp.0, tp.1, last) {
+        tracing::debug!(plugin, topic = %tp.0, partition = tp.1, error = %e, "offset not stored (partition revoked?)");
+    }
+}
+
+/// Commit the stored offsets now. "Nothing to commit" (the timer already
+/// committed everything stored) is a success.
+fn commit(consumer: &FetchConsumer) -> rdkafka::error::KafkaResult<()> {
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Err(rdkafka::error::KafkaError::ConsumerCommit(
+            rdkafka::types::RDKafkaErrorCode::NoOffset,
+        )) => Ok(()),
+        other => other,
+    }
+}
+
+fn describe(tps: &[Tp]) -> String {
+    tps.iter()
+        .map(|(t, p)| format!("{t}/{p}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn tpl_of(tps: &[&Tp]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for (t, p) in tps {
+        tpl.add_partition(t, *p);
+    }
+    tpl
+}
+
+/// A running consumer: its threads and its stop switch.
+pub struct Fetch {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    shared: Arc<Shared>,
+}
+
+impl Fetch {
+    /// Create the consumer, subscribe, and start reading; each batch of tickets
+    /// goes to `dispatch`.
+    pub fn start(
+        config: &crate::config::Config,
+        namer: TopicNamer,
+        settings: FetchSettings,
+        stats: Arc<Stats>,
+        dispatch: impl FnMut(Vec<Ticket>) + Send + 'static,
+    ) -> Result<Fetch, String> {
+        let shared = Arc::new(Shared::default());
+        let consumer_cfg = &config.kafka.consumer;
+        let mut c = crate::kafka::base_config(config);
+        c.set("group.id", &settings.group)
+            .set("client.id", format!("weir-{}", settings.plugin))
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            .set(
+                "auto.commit.interval.ms",
+                consumer_cfg.commit_interval.as_millis().to_string(),
+            )
+            .set("auto.offset.reset", &consumer_cfg.auto_offset_reset)
+            .set(
+                "session.timeout.ms",
+                consumer_cfg.session_timeout.as_millis().to_string(),
+            )
+            .set(
+                "max.poll.interval.ms",
+                consumer_cfg.max_poll_interval.as_millis().to_string(),
+            )
+            .set("fetch.max.bytes", consumer_cfg.fetch_max_bytes.to_string())
+            .set(
+                "max.partition.fetch.bytes",
+                consumer_cfg.max_partition_fetch_bytes.to_string(),
+            );
+        let topics: Vec<(Arc<str>, Arc<str>)> = settings
+            .topics
+            .iter()
+            .map(|full| {
+                let logical = namer.logical_name(full).unwrap_or_else(|| full.clone());
+                (Arc::from(full.as_str()), Arc::from(logical.as_str()))
+            })
+            .collect();
+        let recipe = Recipe {
+            client: c,
+            topics,
+            shared: shared.clone(),
+        };
+        let consumer = recipe.create(&settings, settings.instance_id.as_deref())?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        let (flag, polled) = (stop.clone(), shared.clone());
+        let name = format!("weir-fetch-{}", settings.plugin);
+        threads.push(
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(move || {
+                    let mut fetcher = Fetcher {
+                        consumer,
+                        recipe,
+                        shared: polled,
+                        settings,
+                        stats,
+                        stop: flag,
+                        backpressure: false,
+                        backoff: HashMap::new(),
+                        redo: HashMap::new(),
+                        last_error: None,
+                        last_stall_check: Instant::now(),
+                    };
+                    fetcher.run(dispatch);
+                })
+                .map_err(|e| format!("cannot start the fetch thread: {e}"))?,
+        );
+        Ok(Fetch {
+            stop,
+            threads,
+            shared,
+        })
+    }
+
+    /// What the consumer knows now: in-flight events, partitions, lag, stalls.
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// Ask the consumer to stop; it drains, commits and leaves the group.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Wait for the threads to finish (after [`Fetch::stop`]).
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A partition being read again after a failed delivery: how often it was
+/// rewound to the same offset (the event's delivery failures), and why.
+struct Redo {
+    offset: i64,
+    count: u32,
+    reason: Arc<str>,
+}
+
+/// How to make the consumer (again, after it was fenced).
+struct Recipe {
+    client: rdkafka::ClientConfig,
+    topics: Vec<(Arc<str>, Arc<str>)>,
+    shared: Arc<Shared>,
+}
+
+impl Recipe {
+    fn create(
+        &self,
+        settings: &FetchSettings,
+        instance_id: Option<&str>,
+    ) -> Result<FetchConsumer, String> {
+        let mut c = self.client.clone();
+        if let Some(id) = instance_id {
+            c.set("group.instance.id", id);
+        }
+        let context = FetchContext {
+            plugin: settings.plugin.clone(),
+            shared: self.shared.clone(),
+            book: Mutex::new(OffsetBook::default()),
+            paused: Mutex::new(HashSet::new()),
+            drain_timeout: settings.drain_timeout,
+            operator: settings.paused.clone(),
+            topics: self.topics.clone(),
+        };
+        let consumer: FetchConsumer = c.create_with_context(context).map_err(|e| {
+            format!(
+                "plugin {}: cannot create its consumer: {e}",
+                settings.plugin
+            )
+        })?;
+        let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics).map_err(|e| {
+            format!(
+                "plugin {}: cannot subscribe to {topics:?}: {e}",
+                settings.plugin
+            )
+        })?;
+        Ok(consumer)
+    }
+}
+
+struct Fetcher {
+    consumer: FetchConsumer,
+    recipe: Recipe,
+    shared: Arc<Shared>,
+    settings: FetchSettings,
+    stats: Arc<Stats>,
+    stop: Arc<AtomicBool>,
+    /// Paused because too much is in flight.
+    backpressure: bool,
+    /// Partitions rewound lately stay paused until then.
+    backoff: HashMap<Tp, Instant>,
+    redo: HashMap<Tp, Redo>,
+    last_error: Option<(String, Instant)>,
+    last_stall_check: Instant,
+}
+
+impl Fetcher {
+    fn ctx(&self) -> &FetchContext {
+        self.consumer.context()
+    }
+
+    fn run(&mut self, mut dispatch: impl FnMut(Vec<Ticket>)) {
+        let mut operator = false;
+        while !self.stop.load(Ordering::SeqCst) {
+            let (events, _) = self.settle();
+            let now_operator = self.settings.paused.load(Ordering::SeqCst);
+            if now_operator != operator {
+                tracing::info!(
+                    plugin = %self.settings.plugin,
+                    in_flight = events,
+                    "{}",
+                    if now_operator {
+                        "paused by the operator: no new events are fetched (in-flight ones finish)"
+                    } else {
+                        "resumed by the operator"
+                    }
+                );
+                operator = now_operator;
+            }
+            self.reconcile_pauses(operator);
+            if self.last_stall_check.elapsed() >= Duration::from_secs(1) {
+                self.check_stalls(operator);
+                self.last_stall_check = Instant::now();
+            }
+            let wait = if events > 0 { BUSY_POLL } else { IDLE_POLL };
+            let batch = self.read(wait);
+            if !batch.is_empty() {
+                dispatch(batch);
+            }
+        }
+        self.shut_down();
+    }
+
+    /// Move positions over finished events, rewind partitions whose deliveries
+    /// failed; the events and bytes in flight.
+    fn settle(&mut self) -> (usize, usize) {
+        let ctx = self.consumer.context();
+        let mut book = ctx.book.lock().expect("book lock");
+        let redo = &mut self.redo;
+        book.advance(|tp, last| {
+            store(&self.consumer, &self.settings.plugin, tp, last);
+            if redo.get(tp).is_some_and(|r| r.offset <= last) {
+                redo.remove(tp);
+            }
+        });
+        let rewinds = book.take_rewinds();
+        let (events, bytes) = book.in_flight();
+        drop(book);
+        for rewind in rewinds {
+            self.rewind(rewind);
+        }
+        self.shared.in_flight.store(events, Ordering::Relaxed);
+        self.shared.in_flight_bytes.store(bytes, Ordering::Relaxed);
+        (events, bytes)
+    }
+
+    /// Read the partition again from the first unfinished event, after a pause
+    /// that grows while the same event keeps failing.
+    fn rewind(&mut self, rewind: Rewind) {
+        let Rewind {
+            tp,
+            from,
+            again,
+            reason,
+        } = rewind;
+        let count = match self.redo.get(&tp) {
+            Some(r) if r.offset == from => r.count + 1,
+            _ => 1,
+        };
+        let pause = Duration::from_millis(100 * (1u64 << (count - 1).min(7)));
+        tracing::warn!(
+            plugin = %self.settings.plugin,
+            partition = %format!("{}/{}", tp.0, tp.1),
+            from,
+            events_again = again,
+            attempt = count,
+            retry_in = ?pause,
+            reason = %reason,
+            "a record was not delivered: the partition is read again from its first unfinished event"
+        );
+        self.stats.rewinds.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .redelivered
+            .fetch_add(again as u64, Ordering::Relaxed);
+        if let Err(e) =
+            self.consumer
+                .seek(&tp.0, tp.1, Offset::Offset(from), Duration::from_secs(5))
+        {
+            tracing::error!(plugin = %self.settings.plugin, partition = %format!("{}/{}", tp.0, tp.1), error = %e, "cannot seek back; the consumer will be restarted by the next rebalance");
+        }
+        self.redo.insert(
+            tp.clone(),
+            Redo {
+                offset: from,
+                count,
+                reason: reason.into(),
+            },
+        );
+        self.backoff.insert(tp, Instant::now() + pause);
+    }
+
+    /// Pause or resume each assigned partition as it should be now.
+    fn reconcile_pauses(&mut self, operator: bool) {
+        let (events, bytes) = (
+            self.shared.in_flight.load(Ordering::Relaxed),
+            self.shared.in_flight_bytes.load(Ordering::Relaxed),
+        );
+        let (max_events, max_bytes) = (
+            self.settings.max_in_flight,
+            self.settings.max_in_flight_bytes,
+        );
+        let over = events >= max_events || bytes >= max_bytes;
+        let under = events <= max_events / 2 && bytes <= max_bytes / 2;
+        if over && !self.backpressure {
+            tracing::debug!(plugin = %self.settings.plugin, events, bytes, "backpressure: partitions paused");
+        }
+        self.backpressure = over || (self.backpressure && !under);
+        let now = Instant::now();
+        self.backoff.retain(|_, until| *until > now);
+        let ctx = self.consumer.context();
+        let assigned: Vec<Tp> = ctx
+            .book
+            .lock()
+            .expect("book lock")
+            .assigned()
+            .cloned()
+            .collect();
+        let mut paused = ctx.paused.lock().expect("paused lock");
+        let (mut pause, mut resume) = (Vec::new(), Vec::new());
+        for tp in &assigned {
+            let want = operator || self.backpressure || self.backoff.contains_key(tp);
+            match (want, paused.contains(tp)) {
+                (true, false) => pause.push(tp),
+                (false, true) => resume.push(tp),
+                _ => {}
+            }
+        }
+        if !pause.is_empty() {
+            match self.consumer.pause(&tpl_of(&pause)) {
+                Ok(()) => paused.extend(pause.into_iter().cloned()),
+                Err(e) => {
+                    tracing::warn!(plugin = %self.settings.plugin, error = %e, "cannot pause partitions")
+                }
+            }
+        }
+        if !resume.is_empty() {
+            match self.consumer.resume(&tpl_of(&resume)) {
+                Ok(()) => {
+                    for tp in resume {
+                        paused.remove(tp);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(plugin = %self.settings.plugin, error = %e, "cannot resume partitions")
+                }
+            }
+        }
+    }
+
+    /// Report partitions with lag that made no progress for `stall_timeout`.
+    fn check_stalls(&mut self, operator: bool) {
+        let timeout = self.settings.stall_timeout;
+        if timeout.is_zero() {
+            return;
+        }
+        let ctx = self.consumer.context();
+        let book = ctx.book.lock().expect("book lock");
+        let paused = ctx.paused.lock().expect("paused lock");
+        let mut state = self.shared.lock();
+        let assigned: Vec<Tp> = state.assigned.iter().cloned().collect();
+        for tp in assigned {
+            let lag = state.lag.get(&tp).copied().unwrap_or(0);
+            let idle = book
+                .last_progress(&tp)
+                .map_or(Duration::ZERO, |t| t.elapsed());
+            let stalled = !operator && lag > 0 && idle >= timeout;
+            let name = format!("{}/{}", tp.0, tp.1);
+            if stalled {
+                let why = match book.oldest_pending(&tp) {
+                    Some(offset) => format!(
+                        "lag {lag}, no progress for {} s; waiting for the event at offset {offset}",
+                        idle.as_secs()
+                    ),
+                    None if paused.contains(&tp) => format!(
+                        "lag {lag}, no progress for {} s; paused (backpressure or a rewind)",
+                        idle.as_secs()
+                    ),
+                    None => format!(
+                        "lag {lag}, no progress for {} s; nothing is fetched although nothing is in flight",
+                        idle.as_secs()
+                    ),
+                };
+                if !state.stalled.contains_key(&tp) {
+                    tracing::warn!(plugin = %self.settings.plugin, partition = %name, "partition stalled: {why}");
+                }
+                state.stalled.insert(tp, why);
+            } else if state.stalled.remove(&tp).is_some() {
+                tracing::info!(plugin = %self.settings.plugin, partition = %name, "partition flows again");
+            }
+        }
+    }
+
+    /// Read up to a batch of records, waiting at most `wait` for the first.
+    fn read(&mut self, wait: Duration) -> Vec<Ticket> {
+        let mut batch = Vec::new();
+        let mut timeout = wait;
+        while batch.len() < READ_BATCH {
+            let polled = self.consumer.poll(timeout);
+            timeout = Duration::ZERO;
+            match polled {
+                None => break,
+                Some(Err(e)) => {
+                    self.consumer_error(e);
+                    break;
+                }
+                Some(Ok(msg)) => {
+                    if let Some(ticket) = self.ticket(&msg) {
+                        batch.push(ticket);
+                    }
+                }
+            }
+        }
+        batch
+    }
+
+    /// The ticket of a record just read (registered with the book), or `None`
+    /// for a partition no longer assigned.
+    fn ticket(&self, msg: &BorrowedMessage<'_>) -> Option<Ticket> {
+        let ctx = self.ctx();
+        let (topic, logical_topic) = ctx.names(msg.topic());
+        let tp: Tp = (topic.clone(), msg.partition());
+        let event = EventRecord {
+            topic,
+            logical_topic,
+            partition: msg.partition(),
+            offset: msg.offset(),
+            timestamp_ms: msg.timestamp().to_millis(),
+            key: msg.key().map(<[u8]>::to_vec),
+            payload: msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            headers: crate::kafka::headers_of(msg),
+        };
+        let bytes = event.payload.len() + event.key.as_ref().map_or(0, Vec::len);
+        let mut book = ctx.book.lock().expect("book lock");
+        let signal = book.signal(&tp)?.clone();
+        let ack = EventAck::new(event.offset, bytes, signal.clone());
+        book.track(&tp, ack.clone());
+        drop(book);
+        let (delivery_failures, delivery_error) = match self.redo.get(&tp) {
+            Some(r) if r.offset == event.offset => (r.count, Some(r.reason.clone())),
+            _ => (0, None),
+        };
+        Some(Ticket {
+            lane: lane_of(&event),
+            generation: signal.generation(),
+            partition: signal,
+            ack,
+            attempts: 0,
+            delivery_failures,
+            delivery_error,
+            event,
+        })
+    }
+
+    fn consumer_error(&mut self, e: rdkafka::error::KafkaError) {
+        if let Some((code, reason)) = self.consumer.client().fatal_error() {
+            self.replace_fatal(format!("{code:?}: {reason}"));
+            return;
+        }
+        // librdkafka reconnects by itself; say so once in a while, not per poll.
+        let text = e.to_string();
+        let repeat = self
+            .last_error
+            .as_ref()
+            .is_some_and(|(t, at)| *t == text && at.elapsed() < Duration::from_secs(10));
+        if !repeat {
+            tracing::warn!(plugin = %self.settings.plugin, error = %text, "consumer error; librdkafka keeps retrying");
+            self.last_error = Some((text, Instant::now()));
+        }
+    }
+
+    /// The consumer failed for good: most likely another member of the group
+    /// took over its `group.instance.id` (fenced). Its events in flight become
+    /// stale, and a new consumer joins as a dynamic member, so this host keeps
+    /// consuming; the problem stays on `/health` until the ids are fixed.
+    fn replace_fatal(&mut self, reason: String) {
+        let text = match &self.settings.instance_id {
+            Some(id) => format!(
+                "the consumer failed for good ({reason}): another member of group {} probably uses \
+                 group.instance.id {id:?}. This host goes on as a dynamic member; give each host its \
+                 own kafka.consumer.instance_id (default \"{{hostname}}-{{plugin}}\": distinct host names)",
+                self.settings.group
+            ),
+            None => format!("the consumer failed for good ({reason}); a new one is created"),
+        };
+        tracing::error!(plugin = %self.settings.plugin, "{text}");
+        {
+            let ctx = self.consumer.context();
+            let mut book = ctx.book.lock().expect("book lock");
+            let all: Vec<Tp> = book.assigned().cloned().collect();
+            book.revoke(&all);
+        }
+        {
+            let mut state = self.shared.lock();
+            state.assigned.clear();
+            state.lag.clear();
+            state.stalled.clear();
+            state.fatal = Some(text);
+        }
+        match self.recipe.create(&self.settings, None) {
+            Ok(fresh) => {
+                self.consumer = fresh;
+                self.settings.instance_id = None;
+                self.redo.clear();
+                self.backoff.clear();
+            }
+            Err(e) => {
+                tracing::error!(plugin = %self.settings.plugin, error = %e, "cannot create a new consumer")
+            }
+        }
+    }
+
+    /// Stop fetching, let in-flight events finish, commit, leave.
+    fn shut_down(&mut self) {
+        let plugin = self.settings.plugin.clone();
+        if let Ok(assignment) = self.consumer.assignment() {
+            let _ = self.consumer.pause(&assignment);
+        }
+        let deadline = Instant::now() + self.settings.drain_timeout;
+        let drained = loop {
+            self.settle();
+            let unsettled = self.ctx().book.lock().expect("book lock").unsettled(None);
+            if unsettled == 0 {
+                break true;
+            }
+            if Instant::now() >= deadline {
+                break false;
+            }
+            // Serve callbacks (a rebalance) while waiting.
+            let _ = self.consumer.poll(Duration::from_millis(5));
+        };
+        let (left, _) = self.settle();
+        if !drained {
+            tracing::warn!(
+                plugin,
+                unfinished = left,
+                "drain timeout: unfinished events will be read again"
+            );
+        }
+        match commit(&self.consumer) {
+            Ok(()) => tracing::info!(plugin, "offsets committed"),
+            Err(e) => {
+                tracing::warn!(plugin, error = %e, "final commit failed; events since the last commit will be read again")
+            }
+        }
+        self.consumer.unsubscribe();
+        tracing::info!(plugin, drained, "source stopped");
+    }
+}

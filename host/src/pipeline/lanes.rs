@@ -1,0 +1,300 @@
+//! Lanes: the order events are handled in.
+//!
+//! A lane is a (partition, key) pair: its events are handled one after the
+//! other, in the order they were read (an event without a key keeps its
+//! partition's order: all of them share one lane). Different lanes are
+//! independent. A worker takes *batches* of ready events with at most one event
+//! per lane, so every outcome in a batch is independent of the others.
+//!
+//! When an event is to be retried its lane is *blocked* until the retry is due:
+//! its later events queue behind it, and every other lane keeps flowing.
+
+use super::acks::Ticket;
+use crate::event::EventRecord;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::time::Instant;
+
+/// The lane of an event: the same (partition, key) always gives the same value.
+pub fn lane_of(event: &EventRecord) -> u64 {
+    let mut h = DefaultHasher::new();
+    event.partition.hash(&mut h);
+    event.key.hash(&mut h);
+    h.finish()
+}
+
+/// The worker (of `workers`) that handles a lane: one lane, one worker.
+pub fn worker_of(lane: u64, workers: usize) -> usize {
+    if workers <= 1 {
+        0
+    } else {
+        // The lane is a hash already; mix once more so the worker index does not
+        // correlate with anything else derived from it.
+        (lane.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % workers
+    }
+}
+
+/// How big a batch may be.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    pub events: usize,
+    pub bytes: usize,
+}
+
+#[derive(Debug)]
+struct Blocked {
+    /// When the front ticket may be tried again; `None` while it is being tried.
+    due: Option<Instant>,
+    queue: VecDeque<Ticket>,
+}
+
+/// One worker's events: ready ones and blocked lanes.
+#[derive(Debug, Default)]
+pub struct Lanes {
+    ready: VecDeque<Ticket>,
+    blocked: HashMap<u64, Blocked>,
+}
+
+impl Lanes {
+    /// A newly read event: ready, unless its lane is blocked.
+    pub fn push(&mut self, ticket: Ticket) {
+        match self.blocked.get_mut(&ticket.lane) {
+            Some(b) => b.queue.push_back(ticket),
+            None => self.ready.push_back(ticket),
+        }
+    }
+
+    /// Ready events, at most one per lane, in read order. A lane's later events
+    /// stay behind for a later batch (so do the events behind a full batch).
+    pub fn next_batch(&mut self, limits: BatchLimits) -> Vec<Ticket> {
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        let mut lanes = HashSet::new();
+        let mut rest = VecDeque::new();
+        while let Some(t) = self.ready.pop_front() {
+            let size = t.event.payload.len();
+            let full =
+                batch.len() >= limits.events || (!batch.is_empty() && bytes + size > limits.bytes);
+            if full {
+                rest.push_back(t);
+                rest.append(&mut self.ready);
+                break;
+            }
+            if lanes.insert(t.lane) {
+                bytes += size;
+                batch.push(t);
+            } else {
+                rest.push_back(t);
+            }
+        }
+        self.ready = rest;
+        batch
+    }
+
+    /// Retry `ticket` at `due`: its lane is blocked until then, and the lane's
+    /// ready events move behind it.
+    pub fn retry(&mut self, ticket: Ticket, due: Instant) {
+        let lane = ticket.lane;
+        match self.blocked.get_mut(&lane) {
+            Some(b) => {
+                b.due = Some(due);
+                b.queue.push_front(ticket);
+            }
+            None => {
+                let mut queue = VecDeque::from([ticket]);
+                let mut others = VecDeque::with_capacity(self.ready.len());
+                for t in self.ready.drain(..) {
+                    if t.lane == lane {
+                        queue.push_back(t);
+                    } else {
+                        others.push_back(t);
+                    }
+                }
+                self.ready = others;
+                self.blocked.insert(
+                    lane,
+                    Blocked {
+                        due: Some(due),
+                        queue,
+                    },
+                );
+            }
+        }
+    }
+
+    /// A blocked lane's event whose retry is due at `now`, if any. Its lane stays
+    /// blocked until [`Lanes::release`] (or another [`Lanes::retry`]).
+    pub fn take_due(&mut self, now: Instant) -> Option<Ticket> {
+        let (lane, b) = self
+            .blocked
+            .iter_mut()
+            .find(|(_, b)| b.due.is_some_and(|d| d <= now))?;
+        let lane = *lane;
+        b.due = None;
+        match b.queue.pop_front() {
+            Some(t) => Some(t),
+            None => {
+                self.blocked.remove(&lane);
+                None
+            }
+        }
+    }
+
+    /// The lane's retried event is done: its waiting events are ready again.
+    pub fn release(&mut self, lane: u64) {
+        if let Some(b) = self.blocked.remove(&lane) {
+            self.ready.extend(b.queue);
+        }
+    }
+
+    /// When the next blocked lane's retry is due.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.blocked.values().filter_map(|b| b.due).min()
+    }
+
+    pub fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ready.is_empty() && self.blocked.is_empty()
+    }
+
+    /// The events of blocked lanes (shutdown: they are given up).
+    pub fn drain_blocked(&mut self) -> Vec<Ticket> {
+        self.blocked.drain().flat_map(|(_, b)| b.queue).collect()
+    }
+
+    /// Everything left: blocked lanes' events included.
+    pub fn drain(&mut self) -> Vec<Ticket> {
+        let mut all: Vec<Ticket> = self.ready.drain(..).collect();
+        for (_, b) in self.blocked.drain() {
+            all.extend(b.queue);
+        }
+        all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::acks::{EventAck, PartitionSignal};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn ticket(offset: i64, key: &str) -> Ticket {
+        let mut event = EventRecord::for_test("t", 0, offset);
+        event.key = Some(key.as_bytes().to_vec());
+        event.payload = vec![0; 10];
+        let p = Arc::new(PartitionSignal::default());
+        Ticket {
+            lane: lane_of(&event),
+            ack: EventAck::new(offset, 10, p.clone()),
+            generation: p.generation(),
+            partition: p,
+            attempts: 0,
+            delivery_failures: 0,
+            delivery_error: None,
+            event,
+        }
+    }
+
+    fn offsets(batch: &[Ticket]) -> Vec<i64> {
+        batch.iter().map(|t| t.event.offset).collect()
+    }
+
+    const WIDE: BatchLimits = BatchLimits {
+        events: 100,
+        bytes: 1 << 20,
+    };
+
+    #[test]
+    fn a_batch_has_one_event_per_lane_in_read_order() {
+        let mut lanes = Lanes::default();
+        for (o, k) in [(0, "a"), (1, "b"), (2, "a"), (3, "c"), (4, "b")] {
+            lanes.push(ticket(o, k));
+        }
+        assert_eq!(offsets(&lanes.next_batch(WIDE)), vec![0, 1, 3]);
+        assert_eq!(offsets(&lanes.next_batch(WIDE)), vec![2, 4]);
+        assert!(lanes.next_batch(WIDE).is_empty());
+    }
+
+    #[test]
+    fn batches_respect_their_limits() {
+        let mut lanes = Lanes::default();
+        for o in 0..5 {
+            lanes.push(ticket(o, &format!("k{o}")));
+        }
+        let small = BatchLimits {
+            events: 2,
+            bytes: 1 << 20,
+        };
+        assert_eq!(offsets(&lanes.next_batch(small)), vec![0, 1]);
+        let tiny = BatchLimits {
+            events: 10,
+            bytes: 15,
+        };
+        assert_eq!(
+            offsets(&lanes.next_batch(tiny)),
+            vec![2],
+            "one event at least"
+        );
+        assert_eq!(offsets(&lanes.next_batch(WIDE)), vec![3, 4]);
+    }
+
+    #[test]
+    fn a_retry_blocks_its_lane_only_and_keeps_its_order() {
+        let mut lanes = Lanes::default();
+        for (o, k) in [(0, "a"), (1, "b"), (2, "a"), (3, "b")] {
+            lanes.push(ticket(o, k));
+        }
+        let mut batch = lanes.next_batch(WIDE);
+        assert_eq!(offsets(&batch), vec![0, 1]);
+        let now = Instant::now();
+        let failed = batch.remove(0);
+        let lane_a = failed.lane;
+        lanes.retry(failed, now + Duration::from_millis(50));
+        lanes.push(ticket(4, "a"));
+        lanes.push(ticket(5, "c"));
+        // b and c flow; a waits.
+        assert_eq!(offsets(&lanes.next_batch(WIDE)), vec![3, 5]);
+        assert!(lanes.take_due(now).is_none(), "not due yet");
+        assert_eq!(lanes.next_due(), Some(now + Duration::from_millis(50)));
+        let again = lanes.take_due(now + Duration::from_millis(60)).unwrap();
+        assert_eq!(again.event.offset, 0);
+        lanes.push(ticket(6, "a")); // still blocked while it is tried
+        lanes.release(lane_a);
+        assert_eq!(offsets(&lanes.next_batch(WIDE)), vec![2]);
+        assert_eq!(offsets(&lanes.next_batch(WIDE)), vec![4]);
+        assert_eq!(offsets(&lanes.next_batch(WIDE)), vec![6]);
+        assert!(lanes.is_empty());
+    }
+
+    #[test]
+    fn drain_returns_everything_left() {
+        let mut lanes = Lanes::default();
+        lanes.push(ticket(0, "a"));
+        lanes.push(ticket(1, "b"));
+        let mut batch = lanes.next_batch(WIDE);
+        let b = batch.pop().unwrap();
+        lanes.retry(batch.pop().unwrap(), Instant::now());
+        lanes.push(b);
+        lanes.push(ticket(2, "a"));
+        let mut left = offsets(&lanes.drain());
+        left.sort();
+        assert_eq!(left, vec![0, 1, 2]);
+        assert!(lanes.is_empty());
+    }
+
+    #[test]
+    fn lanes_are_stable_and_spread_over_workers() {
+        let a = ticket(0, "user-42");
+        let b = ticket(9, "user-42");
+        assert_eq!(a.lane, b.lane);
+        let spread: HashSet<usize> = (0..100)
+            .map(|i| worker_of(ticket(0, &format!("k{i}")).lane, 4))
+            .collect();
+        assert_eq!(spread.len(), 4);
+        assert_eq!(worker_of(a.lane, 1), 0);
+    }
+}

@@ -1,0 +1,129 @@
+//! The delivery path of one plugin, stage by stage:
+//!
+//! **fetch** (`fetch.rs`: one consumer thread reads records in batches) →
+//! **lanes** (`lanes.rs`: per-(partition, key) order, retries block one lane) →
+//! **plugin** (`handle.rs`: workers call the plugin, a batch per call, and settle
+//! each outcome) → **outputs** (`outputs.rs`: records handed to the idempotent
+//! producer without waiting) → **acknowledgements** (`acks.rs`: delivery reports
+//! count each event down) → **offsets** (`offsets.rs`: the committed position is
+//! the end of the finished prefix; a failed delivery rewinds its partition).
+//!
+//! Nothing in the event path waits for the broker: the only waits are
+//! backpressure (bounded events and bytes in flight per plugin, librdkafka's
+//! queue) and a retry's backoff, which holds back one lane. Each stage imports
+//! only the stages after it (and `acks`); this module wires them together.
+
+pub mod acks;
+pub mod fetch;
+pub mod handle;
+pub mod lag;
+pub mod lanes;
+pub mod offsets;
+pub mod outputs;
+pub mod stats;
+
+use acks::Ticket;
+use fetch::{Fetch, FetchSettings, Shared};
+use handle::{WorkerContext, Workers};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
+
+/// One plugin's running pipeline.
+pub struct Pipeline {
+    fetch: Fetch,
+    lag: Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>,
+    workers: Workers,
+    stopping: watch::Sender<bool>,
+}
+
+impl Pipeline {
+    /// Start `workers` workers with `context` (its `stopping` is replaced), then
+    /// the consumer that feeds them.
+    pub fn start(
+        config: &crate::config::Config,
+        namer: crate::topics::TopicNamer,
+        settings: FetchSettings,
+        workers: usize,
+        mut context: WorkerContext,
+    ) -> Result<Pipeline, String> {
+        let (stopping, stopping_rx) = watch::channel(false);
+        context.stopping = stopping_rx;
+        let (senders, queues): (Vec<_>, Vec<_>) = (0..workers.max(1))
+            .map(|_| mpsc::unbounded_channel::<Vec<Ticket>>())
+            .unzip();
+        let stats = context.stats.clone();
+        let workers = Workers::spawn(context, queues);
+        let group = settings.group.clone();
+        let plugin = settings.plugin.clone();
+        let fetch = Fetch::start(config, namer, settings, stats, route(senders))?;
+        let lag_interval = config.kafka.consumer.lag_interval;
+        let lag = if lag_interval.is_zero() {
+            None
+        } else {
+            let stop = Arc::new(AtomicBool::new(false));
+            let thread = lag::spawn(
+                config,
+                &group,
+                &plugin,
+                fetch.shared(),
+                lag_interval,
+                stop.clone(),
+            )?;
+            Some((stop, thread))
+        };
+        Ok(Pipeline {
+            fetch,
+            lag,
+            workers,
+            stopping,
+        })
+    }
+
+    /// What the consumer knows now: in-flight events, partitions, lag, stalls.
+    pub fn shared(&self) -> Arc<Shared> {
+        self.fetch.shared()
+    }
+
+    /// Start stopping: no new events; events waiting for a retry are given up.
+    pub fn begin_stop(&self) {
+        let _ = self.stopping.send(true);
+        self.fetch.stop();
+    }
+
+    /// Stop: drain the in-flight events (up to the drain timeout), commit, leave
+    /// the group, then stop the workers.
+    pub async fn stop(self) {
+        self.begin_stop();
+        let fetch = self.fetch;
+        let lag = self.lag;
+        let _ = tokio::task::spawn_blocking(move || {
+            fetch.join();
+            if let Some((stop, thread)) = lag {
+                stop.store(true, Ordering::SeqCst);
+                let _ = thread.join();
+            }
+        })
+        .await;
+        self.workers.abort().await;
+    }
+}
+
+/// Split each batch read over the workers' queues by lane.
+fn route(senders: Vec<mpsc::UnboundedSender<Vec<Ticket>>>) -> impl FnMut(Vec<Ticket>) + Send {
+    move |batch: Vec<Ticket>| {
+        if senders.len() == 1 {
+            let _ = senders[0].send(batch);
+            return;
+        }
+        let mut split: Vec<Vec<Ticket>> = (0..senders.len()).map(|_| Vec::new()).collect();
+        for t in batch {
+            split[lanes::worker_of(t.lane, senders.len())].push(t);
+        }
+        for (sender, part) in senders.iter().zip(split) {
+            if !part.is_empty() {
+                let _ = sender.send(part);
+            }
+        }
+    }
+}

@@ -1,0 +1,397 @@
+//! Outputs: every record an event produces goes through one idempotent producer
+//! (acks=all, a real `linger`, acknowledged asynchronously).
+//!
+//! The records of an event are what its plugin published, its scheduled-deletion
+//! records, or its dead letter. They are handed to the producer without waiting;
+//! each delivery report counts down the event's [`EventAck`]. The idempotent
+//! producer keeps each output partition's order, so one key's outputs leave in
+//! the order its events were handled.
+//!
+//! A producer librdkafka declares *fatally* failed (it answers out of sequence
+//! and can no longer keep its guarantees) fails every later send: it is replaced
+//! by a new one, and the records it still held fail, which rewinds their
+//! partitions. [`Outputs::send`] is the awaited form, for tools (DLQ replay, the
+//! demo) and the schedule sweeper.
+
+use super::acks::EventAck;
+use crate::capabilities::storage::{now_ms, rfc3339};
+use crate::capabilities::{DeletionSchedule, OutgoingMessage, ScheduleChange};
+use crate::config::Config;
+use crate::event::EventRecord;
+use crate::topics::TopicNamer;
+use arc_swap::ArcSwap;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientConfig, ClientContext, Message};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Headers carried from the input event to every output, unless the plugin set them.
+pub const PROPAGATED_HEADERS: &[&str] = &[
+    "correlation-id",
+    "x-correlation-id",
+    "traceparent",
+    "tracestate",
+];
+
+/// Dead-letter headers (besides the original ones).
+pub const H_ERROR: &str = "weir-error";
+pub const H_PLUGIN: &str = "weir-plugin";
+pub const H_TOPIC: &str = "weir-original-topic";
+pub const H_PARTITION: &str = "weir-original-partition";
+pub const H_OFFSET: &str = "weir-original-offset";
+pub const H_ATTEMPTS: &str = "weir-attempts";
+pub const H_FAILED_AT: &str = "weir-failed-at";
+
+/// Who hears about one record's delivery.
+pub enum Delivery {
+    /// A record of an event in flight; a delivered schedule record also updates
+    /// the host's schedule.
+    Event {
+        ack: Arc<EventAck>,
+        schedule: Option<(DeletionSchedule, ScheduleChange)>,
+    },
+    /// Someone awaiting it ([`Outputs::send`]).
+    Waiter(tokio::sync::oneshot::Sender<Result<(i32, i64), String>>),
+}
+
+/// The producer's callbacks: delivery reports and librdkafka's log lines.
+pub struct OutputContext;
+
+impl ClientContext for OutputContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error => {
+                tracing::error!(facility = fac, "producer: librdkafka: {message}")
+            }
+            L::Warning => tracing::warn!(facility = fac, "producer: librdkafka: {message}"),
+            _ => tracing::debug!(facility = fac, "producer: librdkafka: {message}"),
+        }
+    }
+}
+
+impl ProducerContext for OutputContext {
+    type DeliveryOpaque = Box<Delivery>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, delivery: Box<Delivery>) {
+        match (*delivery, result) {
+            (Delivery::Event { ack, schedule }, Ok(_)) => {
+                if let Some((schedule, change)) = schedule {
+                    schedule.apply(&change);
+                }
+                ack.delivered();
+            }
+            (Delivery::Event { ack, .. }, Err((e, m))) => {
+                ack.failed(format!("publishing to {} failed: {e}", m.topic()));
+            }
+            (Delivery::Waiter(tx), Ok(m)) => {
+                let _ = tx.send(Ok((m.partition(), m.offset())));
+            }
+            (Delivery::Waiter(tx), Err((e, _))) => {
+                let _ = tx.send(Err(e.to_string()));
+            }
+        }
+    }
+}
+
+type KafkaProducer = ThreadedProducer<OutputContext>;
+
+/// One record to produce, by full topic name.
+pub struct Record<'a> {
+    pub topic: &'a str,
+    pub key: Option<&'a [u8]>,
+    /// `None`: a tombstone.
+    pub payload: Option<&'a [u8]>,
+    pub headers: &'a [(String, Vec<u8>)],
+}
+
+#[derive(Clone)]
+pub struct Outputs {
+    producer: Arc<ArcSwap<KafkaProducer>>,
+    /// To make a replacement producer.
+    client_config: Arc<ClientConfig>,
+    /// How many times a fatally failed producer was replaced.
+    replaced: Arc<AtomicU64>,
+    namer: TopicNamer,
+}
+
+impl Outputs {
+    pub fn new(config: &Config) -> Result<Self, String> {
+        let producer = &config.kafka.producer;
+        let mut c = crate::kafka::base_config(config);
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set(
+                "message.timeout.ms",
+                producer.message_timeout.as_millis().to_string(),
+            )
+            .set("linger.ms", producer.linger.as_millis().to_string())
+            .set("compression.type", &producer.compression);
+        let created = c
+            .create_with_context(OutputContext)
+            .map_err(|e| format!("cannot create the producer: {e}"))?;
+        Ok(Outputs {
+            producer: Arc::new(ArcSwap::from_pointee(created)),
+            client_config: Arc::new(c),
+            replaced: Arc::new(AtomicU64::new(0)),
+            namer: config.namer()?,
+        })
+    }
+
+    /// Hand one record to the producer; `delivery` hears how it went. Waits only
+    /// while librdkafka's queue is full.
+    pub async fn enqueue(&self, record: Record<'_>, delivery: Delivery) -> Result<(), String> {
+        let mut owned = OwnedHeaders::new_with_capacity(record.headers.len());
+        for (k, v) in record.headers {
+            owned = owned.insert(Header {
+                key: k,
+                value: Some(v),
+            });
+        }
+        let mut opaque = Box::new(delivery);
+        let mut headers = Some(owned);
+        loop {
+            let producer = self.producer.load_full();
+            let mut base: BaseRecord<'_, [u8], [u8], Box<Delivery>> =
+                BaseRecord::with_opaque_to(record.topic, opaque);
+            base.key = record.key;
+            base.payload = record.payload;
+            base.headers = headers.take();
+            match producer.send(base) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    // Backpressure from librdkafka's queue: let deliveries drain.
+                    opaque = back.delivery_opaque;
+                    headers = back.headers;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err((e, _)) => {
+                    self.replace_if_fatal(&producer);
+                    return Err(format!("publishing to {} failed: {e}", record.topic));
+                }
+            }
+        }
+    }
+
+    /// Hand an event's published messages to the producer (propagated headers,
+    /// CloudEvents headers with `cloudevents_source`), counted on `ack`.
+    pub async fn enqueue_published(
+        &self,
+        source: &EventRecord,
+        messages: &[OutgoingMessage],
+        cloudevents_source: Option<&str>,
+        ack: &Arc<EventAck>,
+    ) -> Result<(), String> {
+        for (i, m) in messages.iter().enumerate() {
+            let mut headers = m.headers.clone();
+            for name in PROPAGATED_HEADERS {
+                if let Some(v) = source.header(name) {
+                    set_default(&mut headers, name, v.to_vec());
+                }
+            }
+            if let Some(ce_source) = cloudevents_source {
+                add_cloudevent_headers(&mut headers, source, i, ce_source, m);
+            }
+            let topic = self.namer.full_name(&m.topic);
+            self.enqueue_counted(
+                Record {
+                    topic: &topic,
+                    key: m.key.as_deref(),
+                    payload: Some(&m.payload),
+                    headers: &headers,
+                },
+                ack,
+                None,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Hand a record of an event to the producer, counted on `ack` (and applied
+    /// to `schedule` once delivered).
+    pub async fn enqueue_counted(
+        &self,
+        record: Record<'_>,
+        ack: &Arc<EventAck>,
+        schedule: Option<(DeletionSchedule, ScheduleChange)>,
+    ) -> Result<(), String> {
+        ack.expect(1);
+        let delivery = Delivery::Event {
+            ack: ack.clone(),
+            schedule,
+        };
+        self.enqueue(record, delivery).await.inspect_err(|_| {
+            // Never handed over: nothing will report on it.
+            ack.delivered();
+        })
+    }
+
+    /// Hand `event`'s dead letter (original key, payload and headers, plus why it
+    /// failed) to the producer, counted on `ack`.
+    pub async fn enqueue_dead_letter(
+        &self,
+        dlq_topic: &str,
+        event: &EventRecord,
+        plugin: &str,
+        error: &str,
+        attempts: u32,
+        ack: &Arc<EventAck>,
+    ) -> Result<(), String> {
+        let headers = dead_letter_headers(event, plugin, error, attempts);
+        self.enqueue_counted(
+            Record {
+                topic: dlq_topic,
+                key: event.key.as_deref(),
+                payload: Some(&event.payload),
+                headers: &headers,
+            },
+            ack,
+            None,
+        )
+        .await
+        .map_err(|e| format!("dead-lettering to {dlq_topic} failed: {e}"))
+    }
+
+    /// Send one record to a full topic name and wait for its acknowledgement:
+    /// `(partition, offset)`.
+    pub async fn send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: &[(String, Vec<u8>)],
+    ) -> Result<(i32, i64), String> {
+        self.send_record(Record {
+            topic,
+            key,
+            payload: Some(payload),
+            headers,
+        })
+        .await
+    }
+
+    /// [`Outputs::send`] for any record (a tombstone, say).
+    pub async fn send_record(&self, record: Record<'_>) -> Result<(i32, i64), String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.enqueue(record, Delivery::Waiter(tx)).await?;
+        let producer = self.producer.load_full();
+        let result = rx
+            .await
+            .unwrap_or_else(|_| Err("the producer was dropped".into()));
+        if result.is_err() {
+            self.replace_if_fatal(&producer);
+        }
+        result
+    }
+
+    /// Producers replaced after a fatal error since start.
+    pub fn producers_replaced(&self) -> u64 {
+        self.replaced.load(Ordering::Relaxed)
+    }
+
+    /// Wait (up to `timeout`) until every record handed over was acknowledged or failed.
+    pub fn flush(&self, timeout: Duration) {
+        let _ = self.producer.load_full().flush(timeout);
+    }
+
+    /// Make the current producer fail fatally, as librdkafka does when it can no
+    /// longer keep an idempotent producer's guarantees (for the recovery's tests).
+    #[doc(hidden)]
+    pub fn fail_producer_for_test(&self) {
+        let producer = self.producer.load_full();
+        // SAFETY: the pointer is the live client `producer` holds for this call's
+        // duration; librdkafka copies the reason string.
+        unsafe {
+            rdkafka::bindings::rd_kafka_test_fatal_error(
+                producer.client().native_client().ptr(),
+                rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                c"injected by a test".as_ptr(),
+            );
+        }
+    }
+
+    /// If `failed` (the producer a send just failed on) is fatally broken and still
+    /// the current one, swap in a new producer. The records it still holds fail
+    /// (their partitions are rewound); it is dropped on a thread of its own, since
+    /// dropping waits for its polling thread.
+    fn replace_if_fatal(&self, failed: &Arc<KafkaProducer>) {
+        let Some((code, reason)) = failed.client().fatal_error() else {
+            return;
+        };
+        let fresh: KafkaProducer = match self.client_config.create_with_context(OutputContext) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "the producer failed fatally and a new one cannot be created; retrying on the next failure");
+                return;
+            }
+        };
+        let previous = self.producer.compare_and_swap(failed, Arc::new(fresh));
+        if Arc::ptr_eq(&previous, failed) {
+            self.replaced.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(code = ?code, reason = %reason, "the producer failed fatally; replaced it with a new one (the events whose outputs were lost are handled again)");
+            let old = Arc::clone(&previous);
+            drop(previous);
+            let _ = std::thread::Builder::new()
+                .name("weir-producer-drop".into())
+                .spawn(move || drop(old));
+        }
+    }
+}
+
+/// The dead letter's headers: the original ones plus `weir-*`.
+pub fn dead_letter_headers(
+    event: &EventRecord,
+    plugin: &str,
+    error: &str,
+    attempts: u32,
+) -> Vec<(String, Vec<u8>)> {
+    let mut headers = event.headers.clone();
+    for (k, v) in [
+        (H_ERROR, error.to_string()),
+        (H_PLUGIN, plugin.to_string()),
+        (H_TOPIC, event.topic.to_string()),
+        (H_PARTITION, event.partition.to_string()),
+        (H_OFFSET, event.offset.to_string()),
+        (H_ATTEMPTS, attempts.to_string()),
+        (H_FAILED_AT, rfc3339(now_ms())),
+    ] {
+        headers.push((k.to_string(), v.into_bytes()));
+    }
+    headers
+}
+
+/// Add `name: value` unless a header `name` is already there.
+fn set_default(headers: &mut Vec<(String, Vec<u8>)>, name: &str, value: Vec<u8>) {
+    if !headers.iter().any(|(k, _)| k == name) {
+        headers.push((name.to_string(), value));
+    }
+}
+
+/// CloudEvents binary mode (Kafka protocol binding): the attributes as `ce_*`
+/// headers. `ce_id` is derived from the input record and the output's index, so a
+/// redelivered event produces the same ids and consumers can deduplicate.
+fn add_cloudevent_headers(
+    headers: &mut Vec<(String, Vec<u8>)>,
+    input: &EventRecord,
+    index: usize,
+    ce_source: &str,
+    msg: &OutgoingMessage,
+) {
+    let seed = format!(
+        "{}/{}/{}/{index}",
+        input.topic, input.partition, input.offset
+    );
+    let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, seed.as_bytes()).to_string();
+    set_default(headers, "ce_specversion", b"1.0".to_vec());
+    set_default(headers, "ce_id", id.into_bytes());
+    set_default(headers, "ce_source", ce_source.as_bytes().to_vec());
+    set_default(headers, "ce_type", msg.topic.as_bytes().to_vec());
+    set_default(headers, "ce_time", rfc3339(now_ms()).into_bytes());
+    if serde_json::from_slice::<serde::de::IgnoredAny>(&msg.payload).is_ok() {
+        set_default(headers, "content-type", b"application/json".to_vec());
+    }
+}

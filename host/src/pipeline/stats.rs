@@ -1,0 +1,65 @@
+//! Counters of one plugin (for logs, `weir plugins`, the admin API and metrics).
+//! They live as long as the plugin, across new versions and consumer restarts.
+
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug)]
+pub struct Stats {
+    pub handled: AtomicU64,
+    pub retries: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub published: AtomicU64,
+    pub abandoned: AtomicU64,
+    /// Events handed to the plugin again because a partition was rewound after
+    /// a failed delivery (the duplicates of the failure path).
+    pub redelivered: AtomicU64,
+    /// Rewinds (failed deliveries that sent a partition back).
+    pub rewinds: AtomicU64,
+    /// Calls into the plugin (a batch is one call).
+    pub calls: AtomicU64,
+    /// Time in the plugin per event (seconds), for `weir_handle_duration_seconds`;
+    /// an event of a batch counts the batch's time divided by its size.
+    pub durations: Histogram,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            handled: AtomicU64::default(),
+            retries: AtomicU64::default(),
+            dead_lettered: AtomicU64::default(),
+            published: AtomicU64::default(),
+            abandoned: AtomicU64::default(),
+            redelivered: AtomicU64::default(),
+            rewinds: AtomicU64::default(),
+            calls: AtomicU64::default(),
+            // 1 µs to about 4 s.
+            durations: Histogram::new(exponential_buckets(0.000_001, 4.0, 12)),
+        }
+    }
+}
+
+impl Stats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            handled: self.handled.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+            published: self.published.load(Ordering::Relaxed),
+            abandoned: self.abandoned.load(Ordering::Relaxed),
+            redelivered: self.redelivered.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StatsSnapshot {
+    pub handled: u64,
+    pub retries: u64,
+    pub dead_lettered: u64,
+    pub published: u64,
+    pub abandoned: u64,
+    #[serde(default)]
+    pub redelivered: u64,
+}
