@@ -475,7 +475,7 @@ impl Config {
                 "is required with backend = \"redis\" (e.g. \"redis://127.0.0.1:6379/0\")".into(),
             )),
             (CacheKind::Redis, Some(url)) => {
-                crate::capabilities::RedisCache::check_url(url).map_err(|e| ("cache.url".into(), e))
+                check_redis_url(url).map_err(|e| ("cache.url".into(), e))
             }
             (CacheKind::Memory, Some(_)) => Err((
                 "cache.url".into(),
@@ -529,6 +529,23 @@ impl Config {
             &self.topics.vars,
         )
     }
+}
+
+/// Whether `url` is a usable Redis URL (nothing is contacted).
+fn check_redis_url(url: &str) -> Result<(), String> {
+    redis::Client::open(url)
+        .map(|_| ())
+        .map_err(|e| redis_url_error(url, &e))
+}
+
+/// Why `url` is not a usable Redis URL (the URL itself, with its password, is
+/// not repeated).
+pub fn redis_url_error(url: &str, e: &redis::RedisError) -> String {
+    let scheme = url.split("://").next().unwrap_or("");
+    if scheme == "rediss" || scheme == "valkeys" {
+        return "TLS (rediss://) is not supported by this build of weir yet; use redis:// on a trusted network or a TLS proxy".into();
+    }
+    format!("not a usable Redis URL ({e}); expected redis://[user:password@]host:port[/db]")
 }
 
 /// This machine's name (`$HOSTNAME`, else the kernel's), `weir` if unknown.
@@ -727,5 +744,16 @@ mod tests {
             .merge(Serialized::default("kafka.bootstrap_servers", "env:9092"));
         let c = Config::from_figment(figment, Path::new("weir.toml")).unwrap();
         assert_eq!(c.kafka.bootstrap_servers, "env:9092");
+    }
+
+    #[test]
+    fn urls_are_checked_without_echoing_credentials() {
+        assert!(check_redis_url("redis://127.0.0.1:6379/0").is_ok());
+        assert!(check_redis_url("redis://:secret@cache:6379").is_ok());
+        let e = check_redis_url("http://:secret@cache:6379").unwrap_err();
+        assert!(!e.contains("secret"), "{e}");
+        assert!(e.contains("redis://"), "{e}");
+        let e = check_redis_url("rediss://cache:6380").unwrap_err();
+        assert!(e.contains("TLS"), "{e}");
     }
 }

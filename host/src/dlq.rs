@@ -40,7 +40,7 @@ pub struct ReplayReport {
 pub fn dlq_topics(config: &Config, plugin: Option<&str>) -> Result<BTreeSet<String>, String> {
     let namer = config.namer()?;
     let mut topics = BTreeSet::new();
-    for files in crate::run::discover(&config.plugins.dir)? {
+    for files in crate::plugin_dir::discover(&config.plugins.dir)? {
         if plugin.is_some_and(|p| p != files.name) {
             continue;
         }

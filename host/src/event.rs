@@ -1,6 +1,6 @@
 //! The host's view of one consumed record, and its conversion to the WIT `event`.
 
-use crate::runtime::bindings::CloudEvent;
+use crate::bindings::CloudEvent;
 use serde::Serialize;
 use std::fmt;
 use std::sync::Arc;

@@ -6,6 +6,7 @@
 //! its [`manifest`]; what it published comes back with the outcome.
 
 pub mod admin;
+pub mod bindings;
 pub mod capabilities;
 pub mod config;
 pub mod dlq;
@@ -14,9 +15,12 @@ pub mod invoke;
 pub mod kafka;
 pub mod manifest;
 pub mod pipeline;
+pub mod plugin_dir;
 pub mod reload;
 pub mod run;
 pub mod runtime;
+pub mod schedule_topic;
+pub mod status;
 pub mod storage_key;
 pub mod topics;
 pub mod versions;

@@ -23,8 +23,10 @@ use crate::pipeline::lanes::BatchLimits;
 use crate::pipeline::outputs::Outputs;
 use crate::pipeline::stats::{Stats, StatsSnapshot};
 use crate::pipeline::Pipeline;
-use crate::run::{discover, PluginFiles, RunReport};
+use crate::plugin_dir::{discover, PluginFiles};
 use crate::runtime::{Plugin, Runtime};
+use crate::status::write_status_file;
+pub use crate::status::{read_status_file, PluginStatus};
 use crate::topics::TopicNamer;
 use crate::versions::Versions;
 use sha2::{Digest, Sha256};
@@ -33,23 +35,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-/// What `weir plugins` shows of one plugin.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct PluginStatus {
-    pub name: String,
-    /// `running`, `rolled-back` (running the last good version after a failed
-    /// swap), `rejected` (nothing running: the files cannot be loaded).
-    pub state: String,
-    /// Why the last load failed or the last rollback happened.
-    pub reason: Option<String>,
-    /// SHA-256 of the running component.
-    pub sha256: Option<String>,
-    pub loaded_at: Option<String>,
-    pub topics: Vec<String>,
-    pub wasm: String,
-    pub manifest: String,
-    pub rollbacks: u64,
-    pub stats: Option<StatsSnapshot>,
+/// What a run did, per plugin.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct RunReport {
+    pub plugins: BTreeMap<String, StatsSnapshot>,
 }
 
 /// The consumer's shape: a change here needs a new consumer, anything else a swap.
@@ -121,7 +110,7 @@ impl Supervisor {
             let topic = config.schedule_topic()?;
             if existing_topics.contains(&topic) {
                 let read =
-                    crate::kafka::schedule::rebuild(&config, &topic, &backends.deletions).await?;
+                    crate::schedule_topic::rebuild(&config, &topic, &backends.deletions).await?;
                 let pending = backends.deletions.list().await?.len();
                 tracing::info!(topic = %topic, records = read, pending, "scheduled deletions read back");
             }
@@ -162,7 +151,7 @@ impl Supervisor {
         if !deletions.is_records() {
             return Ok(deletions.spawn_sweeper(interval));
         }
-        Ok(crate::kafka::schedule::spawn_sweeper(
+        Ok(crate::schedule_topic::spawn_sweeper(
             deletions,
             self.backends.storage.clone(),
             self.outputs.clone(),
@@ -520,25 +509,6 @@ fn fingerprint(files: &PluginFiles) -> Option<String> {
     h.update(Sha256::digest(&wasm));
     h.update(Sha256::digest(&manifest));
     Some(hex::encode(h.finalize()))
-}
-
-fn write_status_file(path: &std::path::Path, status: &[PluginStatus]) {
-    let write = || -> std::io::Result<()> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(status)?)?;
-        std::fs::rename(&tmp, path)
-    };
-    if let Err(e) = write() {
-        tracing::warn!(file = %path.display(), error = %e, "cannot write the plugin status");
-    }
-}
-
-/// Read the status a running host wrote.
-pub fn read_status_file(path: &std::path::Path) -> Option<Vec<PluginStatus>> {
-    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
 /// The plugins' status: the running host's (from its status file) if there is

@@ -2,78 +2,47 @@
 
 use crate::admin::view::{HostView, Phase};
 use crate::admin::AdminServer;
-use crate::capabilities::{Backends, DeletionSchedule};
+use crate::capabilities::{Backends, CacheBackend, DeletionSchedule, MemoryCache, RedisCache};
+use crate::config::CacheKind;
 use crate::config::Config;
-use crate::pipeline::stats::StatsSnapshot;
+pub use crate::reload::RunReport;
 use crate::reload::Supervisor;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::future::Future;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// What a run did, per plugin.
-#[derive(Debug, Default, Clone, serde::Serialize)]
-pub struct RunReport {
-    pub plugins: BTreeMap<String, StatsSnapshot>,
-}
-
-/// A plugin found in the plugin directory: `<name>.wasm` beside `<name>.toml`.
-#[derive(Debug, Clone)]
-pub struct PluginFiles {
-    pub name: String,
-    pub wasm: PathBuf,
-    pub manifest: PathBuf,
-}
-
-/// The plugin pairs in `dir`, sorted by name. A lone `.wasm` or `.toml` is reported
-/// and skipped.
-pub fn discover(dir: &Path) -> Result<Vec<PluginFiles>, String> {
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| format!("cannot read the plugin directory {}: {e}", dir.display()))?;
-    let mut stems: BTreeMap<String, (bool, bool)> = BTreeMap::new();
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let (Some(stem), Some(ext)) = (
-            path.file_stem().and_then(|s| s.to_str()),
-            path.extension().and_then(|s| s.to_str()),
-        ) else {
-            continue;
-        };
-        let slot = stems.entry(stem.to_string()).or_default();
-        match ext {
-            "wasm" => slot.0 = true,
-            "toml" => slot.1 = true,
-            _ => {}
-        }
-    }
-    let mut found = Vec::new();
-    for (name, (wasm, toml)) in stems {
-        match (wasm, toml) {
-            (true, true) => found.push(PluginFiles {
-                wasm: dir.join(format!("{name}.wasm")),
-                manifest: dir.join(format!("{name}.toml")),
-                name,
-            }),
-            (true, false) => {
-                tracing::warn!(plugin = %name, "{name}.wasm has no manifest {name}.toml beside it; skipped")
-            }
-            (false, true) => {
-                tracing::warn!(plugin = %name, "{name}.toml has no component {name}.wasm beside it; skipped")
-            }
-            (false, false) => {}
-        }
-    }
-    Ok(found)
-}
-
 /// Run until `shutdown` completes, then drain, commit and return what happened.
 /// Scheduled deletions are records on the schedule topic.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<RunReport, String> {
-    let mut backends = Backends::from_config(&config).await?;
+    let mut backends = backends(&config).await?;
     backends.deletions = DeletionSchedule::in_records();
     run_with(config, backends, shutdown).await
+}
+
+/// The backends `weir.toml` asks for (`[cache]`, `[storage]`). Must run inside a
+/// tokio runtime. A Redis server that does not answer yet is not an error: it is
+/// reported, and cache calls are `unavailable` (events retried) until it answers.
+pub async fn backends(config: &Config) -> Result<Backends, String> {
+    let cache: Arc<dyn CacheBackend> = match config.cache.backend {
+        CacheKind::Memory => Arc::new(MemoryCache::new(config.cache.max_bytes.as_u64())),
+        CacheKind::Redis => {
+            let url = config.cache.url.as_deref().unwrap_or_default();
+            let redis = RedisCache::connect(url, config.cache.timeout)
+                .map_err(|e| format!("cache.url: {e}"))?;
+            match redis.ping().await {
+                Ok(()) => tracing::info!(cache = %redis.describe(), "cache backend reachable"),
+                Err(e) => tracing::warn!(
+                    cache = %redis.describe(),
+                    error = %e,
+                    "cache backend not reachable yet; cache calls fail as unavailable (events are retried) until it answers"
+                ),
+            }
+            Arc::new(redis)
+        }
+    };
+    Backends::with_cache(&config.storage.dir, cache)
 }
 
 /// How long the plugin directory must stay quiet before a change is applied, so

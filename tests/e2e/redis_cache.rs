@@ -234,7 +234,7 @@ async fn the_pipeline_rides_out_a_redis_outage_without_losing_or_dead_lettering_
         async move {
             let topic = config.schedule_topic().unwrap();
             let schedule = DeletionSchedule::in_records();
-            match weir_host::kafka::schedule::rebuild(&config, &topic, &schedule).await {
+            match weir_host::schedule_topic::rebuild(&config, &topic, &schedule).await {
                 Ok(_) => schedule.list().await.unwrap().len(),
                 Err(_) => 0, // the topic is created when the plugin starts
             }

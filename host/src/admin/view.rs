@@ -9,7 +9,7 @@ use crate::capabilities::CacheBackend;
 use crate::config::Config;
 use crate::pipeline::fetch::{PartitionView, Shared as SourceShared};
 use crate::pipeline::stats::Stats;
-use crate::reload::PluginStatus;
+use crate::status::PluginStatus;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde::Serialize;
 use std::collections::BTreeMap;

@@ -1,11 +1,11 @@
 //! The `config` capability: the plugin's `[config]` values, read-only.
 
 use super::CallRecord;
-use crate::runtime::bindings::weir::plugin::config::Host;
-use crate::runtime::bindings::CapabilityError;
-use crate::runtime::HostState;
+use super::Ctx;
+use crate::bindings::weir::plugin::config::Host;
+use crate::bindings::CapabilityError;
 
-impl Host for HostState {
+impl Host for Ctx<'_> {
     async fn get(&mut self, key: String) -> Result<Option<String>, CapabilityError> {
         let value = self.grants.config.get(&key).cloned();
         self.record(|| CallRecord {

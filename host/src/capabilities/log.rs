@@ -2,16 +2,16 @@
 //! with the plugin's name and the event's coordinates.
 
 use super::CallRecord;
-use crate::runtime::bindings::weir::plugin::log::{Field, Host, Level};
-use crate::runtime::bindings::CapabilityError;
-use crate::runtime::HostState;
+use super::Ctx;
+use crate::bindings::weir::plugin::log::{Field, Host, Level};
+use crate::bindings::CapabilityError;
 
 /// Lines one event may write; later ones are refused (the event is unaffected).
 pub const MAX_LINES_PER_EVENT: u32 = 1000;
 /// Longest message kept; longer ones are cut.
 pub const MAX_MESSAGE_LEN: usize = 8 * 1024;
 
-impl Host for HostState {
+impl Host for Ctx<'_> {
     async fn write(
         &mut self,
         level: Level,

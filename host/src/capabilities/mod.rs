@@ -2,9 +2,10 @@
 //!
 //! Each module does three things, in one place: the backend trait and its default
 //! implementation (shared by every plugin of a host), the grant decided once at load
-//! from the manifest, and the generated WIT host trait implemented on the
-//! per-instance [`HostState`](crate::runtime::HostState). A denied call is answered
-//! from the grant, never by a trap.
+//! from the manifest, and the generated WIT host trait implemented on [`Ctx`], the
+//! view of one instance a call sees (its grants, the host's backends, and what the
+//! current event has done so far). A denied call is answered from the grant, never
+//! by a trap. The runtime owns the instances and hands each call its `Ctx`.
 
 pub mod cache;
 pub mod config;
@@ -13,7 +14,6 @@ pub mod publish;
 pub mod schedule;
 pub mod storage;
 
-use crate::config::{CacheKind, Config};
 use crate::manifest::Manifest;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -49,30 +49,6 @@ impl Backends {
             deletions: DeletionSchedule::in_store(storage.clone()),
             storage,
         })
-    }
-
-    /// The backends `weir.toml` asks for (`[cache]`, `[storage]`). Must run inside a
-    /// tokio runtime. A Redis server that does not answer yet is not an error: it is
-    /// reported, and cache calls are `unavailable` (events retried) until it answers.
-    pub async fn from_config(config: &Config) -> Result<Self, String> {
-        let cache: Arc<dyn CacheBackend> = match config.cache.backend {
-            CacheKind::Memory => Arc::new(MemoryCache::new(config.cache.max_bytes.as_u64())),
-            CacheKind::Redis => {
-                let url = config.cache.url.as_deref().unwrap_or_default();
-                let redis = RedisCache::connect(url, config.cache.timeout)
-                    .map_err(|e| format!("cache.url: {e}"))?;
-                match redis.ping().await {
-                    Ok(()) => tracing::info!(cache = %redis.describe(), "cache backend reachable"),
-                    Err(e) => tracing::warn!(
-                        cache = %redis.describe(),
-                        error = %e,
-                        "cache backend not reachable yet; cache calls fail as unavailable (events are retried) until it answers"
-                    ),
-                }
-                Arc::new(redis)
-            }
-        };
-        Self::with_cache(&config.storage.dir, cache)
     }
 }
 
@@ -124,8 +100,67 @@ impl fmt::Display for CallRecord {
     }
 }
 
+/// What one call of a plugin into a capability sees.
+pub struct Ctx<'a> {
+    pub grants: &'a Grants,
+    pub backends: &'a Backends,
+    effects: &'a mut EventEffects,
+    record_calls: bool,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(
+        grants: &'a Grants,
+        backends: &'a Backends,
+        effects: &'a mut EventEffects,
+        record_calls: bool,
+    ) -> Self {
+        Ctx {
+            grants,
+            backends,
+            effects,
+            record_calls,
+        }
+    }
+
+    /// What the current event has done so far.
+    pub(crate) fn effects(&mut self) -> &mut EventEffects {
+        self.effects
+    }
+
+    /// Record a capability call, if recording is on (the closure is not run otherwise).
+    pub(crate) fn record(&mut self, call: impl FnOnce() -> CallRecord) {
+        if self.record_calls {
+            self.effects.calls.push(call());
+        }
+    }
+
+    /// The coordinates of the current event, for log lines.
+    pub(crate) fn coordinates(&self) -> String {
+        match &self.effects.coordinates {
+            Some(c) => c.to_string(),
+            None => "-".into(),
+        }
+    }
+}
+
+/// What one event did through its capabilities, handed back when its call ends.
+#[derive(Default)]
+pub struct EventEffects {
+    /// Where the event came from, for log lines.
+    pub coordinates: Option<crate::event::Coordinates>,
+    pub calls: Vec<CallRecord>,
+    pub outbox: Vec<OutgoingMessage>,
+    pub schedule: Vec<ScheduleChange>,
+    /// `stdout: line` / `stderr: line`, when calls are recorded.
+    pub output: Vec<String>,
+    /// A Rust panic message the plugin printed to stderr, if any.
+    pub panic: Option<String>,
+    pub log_lines: u32,
+}
+
 /// The `types` interface has no functions; the generated trait only marks it.
-impl crate::runtime::bindings::weir::plugin::types::Host for crate::runtime::HostState {}
+impl crate::bindings::weir::plugin::types::Host for Ctx<'_> {}
 
 /// Text for a denied capability that the manifest does not grant.
 pub(crate) fn not_granted(capability: &str) -> String {

@@ -5,10 +5,10 @@
 //! leaks half its output, and the offset moves only after they are acknowledged.
 
 use super::cache::describe;
+use super::Ctx;
 use super::{not_granted, CallRecord};
-use crate::runtime::bindings::weir::plugin::publish::{Host, Message};
-use crate::runtime::bindings::CapabilityError;
-use crate::runtime::HostState;
+use crate::bindings::weir::plugin::publish::{Host, Message};
+use crate::bindings::CapabilityError;
 use serde::Serialize;
 
 /// Kafka's default `message.max.bytes` is about 1 MB.
@@ -73,7 +73,7 @@ fn headers_as_text<S: serde::Serializer>(v: &[(String, Vec<u8>)], s: S) -> Resul
     seq.end()
 }
 
-impl HostState {
+impl Ctx<'_> {
     fn check_message(&mut self, msg: &Message) -> Result<(), CapabilityError> {
         let granted = self
             .grants
@@ -113,7 +113,7 @@ impl HostState {
     }
 }
 
-impl Host for HostState {
+impl Host for Ctx<'_> {
     async fn send(&mut self, msg: Message) -> Result<(), CapabilityError> {
         let result = self.check_message(&msg);
         let key = msg

@@ -6,10 +6,10 @@
 
 use super::cache::describe;
 use super::schedule::{ScheduleChange, ScheduledDeletion};
+use super::Ctx;
 use super::{not_granted, CallRecord};
-use crate::runtime::bindings::weir::plugin::storage::{DeletionTime, Host, ObjectInfo};
-use crate::runtime::bindings::CapabilityError;
-use crate::runtime::HostState;
+use crate::bindings::weir::plugin::storage::{DeletionTime, Host, ObjectInfo};
+use crate::bindings::CapabilityError;
 use crate::storage_key::{self, KeyError, RESERVED_PREFIX};
 use futures::TryStreamExt;
 use object_store::{path::Path as StorePath, ObjectStore, PutPayload};
@@ -49,7 +49,7 @@ fn unavailable(e: impl std::fmt::Display) -> CapabilityError {
     CapabilityError::Unavailable(format!("storage backend: {e}"))
 }
 
-impl HostState {
+impl Ctx<'_> {
     fn granted_prefixes(&self) -> Result<&[String], CapabilityError> {
         self.grants
             .storage_prefixes
@@ -82,7 +82,7 @@ fn key_error(e: KeyError) -> CapabilityError {
     }
 }
 
-impl Host for HostState {
+impl Host for Ctx<'_> {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, CapabilityError> {
         let result = match self.object_path(&key) {
             Err(e) => Err(e),

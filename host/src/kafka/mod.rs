@@ -1,7 +1,5 @@
 //! Kafka: client settings, reaching the broker, topics, reading a topic to its
-//! end, and the schedule topic. The delivery path itself is in `pipeline/`.
-
-pub mod schedule;
+//! end. The delivery path itself is in `pipeline/`.
 
 use crate::config::Config;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};

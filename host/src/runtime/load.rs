@@ -1,7 +1,7 @@
 //! Load-time checks: is this file a component, and does it fit the
 //! `weir:plugin/handler` world? Every failure names the file and what to do.
 
-use super::bindings::{CAPABILITY_INTERFACES, PACKAGE, PACKAGE_VERSION};
+use crate::bindings::{CAPABILITY_INTERFACES, PACKAGE, PACKAGE_VERSION};
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -8,7 +8,6 @@
 //! - isolation: a trap or timeout fails that event only. The instance is thrown
 //!   away and the next event gets a fresh one (with `init` run again).
 
-pub mod bindings;
 mod compile_cache;
 mod load;
 mod state;
@@ -17,10 +16,10 @@ pub use compile_cache::CompileStats;
 pub use load::{LoadError, LoadErrorKind};
 pub use state::HostState;
 
+use crate::bindings::{self, HandleError};
 use crate::capabilities::{Backends, CallRecord, Grants, OutgoingMessage, ScheduleChange};
 use crate::event::{EventRecord, EventView};
 use crate::manifest::Manifest;
-use bindings::HandleError;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,7 +47,14 @@ impl Runtime {
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        bindings::BatchHandler::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
+        use bindings::weir::plugin as wit;
+        wit::types::add_to_linker::<HostState, Capabilities>(&mut linker, HostState::ctx)?;
+        wit::cache::add_to_linker::<HostState, Capabilities>(&mut linker, HostState::ctx)?;
+        wit::storage::add_to_linker::<HostState, Capabilities>(&mut linker, HostState::ctx)?;
+        wit::publish::add_to_linker::<HostState, Capabilities>(&mut linker, HostState::ctx)?;
+        wit::log::add_to_linker::<HostState, Capabilities>(&mut linker, HostState::ctx)?;
+        wit::config::add_to_linker::<HostState, Capabilities>(&mut linker, HostState::ctx)?;
+        wit::batch::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
             &mut linker,
             |s| s,
         )?;
@@ -128,6 +134,13 @@ impl Runtime {
             .map_err(|failure| LoadError::new(wasm, failure.kind, failure.message))?;
         Ok(plugin)
     }
+}
+
+/// The capabilities' view of an instance's state, for the linker.
+struct Capabilities;
+
+impl wasmtime::component::HasData for Capabilities {
+    type Data<'a> = crate::capabilities::Ctx<'a>;
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
@@ -572,7 +585,7 @@ impl Plugin {
     fn report(
         &self,
         outcome: Outcome,
-        effects: state::EventEffects,
+        effects: crate::capabilities::EventEffects,
         duration_us: u64,
     ) -> impl std::future::Future<Output = Report> + Send + 'static {
         let deletions = self.backends.deletions.clone();
@@ -584,7 +597,7 @@ impl Plugin {
 async fn report(
     deletions: crate::capabilities::DeletionSchedule,
     mut outcome: Outcome,
-    effects: state::EventEffects,
+    effects: crate::capabilities::EventEffects,
     duration_us: u64,
 ) -> Report {
     {

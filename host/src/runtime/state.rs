@@ -1,7 +1,7 @@
 //! Per-instance state: WASI, limits, the plugin's grants, and what the current
 //! event has done so far (capability calls, queued messages, output).
 
-use crate::capabilities::{Backends, CallRecord, Grants, OutgoingMessage, ScheduleChange};
+use crate::capabilities::{Backends, Ctx, EventEffects, Grants};
 use crate::event::Coordinates;
 use bytes::Bytes;
 use std::fmt;
@@ -82,7 +82,7 @@ impl HostState {
 
     /// What the current event has done so far. Outside a call (during `init`),
     /// a scratch entry.
-    pub(crate) fn effects(&mut self) -> &mut EventEffects {
+    fn effects(&mut self) -> &mut EventEffects {
         if self.events.is_empty() {
             self.events.push(EventEffects::default());
         }
@@ -90,12 +90,18 @@ impl HostState {
         &mut self.events[i]
     }
 
-    /// Record a capability call, if recording is on (the closure is not run otherwise).
-    pub(crate) fn record(&mut self, call: impl FnOnce() -> CallRecord) {
-        if self.record_calls {
-            let call = call();
-            self.effects().calls.push(call);
+    /// The view of this instance a capability call gets.
+    pub(crate) fn ctx(&mut self) -> Ctx<'_> {
+        if self.events.is_empty() {
+            self.events.push(EventEffects::default());
         }
+        let i = self.current.min(self.events.len() - 1);
+        Ctx::new(
+            &self.grants,
+            &self.backends,
+            &mut self.events[i],
+            self.record_calls,
+        )
     }
 
     /// A call into the plugin starts, for events at these coordinates (one, or
@@ -171,21 +177,6 @@ impl HostState {
         self.current = 0;
         std::mem::take(&mut self.events)
     }
-}
-
-/// What one event did, handed back when its call ends.
-#[derive(Default)]
-pub(crate) struct EventEffects {
-    /// Where the event came from, for log lines.
-    pub coordinates: Option<Coordinates>,
-    pub calls: Vec<CallRecord>,
-    pub outbox: Vec<OutgoingMessage>,
-    pub schedule: Vec<ScheduleChange>,
-    /// `stdout: line` / `stderr: line`, when calls are recorded.
-    pub output: Vec<String>,
-    /// A Rust panic message the plugin printed to stderr, if any.
-    pub panic: Option<String>,
-    pub log_lines: u32,
 }
 
 /// `panicked at src/lib.rs:10:9: boom` from Rust's panic output.
@@ -351,7 +342,7 @@ impl tokio::io::AsyncWrite for CapturedOutput {
 }
 
 /// `batch.begin-event`: the plugin's batch moves on to another event.
-impl super::bindings::weir::plugin::batch::Host for HostState {
+impl crate::bindings::weir::plugin::batch::Host for HostState {
     async fn begin_event(&mut self, index: u32) {
         self.start_event(index);
     }

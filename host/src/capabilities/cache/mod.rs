@@ -11,8 +11,8 @@ pub use self::redis::RedisCache;
 pub use memory::MemoryCache;
 
 use super::{not_granted, CallRecord};
-use crate::runtime::bindings::{weir::plugin::cache::Host, CapabilityError};
-use crate::runtime::HostState;
+use crate::bindings::{weir::plugin::cache::Host, CapabilityError};
+use crate::capabilities::Ctx;
 use async_trait::async_trait;
 use std::time::Duration;
 
@@ -56,7 +56,7 @@ pub trait CacheBackend: Send + Sync {
     }
 }
 
-impl HostState {
+impl Ctx<'_> {
     /// The backend key for a plugin's key, or why the call is refused.
     fn cache_key(&self, key: &str, what: &str) -> Result<String, CapabilityError> {
         let ns = self
@@ -93,7 +93,7 @@ fn backend_error(e: CacheError) -> CapabilityError {
     }
 }
 
-impl Host for HostState {
+impl Host for Ctx<'_> {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, CapabilityError> {
         let result = match self.cache_key(&key, "key") {
             Ok(k) => self.backends.cache.get(&k).await.map_err(backend_error),

@@ -23,12 +23,12 @@ pub async fn rebuild(
     topic: &str,
     schedule: &DeletionSchedule,
 ) -> Result<u64, String> {
-    let cfg = super::base_config(config);
+    let cfg = crate::kafka::base_config(config);
     let topic = topic.to_string();
     let schedule = schedule.clone();
     tokio::task::spawn_blocking(move || {
         let mut bad = 0;
-        let read = super::read_to_end(cfg, &topic, "weir-schedule-reader", |m| {
+        let read = crate::kafka::read_to_end(cfg, &topic, "weir-schedule-reader", |m| {
             match ScheduleChange::from_record(m.key(), m.payload()) {
                 Ok(change) => schedule.apply(&change),
                 Err(e) => {
