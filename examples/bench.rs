@@ -47,6 +47,8 @@ const PAYLOAD: usize = 1024;
 
 struct Plan {
     events: usize,
+    /// Only these runs (`--only bd`), for profiling one of them.
+    only: Option<String>,
     latency_seconds: u64,
     extra_plugins: usize,
     calls: usize,
@@ -60,13 +62,21 @@ fn main() -> Result<(), String> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let quick = std::env::args().any(|a| a == "--quick");
-    let plan = if quick {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let mut plan = if quick {
         Plan {
             events: 50_000,
             latency_seconds: 2,
             extra_plugins: 3,
             calls: 20_000,
+            only: None,
         }
     } else {
         Plan {
@@ -74,8 +84,13 @@ fn main() -> Result<(), String> {
             latency_seconds: 10,
             extra_plugins: 10,
             calls: 200_000,
+            only: None,
         }
     };
+    if let Some(n) = arg("--events").and_then(|v| v.parse().ok()) {
+        plan.events = n;
+    }
+    plan.only = arg("--only");
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     std::env::set_current_dir(&root).map_err(|e| e.to_string())?;
     let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
@@ -93,7 +108,9 @@ fn main() -> Result<(), String> {
         ));
     }
     let result = bench.run(&plan);
-    let _ = std::fs::remove_dir_all(&bench.work);
+    if plan.only.is_none() {
+        let _ = std::fs::remove_dir_all(&bench.work);
+    }
     result
 }
 
@@ -139,30 +156,33 @@ impl Bench {
         produce_events(&bootstrap, "bench-in", n)?;
         let produce_rate = n as f64 / started.elapsed().as_secs_f64();
 
-        eprintln!("(a) native consumer...");
-        let a = self.native(&bootstrap, "bench-a", n, None)?;
-        eprintln!("(b) weir + noop...");
-        let (b, _) = self.weir_run(&bootstrap, "noop", "noop", "bench-b", n, "")?;
-        eprintln!("(c) native consume -> produce -> commit...");
-        let c = self.native(&bootstrap, "bench-c", n, Some("bench-out-c"))?;
-        eprintln!("(d) weir + echo...");
-        let (d, d_rss) = self.weir_run(
-            &bootstrap,
-            "echo",
-            "echo",
-            "bench-d",
-            n,
-            "[capabilities.publish]\ntopics = [\"out-d\"]\n[config]\noutput = \"out-d\"\n",
-        )?;
-        eprintln!("(e) weir + track-deletions...");
-        let (e, _) = self.weir_run(
-            &bootstrap,
-            "track-deletions",
-            "track_deletions",
-            "bench-e",
-            n,
-            "[capabilities.cache]\nnamespace = \"novatune\"\n[capabilities.storage]\nprefixes = [\"audio/\", \"waveforms/\"]\n",
-        )?;
+        if let Some(only) = &plan.only {
+            let _broker = broker;
+            // Profiling: just these runs, their figures, and where their logs are.
+            for run in only.chars() {
+                let rate = self.throughput(&bootstrap, run, n)?.0;
+                println!(
+                    "({run}) {:.0} events/s ({:.2} s); logs under {}",
+                    rate.per_second,
+                    rate.wall.as_secs_f64(),
+                    self.work.display()
+                );
+            }
+            return Ok(());
+        }
+        let mut rates = Vec::new();
+        let mut d_rss = 0;
+        for run in ['a', 'b', 'c', 'd', 'e'] {
+            eprintln!("({run})...");
+            let (rate, rss) = self.throughput(&bootstrap, run, n)?;
+            if run == 'd' {
+                d_rss = rss;
+            }
+            rates.push(rate);
+        }
+        let [a, b, c, d, e] = rates[..] else {
+            unreachable!("five runs")
+        };
         eprintln!("warm calls...");
         let calls = rt.block_on(self.warm_calls(plan.calls))?;
         eprintln!("idle RSS...");
@@ -234,6 +254,32 @@ impl Bench {
         Ok(())
     }
 
+    /// One throughput run by its letter: its rate and (for weir) highest RSS.
+    fn throughput(&self, bootstrap: &str, run: char, n: usize) -> Result<(Rate, u64), String> {
+        match run {
+            'a' => Ok((self.native(bootstrap, "bench-a", n, None)?, 0)),
+            'b' => self.weir_run(bootstrap, "noop", "noop", "bench-b", n, ""),
+            'c' => Ok((self.native(bootstrap, "bench-c", n, Some("bench-out-c"))?, 0)),
+            'd' => self.weir_run(
+                bootstrap,
+                "echo",
+                "echo",
+                "bench-d",
+                n,
+                "[capabilities.publish]\ntopics = [\"out-d\"]\n[config]\noutput = \"out-d\"\n",
+            ),
+            'e' => self.weir_run(
+                bootstrap,
+                "track-deletions",
+                "track_deletions",
+                "bench-e",
+                n,
+                "[capabilities.cache]\nnamespace = \"novatune\"\n[capabilities.storage]\nprefixes = [\"audio/\", \"waveforms/\"]\n",
+            ),
+            other => Err(format!("no run ({other}): use a to e")),
+        }
+    }
+
     /// (a) and (c): a hand-written at-least-once loop in this process.
     fn native(
         &self,
@@ -275,7 +321,8 @@ impl Bench {
         std::fs::write(
             plugins.join(format!("{plugin}.toml")),
             format!(
-                "name = \"{plugin}\"\ntopics = [\"in\"]\n[consumer]\ngroup = \"{group}\"\n{manifest_extra}"
+                "name = \"{plugin}\"\ntopics = [\"in\"]\n[consumer]\ngroup = \"{group}\"\n{}{manifest_extra}",
+                std::env::var("BENCH_CONSUMER").unwrap_or_default()
             ),
         )
         .map_err(|e| e.to_string())?;
@@ -761,7 +808,8 @@ impl WeirProcess {
             dir.join("weir.toml"),
             format!(
                 "[kafka]\nbootstrap_servers = \"{bootstrap}\"\n\
-                 [topics]\nprefix = \"bench\"\n[admin]\nenabled = false\n"
+                 [topics]\nprefix = \"bench\"\n[admin]\nenabled = false\n{}",
+                std::env::var("BENCH_WEIR_TOML").unwrap_or_default()
             ),
         )
         .map_err(|e| e.to_string())?;
@@ -771,7 +819,10 @@ impl WeirProcess {
             .args(["run", "--config"])
             .arg(dir.join("weir.toml"))
             // As an operator at this rate would: the plugins' per-event info lines off.
-            .env("RUST_LOG", "info,weir::plugin=warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "info,weir::plugin=warn".into()),
+            )
             .env(
                 "HOSTNAME",
                 format!(

@@ -78,6 +78,9 @@ pub struct ConsumerConfig {
     pub stall_timeout: Duration,
     pub fetch_max_bytes: u32,
     pub max_partition_fetch_bytes: u32,
+    /// How much librdkafka reads ahead per consumer (`queued.max.messages.kbytes`),
+    /// on top of the plugin's `max_in_flight_bytes`.
+    pub prefetch_max_bytes: bytesize::ByteSize,
     /// How often each plugin's lag is measured (a watermark request per assigned
     /// partition, one committed-offsets request); `0s` turns it off.
     #[serde(with = "humantime_serde")]
@@ -96,6 +99,7 @@ impl Default for ConsumerConfig {
             stall_timeout: Duration::from_secs(60),
             fetch_max_bytes: 52_428_800,
             max_partition_fetch_bytes: 1_048_576,
+            prefetch_max_bytes: bytesize::ByteSize::mib(16),
             lag_interval: Duration::from_secs(5),
         }
     }

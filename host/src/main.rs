@@ -8,6 +8,11 @@ use weir_host::admin::view::PluginReport;
 use weir_host::config::Config;
 use weir_host::invoke::{self, InvokeOptions};
 
+/// Events cross threads (read on one, freed on another): mimalloc handles that
+/// without glibc's arena lock.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "weir",

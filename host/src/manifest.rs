@@ -117,7 +117,7 @@ impl Default for ConsumerSettings {
             group: None,
             workers: 1,
             max_in_flight: 10_000,
-            max_in_flight_bytes: ByteSize::mib(64),
+            max_in_flight_bytes: ByteSize::mib(32),
             batch: 128,
         }
     }

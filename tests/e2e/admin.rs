@@ -255,3 +255,89 @@ async fn the_host_is_live_but_not_ready_until_it_reaches_the_broker() {
     assert_eq!(code, Some(2), "no host to reach: {text}");
     assert!(text.contains("is the host running?"), "{text}");
 }
+
+/// A partition that stops making progress (an event retried again and again)
+/// turns `/health` Degraded with the partition named, is logged and counted, and
+/// recovers once the event goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_partition_turns_health_degraded_until_it_flows_again() {
+    let Some(b) = broker() else { return };
+    b.create_topics(&["stall-in", "stall-out", "stall-in.dlq"], 3)
+        .await;
+    let manifest = |extra: &str| {
+        format!(
+            "name = \"echo\"\ntopics = [\"in\"]\n\
+             [retry]\nattempts = 1000\ninitial_backoff = \"100ms\"\nmax_backoff = \"300ms\"\n\
+             [capabilities.cache]\n[capabilities.publish]\ntopics = [\"out\"]\n[config]\n{extra}"
+        )
+    };
+    let files = HostFiles::new(&b.bootstrap(), "stall");
+    files.install("echo", &crate::support::wasm("echo"), &manifest(""));
+    let text = std::fs::read_to_string(files.config()).unwrap();
+    std::fs::write(
+        files.config(),
+        text.replace(
+            "lag_interval = \"1s\"",
+            "lag_interval = \"1s\"\nstall_timeout = \"2s\"",
+        ),
+    )
+    .unwrap();
+    let producer = b.producer();
+    produce(
+        &producer,
+        "stall-in",
+        "A",
+        json!({"seq": 0, "mode": "trap"}),
+    )
+    .await;
+    produce(&producer, "stall-in", "A", json!({"seq": 1})).await;
+    let host = InProcessHost::start(files.load());
+    let port = files.admin_port;
+
+    let health = wait_json(
+        port,
+        "/health",
+        "Degraded for a stalled partition",
+        |_, v| v["checks"]["consumption"]["status"] == "Degraded",
+    )
+    .await;
+    let why = health["checks"]["consumption"]["data"]["echo"][0]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    println!("stalled: {}", health["checks"]["consumption"]);
+    assert_eq!(health["status"], "Degraded");
+    assert!(
+        why.starts_with("stall-in/") && why.contains("no progress") && why.contains("offset"),
+        "{why}"
+    );
+    let (_, plugins) = get_json(port, "/plugins").await;
+    let stalled: Vec<&Value> = plugins[0]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["stalled"].is_string())
+        .collect();
+    assert_eq!(stalled.len(), 1, "{plugins}");
+    let (_, metrics) = http(port, "GET", "/metrics").await.unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("weir_partition_stalled{") && l.ends_with(" 1")),
+        "{metrics}"
+    );
+
+    // A fixed version goes in: the event is handled and the partition flows.
+    files.install(
+        "echo",
+        &crate::support::wasm("echo"),
+        &manifest("accept_all = \"yes\"\n"),
+    );
+    let out = b.read("stall-out", 2);
+    wait_json(port, "/health", "Healthy again", |_, v| {
+        v["checks"]["consumption"]["status"] == "Healthy"
+    })
+    .await;
+    host.stop().await;
+    assert_eq!(out.len(), 2);
+}

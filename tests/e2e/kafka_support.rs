@@ -252,8 +252,17 @@ pub struct BinaryHost {
 
 impl BinaryHost {
     pub fn start(files: &HostFiles, name: &str) -> BinaryHost {
+        Self::start_with(files, name, &[])
+    }
+
+    /// [`BinaryHost::start`] with more environment variables (config overrides).
+    pub fn start_with(files: &HostFiles, name: &str, env: &[(&str, &str)]) -> BinaryHost {
         let log = files.dir.path().join(format!("{name}.log"));
-        let out = std::fs::File::create(&log).unwrap();
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_weir"))
             .args(["run", "--config", files.config().to_str().unwrap()])
             .env("RUST_LOG", "info")
@@ -262,6 +271,7 @@ impl BinaryHost {
             // "{hostname}-{plugin}", as it is for hosts on different machines).
             .env("WEIR_ADMIN__LISTEN", "127.0.0.1:0")
             .env("HOSTNAME", name)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)

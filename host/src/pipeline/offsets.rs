@@ -11,6 +11,7 @@
 //! and read again from there.
 
 use super::acks::{EventAck, PartitionSignal};
+use super::lanes::FnvBuild;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,8 +25,11 @@ struct Partition {
     signal: Arc<PartitionSignal>,
     /// Events read and not yet committed past, in read order.
     pending: VecDeque<Arc<EventAck>>,
-    /// When an event was last read or the position last moved.
+    /// When an event was last read or the position last moved (reads are
+    /// counted and turned into a time by [`OffsetBook::note_reads`]).
     progress: Instant,
+    reads: u64,
+    reads_noted: u64,
 }
 
 /// A partition to read again from `from`.
@@ -40,7 +44,7 @@ pub struct Rewind {
 
 #[derive(Debug, Default)]
 pub struct OffsetBook {
-    partitions: HashMap<Tp, Partition>,
+    partitions: HashMap<Tp, Partition, FnvBuild>,
     events: usize,
     bytes: usize,
 }
@@ -52,6 +56,8 @@ impl OffsetBook {
             signal: Arc::new(PartitionSignal::default()),
             pending: VecDeque::new(),
             progress: Instant::now(),
+            reads: 0,
+            reads_noted: 0,
         });
         p.signal.clone()
     }
@@ -66,7 +72,7 @@ impl OffsetBook {
         if let Some(p) = self.partitions.get_mut(tp) {
             self.events += 1;
             self.bytes += ack.bytes();
-            p.progress = Instant::now();
+            p.reads += 1;
             p.pending.push_back(ack);
         }
     }
@@ -154,7 +160,19 @@ impl OffsetBook {
         self.partitions.keys()
     }
 
-    /// When `tp` last read an event or moved its position.
+    /// Count the events read since the last call as progress now.
+    pub fn note_reads(&mut self) {
+        let now = Instant::now();
+        for p in self.partitions.values_mut() {
+            if p.reads != p.reads_noted {
+                p.reads_noted = p.reads;
+                p.progress = now;
+            }
+        }
+    }
+
+    /// When `tp` last read an event or moved its position (reads as of the last
+    /// [`OffsetBook::note_reads`]).
     pub fn last_progress(&self, tp: &Tp) -> Option<Instant> {
         self.partitions.get(tp).map(|p| p.progress)
     }

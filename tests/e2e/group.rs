@@ -1,0 +1,124 @@
+//! Several hosts in one group, partitions moving between them, and stalls made
+//! visible.
+
+use crate::kafka_support::*;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+/// The group's committed offset and the high watermark, per partition.
+fn positions(b: &TestBroker, group: &str, topic: &str) -> Vec<(i64, i64)> {
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", b.bootstrap())
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..3 {
+        tpl.add_partition(topic, p);
+    }
+    let committed = c
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap_or_default();
+    (0..3)
+        .map(|p| {
+            let at = committed
+                .find_partition(topic, p)
+                .and_then(|e| match e.offset() {
+                    rdkafka::Offset::Offset(o) => Some(o),
+                    _ => None,
+                })
+                .unwrap_or(0);
+            let (_, high) = c
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap();
+            (at, high)
+        })
+        .collect()
+}
+
+/// Issue 10, item 6: a host under backpressure gives partitions away in a
+/// rebalance and keeps one; every partition must flow to its end afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_handed_back_after_a_rebalance_under_backpressure_flow_to_the_end() {
+    let Some(b) = broker() else { return };
+    let names = ["grp-in", "grp-out", "grp-in.dlq"];
+    b.create_topics(&names, 3).await;
+    // A backlog of 30 000 events, then 10 000 more over a few seconds, so the
+    // partitions keep receiving after they moved.
+    let (backlog, n) = (30_000, 40_000);
+    let producer = b.producer();
+    let produce_range = |range: std::ops::Range<usize>| {
+        let producer = producer.clone();
+        async move {
+            let sends = range.map(|i| {
+                let producer = producer.clone();
+                async move {
+                    let key = format!("k{}", i % 300);
+                    produce(&producer, "grp-in", &key, json!({"seq": i, "key": key})).await
+                }
+            });
+            futures::future::join_all(sends).await;
+        }
+    };
+    produce_range(0..backlog).await;
+
+    let files = HostFiles::echo(&b.bootstrap(), "grp", "[consumer]\nmax_in_flight = 10000\n");
+    // Started together, as the issue tried it: the first to join takes all three
+    // partitions and a full window in flight; the group rebalances as the others
+    // join.
+    let a = BinaryHost::start(&files, "a");
+    let others = [
+        BinaryHost::start(&files, "b"),
+        BinaryHost::start(&files, "c"),
+    ];
+    for chunk in 0..10 {
+        let from = backlog + chunk * 1_000;
+        produce_range(from..from + 1_000).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let out = b.read("grp-out", n);
+    let deadline = Instant::now() + PATIENCE;
+    let settled = loop {
+        let now = positions(&b, "grp-echo", "grp-in");
+        if now.iter().all(|(at, high)| at == high) || Instant::now() > deadline {
+            break now;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let logs: Vec<String> = std::iter::once(&a)
+        .chain(&others)
+        .map(|h| h.log_text())
+        .collect();
+    drop(a);
+    drop(others);
+
+    let (seen, duplicates) = seqs(&out);
+    let missing = n - seen.len();
+    println!(
+        "rebalance under backpressure: {n} events, 3 hosts, {} outputs, {duplicates} duplicates, {missing} missing, positions {settled:?}",
+        out.len()
+    );
+    assert_eq!(missing, 0, "every event handled");
+    for (p, (at, high)) in settled.iter().enumerate() {
+        assert_eq!(
+            at,
+            high,
+            "partition {p} committed to its end:\n{}",
+            logs.join("\n---\n")
+        );
+    }
+    let shared = logs
+        .iter()
+        .filter(|l| l.contains("partitions assigned"))
+        .count();
+    assert!(
+        shared >= 2,
+        "the partitions were shared: {shared} host(s) got some"
+    );
+    assert!(
+        logs.iter().all(|l| !l.contains("partition stalled")),
+        "no partition stalled"
+    );
+    assert_key_order(&out);
+}
