@@ -160,6 +160,18 @@ impl Bench {
             let _broker = broker;
             // Profiling: just these runs, their figures, and where their logs are.
             for run in only.chars() {
+                if run == 'w' {
+                    for (size, one, batched) in rt.block_on(self.warm_calls(plan.calls))? {
+                        println!(
+                            "(w) {size} B: {one:.2} µs one at a time, {batched:.2} µs batched"
+                        );
+                    }
+                    println!(
+                        "(w) new instance + first event: {:.1} µs",
+                        rt.block_on(self.cold_call())?
+                    );
+                    continue;
+                }
                 let rate = self.throughput(&bootstrap, run, n)?.0;
                 println!(
                     "({run}) {:.0} events/s ({:.2} s); logs under {}",
@@ -398,6 +410,34 @@ impl Bench {
             out.push((size, one, batched));
         }
         Ok(out)
+    }
+
+    /// A new instance of `echo` (instantiation and `init`) and its first event, µs.
+    async fn cold_call(&self) -> Result<f64, String> {
+        let runtime = weir_host::runtime::Runtime::new().map_err(|e| e.to_string())?;
+        let manifest = weir_host::manifest::Manifest::parse(
+            "name = \"echo\"\ntopics = [\"in\"]\n[capabilities.publish]\ntopics = [\"out\"]\n",
+            Path::new("echo.toml"),
+        )
+        .map_err(|e| e.to_string())?;
+        let backends = Backends::local(&self.work.join("cold"))?;
+        let plugin = runtime
+            .load(&self.wasm_dir.join("echo.wasm"), manifest, backends)
+            .await
+            .map_err(|e| e.to_string())?;
+        let template = plugin.template();
+        let mut event = EventRecord::for_test("bench-in", 0, 0);
+        event.payload = event_body(0, "user-0", "");
+        let rounds = 200;
+        let started = Instant::now();
+        for _ in 0..rounds {
+            let mut fresh = template.instance();
+            let report = fresh.handle(&event).await;
+            if !report.outcome.is_handled() {
+                return Err(format!("echo: {:?}", report.outcome));
+            }
+        }
+        Ok(started.elapsed().as_secs_f64() * 1e6 / rounds as f64)
     }
 
     /// RSS (KiB) of `weir run` idle with one plugin, and per additional plugin.

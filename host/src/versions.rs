@@ -23,6 +23,8 @@ pub struct Version {
 
 pub struct Versions {
     current: ArcSwap<Version>,
+    /// Whether a version is on probation (read per event without the lock).
+    trial: std::sync::atomic::AtomicBool,
     next_generation: AtomicU64,
     probation: Mutex<Probation>,
     rollbacks: AtomicU64,
@@ -53,6 +55,7 @@ impl Versions {
                 generation: 1,
             }),
             next_generation: AtomicU64::new(2),
+            trial: Default::default(),
             probation: Mutex::default(),
             rollbacks: AtomicU64::new(0),
             last_rollback: Mutex::default(),
@@ -71,6 +74,8 @@ impl Versions {
     pub fn swap(&self, plugin: Plugin) -> u64 {
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let mut probation = self.probation.lock().expect("probation lock");
+        // Before the new version is visible: its first verdicts must be counted.
+        self.trial.store(true, Ordering::SeqCst);
         let previous = self.current.swap(Arc::new(Version {
             plugin: plugin.template(),
             generation,
@@ -91,6 +96,9 @@ impl Versions {
     /// A worker's verdict on one attempt made with `generation`: `hard_failure` for
     /// traps, timeouts and out-of-memory. Returns the rollback this caused, if any.
     pub fn report(&self, generation: u64, hard_failure: bool, reason: &str) -> Option<Rollback> {
+        if !self.trial.load(Ordering::Acquire) {
+            return None;
+        }
         let mut probation = self.probation.lock().expect("probation lock");
         let Some((trial, _)) = &probation.on_trial else {
             return None;
@@ -103,6 +111,7 @@ impl Versions {
             probation.successes += 1;
             if probation.successes >= PROBATION_SUCCESSES {
                 probation.on_trial = None; // proven
+                self.trial.store(false, Ordering::SeqCst);
             }
             return None;
         }
@@ -111,6 +120,7 @@ impl Versions {
             return None;
         }
         let (_, good) = probation.on_trial.take().expect("checked above");
+        self.trial.store(false, Ordering::SeqCst);
         let failed = self.current.load_full();
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         self.current.store(Arc::new(Version {

@@ -5,6 +5,7 @@ use crate::capabilities::{Backends, Ctx, EventEffects, Grants};
 use crate::event::Coordinates;
 use bytes::Bytes;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use wasmtime::component::ResourceTable;
@@ -257,24 +258,30 @@ impl ResourceLimiter for MemoryLimiter {
 /// A plugin's stdout or stderr for the current event, bounded; bytes past the
 /// bound are dropped rather than failing the plugin.
 #[derive(Clone, Default)]
-pub(crate) struct CapturedOutput(Arc<Mutex<Vec<u8>>>);
+pub(crate) struct CapturedOutput(Arc<(Mutex<Vec<u8>>, AtomicBool)>);
 
 impl CapturedOutput {
+    /// Whether nothing was written since the last take (checked per event: no lock).
     fn is_empty(&self) -> bool {
-        self.0.lock().expect("output lock").is_empty()
+        !self.0 .1.load(Ordering::Acquire)
     }
 
     fn clear(&self) {
-        self.0.lock().expect("output lock").clear();
+        if !self.is_empty() {
+            self.0 .0.lock().expect("output lock").clear();
+            self.0 .1.store(false, Ordering::Release);
+        }
     }
 
     fn take_text(&self) -> String {
-        let bytes = std::mem::take(&mut *self.0.lock().expect("output lock"));
+        let bytes = std::mem::take(&mut *self.0 .0.lock().expect("output lock"));
+        self.0 .1.store(false, Ordering::Release);
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
     fn push(&self, bytes: &[u8]) {
-        let mut buf = self.0.lock().expect("output lock");
+        self.0 .1.store(true, Ordering::Release);
+        let mut buf = self.0 .0.lock().expect("output lock");
         let room = MAX_OUTPUT_PER_EVENT.saturating_sub(buf.len());
         buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
     }
@@ -343,7 +350,7 @@ impl tokio::io::AsyncWrite for CapturedOutput {
 
 /// `batch.begin-event`: the plugin's batch moves on to another event.
 impl crate::bindings::weir::plugin::batch::Host for HostState {
-    async fn begin_event(&mut self, index: u32) {
+    fn begin_event(&mut self, index: u32) {
         self.start_event(index);
     }
 }
