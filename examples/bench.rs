@@ -107,7 +107,7 @@ fn main() -> Result<(), String> {
             bench.weir.display()
         ));
     }
-    let result = bench.run(&plan);
+    let result = bench.run(&plan, &arg);
     if plan.only.is_none() {
         let _ = std::fs::remove_dir_all(&bench.work);
     }
@@ -128,7 +128,7 @@ struct Rate {
 }
 
 impl Bench {
-    fn run(&self, plan: &Plan) -> Result<(), String> {
+    fn run(&self, plan: &Plan, arg: &dyn Fn(&str) -> Option<String>) -> Result<(), String> {
         let n = plan.events;
         let nisshi = weir_devkit::find_nisshi().ok_or("nisshi is not installed: `just broker`")?;
         let broker = DevBroker::start(&nisshi, &self.work.join("broker"), BrokerStorage::Memory)?;
@@ -172,11 +172,25 @@ impl Bench {
                     );
                     continue;
                 }
-                let rate = self.throughput(&bootstrap, run, n)?.0;
+                if run == 'l' {
+                    let rate = arg("--rate")
+                        .and_then(|r| r.parse().ok())
+                        .unwrap_or(20_000.0);
+                    let seconds = Duration::from_secs(plan.latency_seconds);
+                    let (p50, p99, sent) = self.latency(&bootstrap, rate, seconds)?;
+                    println!(
+                        "(l) {rate:.0}/s, {sent} events: p50 {:.1} ms, p99 {:.1} ms",
+                        p50.as_secs_f64() * 1e3,
+                        p99.as_secs_f64() * 1e3
+                    );
+                    continue;
+                }
+                let (rate, rss) = self.throughput(&bootstrap, run, n)?;
                 println!(
-                    "({run}) {:.0} events/s ({:.2} s); logs under {}",
+                    "({run}) {:.0} events/s ({:.2} s), highest RSS {:.1} MiB; logs under {}",
                     rate.per_second,
                     rate.wall.as_secs_f64(),
+                    rss as f64 / 1024.0,
                     self.work.display()
                 );
             }
@@ -339,7 +353,7 @@ impl Bench {
         )
         .map_err(|e| e.to_string())?;
         let observer = Observer::start(bootstrap, group, "bench-in", n);
-        let mut host = WeirProcess::start(&self.weir, &dir, bootstrap)?;
+        let mut host = WeirProcess::start(&self.weir, &dir, bootstrap, "")?;
         let mut rss = 0;
         let rate = loop {
             rss = rss.max(host.rss_kib());
@@ -459,7 +473,9 @@ impl Bench {
                 )
                 .map_err(|e| e.to_string())?;
             }
-            let mut host = WeirProcess::start(&self.weir, &dir, bootstrap)?;
+            // Its own schedule topic: (e)'s scheduled deletions are not its state.
+            let extra = "[storage]\nschedule_topic = \"idle-schedule\"\n";
+            let mut host = WeirProcess::start(&self.weir, &dir, bootstrap, extra)?;
             host.wait_for_log("weir is running", Duration::from_secs(60))?;
             std::thread::sleep(Duration::from_secs(3));
             let rss = host.rss_kib();
@@ -490,7 +506,7 @@ impl Bench {
              [capabilities.publish]\ntopics = [\"lat-out\"]\n[config]\noutput = \"lat-out\"\n",
         )
         .map_err(|e| e.to_string())?;
-        let mut host = WeirProcess::start(&self.weir, &dir, bootstrap)?;
+        let mut host = WeirProcess::start(&self.weir, &dir, bootstrap, "")?;
         host.wait_for_log("partitions assigned", Duration::from_secs(60))?;
 
         let reader: BaseConsumer = client(bootstrap)
@@ -506,25 +522,31 @@ impl Bench {
         let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let sent = count.clone();
         let epoch = Instant::now();
-        let producer = std::thread::spawn(move || paced_produce(&b, rate, duration, epoch, &sent));
+        let producer = std::thread::spawn(move || {
+            paced_produce(&b, rate, duration + Duration::from_secs(3), epoch, &sent)
+        });
+        // The first seconds (the host's and the producers' start) are not counted.
+        let warmup = Duration::from_secs(3);
         let mut latencies = Vec::new();
-        let deadline = Instant::now() + duration + Duration::from_secs(30);
+        let deadline = Instant::now() + warmup + duration + Duration::from_secs(30);
+        let mut last = Instant::now();
         while Instant::now() < deadline {
             if let Some(Ok(m)) = reader.poll(Duration::from_millis(20)) {
                 let now = epoch.elapsed().as_micros() as u64;
-                let body: serde_json::Value =
-                    serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or_default();
-                if let Some(at) = body["sent_us"].as_u64() {
-                    latencies.push(Duration::from_micros(now.saturating_sub(at)));
+                last = Instant::now();
+                if let Some(at) = sent_us(m.payload().unwrap_or_default()) {
+                    if at >= warmup.as_micros() as u64 {
+                        latencies.push(Duration::from_micros(now.saturating_sub(at)));
+                    }
                 }
             }
-            let sent = count.load(std::sync::atomic::Ordering::SeqCst);
-            if producer.is_finished() && latencies.len() >= sent {
+            if producer.is_finished() && last.elapsed() > Duration::from_secs(1) {
                 break;
             }
         }
-        let sent = producer.join().map_err(|_| "the producer panicked")??;
+        producer.join().map_err(|_| "the producer panicked")??;
         host.stop()?;
+        let sent = latencies.len();
         if latencies.is_empty() {
             return Err("no output came back".into());
         }
@@ -533,6 +555,21 @@ impl Bench {
             |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
         Ok((pct(0.50), pct(0.99), sent))
     }
+}
+
+/// The `"sent_us":N` stamp of a latency event (found, not parsed: the reader
+/// must keep up with the stream on a shared machine).
+fn sent_us(payload: &[u8]) -> Option<u64> {
+    let tag = b"\"sent_us\":";
+    let at = payload.windows(tag.len()).position(|w| w == tag)? + tag.len();
+    let digits = payload[at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    std::str::from_utf8(&payload[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()
 }
 
 fn client(bootstrap: &str) -> ClientConfig {
@@ -843,12 +880,12 @@ struct WeirProcess {
 }
 
 impl WeirProcess {
-    fn start(weir: &Path, dir: &Path, bootstrap: &str) -> Result<WeirProcess, String> {
+    fn start(weir: &Path, dir: &Path, bootstrap: &str, extra: &str) -> Result<WeirProcess, String> {
         std::fs::write(
             dir.join("weir.toml"),
             format!(
                 "[kafka]\nbootstrap_servers = \"{bootstrap}\"\n\
-                 [topics]\nprefix = \"bench\"\n[admin]\nenabled = false\n{}",
+                 [topics]\nprefix = \"bench\"\n[admin]\nenabled = false\n{extra}{}",
                 std::env::var("BENCH_WEIR_TOML").unwrap_or_default()
             ),
         )

@@ -78,6 +78,11 @@ pub struct ConsumerConfig {
     pub stall_timeout: Duration,
     pub fetch_max_bytes: u32,
     pub max_partition_fetch_bytes: u32,
+    /// Longest a fetch waits for records (`fetch.wait.max.ms`). Kafka answers as
+    /// soon as records arrive, so a longer wait only saves idle requests; some
+    /// brokers (nisshi) hold every fetch for the whole wait, which is latency.
+    #[serde(with = "humantime_serde")]
+    pub fetch_wait: Duration,
     /// How much librdkafka reads ahead per consumer (`queued.max.messages.kbytes`),
     /// on top of the plugin's `max_in_flight_bytes`.
     pub prefetch_max_bytes: bytesize::ByteSize,
@@ -99,7 +104,8 @@ impl Default for ConsumerConfig {
             stall_timeout: Duration::from_secs(60),
             fetch_max_bytes: 52_428_800,
             max_partition_fetch_bytes: 1_048_576,
-            prefetch_max_bytes: bytesize::ByteSize::mib(16),
+            prefetch_max_bytes: bytesize::ByteSize::mib(8),
+            fetch_wait: Duration::from_millis(10),
             lag_interval: Duration::from_secs(5),
         }
     }

@@ -116,8 +116,8 @@ impl Default for ConsumerSettings {
         ConsumerSettings {
             group: None,
             workers: 1,
-            max_in_flight: 10_000,
-            max_in_flight_bytes: ByteSize::mib(32),
+            max_in_flight: 5_000,
+            max_in_flight_bytes: ByteSize::mib(16),
             batch: 128,
         }
     }

@@ -15,7 +15,7 @@
 use object_store::{path::Path as StorePath, ObjectStore, PutPayload};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::storage::delete_quietly;
@@ -97,6 +97,11 @@ pub struct SweepReport {
     pub pending: usize,
 }
 
+/// Due times kept in memory, per plugin then object key: (due, scheduled at),
+/// milliseconds since the Unix epoch. Compact, since a topic's worth of pending
+/// deletions can run into the millions.
+type Pending = HashMap<String, HashMap<Box<str>, (i64, i64)>>;
+
 #[derive(Clone)]
 pub struct DeletionSchedule {
     kind: Arc<Kind>,
@@ -104,7 +109,7 @@ pub struct DeletionSchedule {
 
 enum Kind {
     Store(Arc<dyn ObjectStore>),
-    Records(Mutex<BTreeMap<(String, String), ScheduledDeletion>>),
+    Records(Mutex<Pending>),
 }
 
 impl DeletionSchedule {
@@ -119,7 +124,7 @@ impl DeletionSchedule {
     /// Kept in memory, fed by delivered schedule records: `weir run`.
     pub fn in_records() -> Self {
         DeletionSchedule {
-            kind: Arc::new(Kind::Records(Mutex::new(BTreeMap::new()))),
+            kind: Arc::new(Kind::Records(Mutex::new(Pending::default()))),
         }
     }
 
@@ -137,15 +142,20 @@ impl DeletionSchedule {
     /// Apply a delivered (or replayed) change to the in-memory schedule.
     /// Nothing to do for a store-kept schedule (see [`DeletionSchedule::write`]).
     pub fn apply(&self, change: &ScheduleChange) {
-        if let Kind::Records(map) = &*self.kind {
-            let mut map = map.lock().expect("schedule lock");
-            let id = (change.plugin().to_string(), change.key().to_string());
+        if let Kind::Records(pending) = &*self.kind {
+            let mut pending = pending.lock().expect("schedule lock");
             match change {
                 ScheduleChange::Schedule(d) => {
-                    map.insert(id, d.clone());
+                    let keys = match pending.get_mut(&d.plugin) {
+                        Some(keys) => keys,
+                        None => pending.entry(d.plugin.clone()).or_default(),
+                    };
+                    keys.insert(d.key.as_str().into(), (d.due_ms, d.scheduled_at_ms));
                 }
-                ScheduleChange::Cancel { .. } => {
-                    map.remove(&id);
+                ScheduleChange::Cancel { plugin, key } => {
+                    if let Some(keys) = pending.get_mut(plugin) {
+                        keys.remove(key.as_str());
+                    }
                 }
             }
         }
@@ -204,10 +214,11 @@ impl DeletionSchedule {
                 Err(object_store::Error::NotFound { .. }) => Ok(false),
                 Err(e) => Err(e.to_string()),
             },
-            Kind::Records(map) => Ok(map
+            Kind::Records(pending) => Ok(pending
                 .lock()
                 .expect("schedule lock")
-                .contains_key(&(plugin.to_string(), key.to_string()))),
+                .get(plugin)
+                .is_some_and(|keys| keys.contains_key(key))),
         }
     }
 
@@ -215,12 +226,20 @@ impl DeletionSchedule {
     pub async fn list(&self) -> Result<Vec<ScheduledDeletion>, String> {
         let mut out: Vec<ScheduledDeletion> = match &*self.kind {
             Kind::Store(_) => self.entries().await?.into_iter().map(|(_, e)| e).collect(),
-            Kind::Records(map) => map
-                .lock()
-                .expect("schedule lock")
-                .values()
-                .cloned()
-                .collect(),
+            Kind::Records(pending) => {
+                let pending = pending.lock().expect("schedule lock");
+                pending
+                    .iter()
+                    .flat_map(|(plugin, keys)| {
+                        keys.iter().map(|(key, (due_ms, at))| ScheduledDeletion {
+                            plugin: plugin.clone(),
+                            key: key.to_string(),
+                            due_ms: *due_ms,
+                            scheduled_at_ms: *at,
+                        })
+                    })
+                    .collect()
+            }
         };
         out.sort_by(|a, b| (a.due_ms, &a.key).cmp(&(b.due_ms, &b.key)));
         Ok(out)

@@ -358,6 +358,10 @@ impl Fetch {
                     .max(1)
                     .to_string(),
             );
+        c.set(
+            "fetch.wait.max.ms",
+            consumer_cfg.fetch_wait.as_millis().max(1).to_string(),
+        );
         // librdkafka waits this long before fetching again once its prefetch queue
         // was full (1 s by default: a stall after every burst). kafka.properties
         // may set it otherwise.
