@@ -98,7 +98,7 @@ bench *args: plugins broker
 
 # The crash soak: 100 000 events through echo, the host SIGKILLed at 5 random moments (a few minutes)
 soak events="100000" kills="5": plugins broker
-    WEIR_SOAK_EVENTS={{ events }} WEIR_SOAK_KILLS={{ kills }} cargo test -p weir-host --test e2e soak -- --nocapture
+    SOAK_EVENTS={{ events }} SOAK_KILLS={{ kills }} cargo test -p weir-host --test e2e soak -- --nocapture
 
 # The container image weir:dev (examples/container): a local Debian base (debootstrap,
 # once, about 1 min), the host built with the dist profile (first time about 15 min)

@@ -213,13 +213,16 @@ impl Bench {
         let calls = rt.block_on(self.warm_calls(plan.calls))?;
         eprintln!("idle RSS...");
         let (idle, per_plugin) = self.idle_rss(&bootstrap, plan.extra_plugins)?;
-        let target_rate = d.per_second / 2.0;
-        eprintln!("latency at {target_rate:.0} events/s...");
-        let (p50, p99, sent) = self.latency(
-            &bootstrap,
-            target_rate,
-            Duration::from_secs(plan.latency_seconds),
-        )?;
+        // At half (d)'s rate, as asked; and at a quarter, since on a small machine
+        // the stream's own producer and reader take CPU the throughput run did not
+        // need (the figures say which rate the host kept up with).
+        let mut latencies = Vec::new();
+        for share in [2.0, 4.0] {
+            let rate = d.per_second / share;
+            eprintln!("latency at {rate:.0} events/s...");
+            let seconds = Duration::from_secs(plan.latency_seconds);
+            latencies.push((share, rate, self.latency(&bootstrap, rate, seconds)?));
+        }
 
         let mib = |kib: u64| kib as f64 / 1024.0;
         let fmt_rate = |r: Rate| {
@@ -272,11 +275,13 @@ impl Bench {
             mib(per_plugin)
         );
         println!("| RSS, highest during (d) | {:.1} MiB |", mib(d_rss));
-        println!(
-            "| latency produce → output, (d) at {target_rate:.0} events/s ({sent} events) | p50 {:.1} ms, p99 {:.1} ms |",
-            p50.as_secs_f64() * 1000.0,
-            p99.as_secs_f64() * 1000.0
-        );
+        for (share, rate, (p50, p99, sent)) in latencies {
+            println!(
+                "| latency produce → output, (d) at 1/{share} of its rate: {rate:.0} events/s ({sent} events after a 3 s warm-up) | p50 {:.1} ms, p99 {:.1} ms |",
+                p50.as_secs_f64() * 1000.0,
+                p99.as_secs_f64() * 1000.0
+            );
+        }
         Ok(())
     }
 

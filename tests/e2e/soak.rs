@@ -4,7 +4,7 @@
 //! within each key the outputs never skip ahead (a replay may go back), and the
 //! duplicates and the recovery after each kill are reported.
 //!
-//! `WEIR_SOAK_EVENTS` (default 20 000) and `WEIR_SOAK_KILLS` (default 2) size it.
+//! `SOAK_EVENTS` (default 20 000) and `SOAK_KILLS` (default 2) size it.
 
 use crate::kafka_support::*;
 use std::collections::BTreeMap;
@@ -20,8 +20,8 @@ fn setting(name: &str, default: u64) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_and_restarted_at_random_moments_nothing_is_lost_and_keys_never_skip_ahead() {
     let Some(b) = broker() else { return };
-    let n = setting("WEIR_SOAK_EVENTS", 20_000);
-    let kills = setting("WEIR_SOAK_KILLS", 2) as usize;
+    let n = setting("SOAK_EVENTS", 20_000);
+    let kills = setting("SOAK_KILLS", 2) as usize;
     let keys = 100;
     let rate = 5_000.0; // events per second
     b.create_topics(&["soak-in", "soak-out", "soak-in.dlq"], 3)

@@ -631,34 +631,18 @@ fn finish_report(
 async fn report(
     deletions: crate::capabilities::DeletionSchedule,
     mut outcome: Outcome,
-    effects: crate::capabilities::EventEffects,
+    mut effects: crate::capabilities::EventEffects,
     duration_us: u64,
 ) -> Report {
-    {
-        let handled = outcome.is_handled();
-        let mut schedule = if handled { effects.schedule } else { vec![] };
-        if !schedule.is_empty() && !deletions.is_records() {
-            for change in schedule.drain(..) {
-                if let Err(e) = deletions.write(&change).await {
-                    outcome = Outcome::Retry(format!("storage backend: {e}"));
-                    break;
-                }
+    if outcome.is_handled() && !effects.schedule.is_empty() && !deletions.is_records() {
+        for change in std::mem::take(&mut effects.schedule) {
+            if let Err(e) = deletions.write(&change).await {
+                outcome = Outcome::Retry(format!("storage backend: {e}"));
+                break;
             }
         }
-        let published = if outcome.is_handled() {
-            effects.outbox
-        } else {
-            vec![]
-        };
-        Report {
-            outcome,
-            published,
-            schedule,
-            calls: effects.calls,
-            output: effects.output,
-            duration_us,
-        }
     }
+    finish_report(outcome, effects, duration_us)
 }
 
 fn arm_deadline(store: &mut Store<HostState>) {
