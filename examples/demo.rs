@@ -241,7 +241,7 @@ async fn show_admin(config: &Config) -> Result<(), String> {
     println!("GET /health   {}", health["status"].as_str().unwrap_or("?"));
     for (name, check) in health["checks"].as_object().into_iter().flatten() {
         println!(
-            "    {name:<8} {:<9}  {}",
+            "    {name:<11} {:<9}  {}",
             check["status"].as_str().unwrap_or("?"),
             check["description"].as_str().unwrap_or("")
         );
