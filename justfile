@@ -10,7 +10,7 @@ nisshi := nisshi_root / "bin" / "nisshi"
 
 # Example plugins, and the test-only fault plugins the tests also need.
 example_plugins := "track-deletions audio-uploaded envelope-router"
-test_plugins := "echo faulty rogue noop"
+test_plugins := "echo faulty rogue noop plain"
 
 # List the recipes
 default:

@@ -5,6 +5,7 @@ mod kafka_support;
 mod support;
 
 mod admin;
+mod batch;
 mod container;
 mod faults;
 mod group;

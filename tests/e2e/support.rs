@@ -38,7 +38,9 @@ pub fn wasm_dir() -> &'static Path {
                 "-p",
                 "envelope-router",
             ])
-            .args(["-p", "echo", "-p", "faulty", "-p", "rogue", "-p", "noop"])
+            .args([
+                "-p", "echo", "-p", "faulty", "-p", "rogue", "-p", "noop", "-p", "plain",
+            ])
             .status()
             .expect("run cargo to build the plugins");
         assert!(
