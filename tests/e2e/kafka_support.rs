@@ -41,6 +41,16 @@ pub fn broker() -> Option<TestBroker> {
     Some(TestBroker { broker, _dir: dir })
 }
 
+/// A broker keeping its data in SQLite, so it can be killed and restarted (see
+/// [`broker`] for when it is `None`).
+pub fn durable_broker() -> Option<TestBroker> {
+    let binary = nisshi()?;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = DevBroker::start(&binary, dir.path(), BrokerStorage::Sqlite("weir.db".into()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    Some(TestBroker { broker, _dir: dir })
+}
+
 impl TestBroker {
     pub fn bootstrap(&self) -> String {
         self.broker.bootstrap()

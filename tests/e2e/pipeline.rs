@@ -483,15 +483,9 @@ async fn dlq_replay_brings_dead_letters_back_to_their_topic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_host_recovers_when_the_broker_restarts() {
-    let Some(binary) = nisshi() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let broker = weir_devkit::DevBroker::start(
-        &binary,
-        dir.path(),
-        weir_devkit::BrokerStorage::Sqlite("weir.db".into()),
-    )
-    .unwrap();
-    let mut b = TestBroker { broker, _dir: dir };
+    let Some(mut b) = durable_broker() else {
+        return;
+    };
     topics(&b, "crash").await;
     let files = HostFiles::echo(&b.bootstrap(), "crash", "");
     let host = InProcessHost::start(files.load());
@@ -570,15 +564,9 @@ async fn a_producer_that_failed_fatally_is_replaced_and_later_sends_go_through()
 /// the broker is back, nothing is lost, and the duplicates are counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undelivered_outputs_rewind_their_partitions_and_nothing_is_lost() {
-    let Some(binary) = nisshi() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let broker = weir_devkit::DevBroker::start(
-        &binary,
-        dir.path(),
-        weir_devkit::BrokerStorage::Sqlite("weir.db".into()),
-    )
-    .unwrap();
-    let mut b = TestBroker { broker, _dir: dir };
+    let Some(mut b) = durable_broker() else {
+        return;
+    };
     topics(&b, "rewind").await;
     let files = HostFiles::echo(&b.bootstrap(), "rewind", "");
     files.write_config(
