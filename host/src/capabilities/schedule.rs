@@ -245,13 +245,6 @@ impl DeletionSchedule {
         Ok(out)
     }
 
-    /// The deletions due at `now_ms`, soonest first.
-    pub async fn due(&self, now_ms: i64) -> Result<Vec<ScheduledDeletion>, String> {
-        let mut all = self.list().await?;
-        all.retain(|d| d.due_ms <= now_ms);
-        Ok(all)
-    }
-
     /// Every entry of a store-kept schedule with its path.
     async fn entries(&self) -> Result<Vec<(StorePath, ScheduledDeletion)>, String> {
         use futures::TryStreamExt;
@@ -430,8 +423,6 @@ mod tests {
         );
         assert!(schedule.is_scheduled("p", "audio/a.mp3").await.unwrap());
         assert!(!schedule.is_scheduled("p", "audio/b/c.mp3").await.unwrap());
-        assert_eq!(schedule.due(5).await.unwrap(), vec![]);
-        assert_eq!(schedule.due(6).await.unwrap().len(), 1);
         assert!(ScheduleChange::from_record(Some(b"nokey"), None).is_err());
     }
 }

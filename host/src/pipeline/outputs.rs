@@ -293,11 +293,6 @@ impl Outputs {
         self.replaced.load(Ordering::Relaxed)
     }
 
-    /// Wait (up to `timeout`) until every record handed over was acknowledged or failed.
-    pub fn flush(&self, timeout: Duration) {
-        let _ = self.producer.load_full().flush(timeout);
-    }
-
     /// Make the current producer fail fatally, as librdkafka does when it can no
     /// longer keep an idempotent producer's guarantees (for the recovery's tests).
     #[doc(hidden)]
