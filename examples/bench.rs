@@ -285,6 +285,41 @@ impl Bench {
         Ok(())
     }
 
+    /// Put plugin `name` (the component `{wasm}.wasm`) with `manifest` into the
+    /// plugin directory of the host in `dir`.
+    fn install(&self, dir: &Path, name: &str, wasm: &str, manifest: &str) -> Result<(), String> {
+        let plugins = dir.join("plugins");
+        std::fs::create_dir_all(&plugins).map_err(|e| e.to_string())?;
+        std::fs::copy(
+            self.wasm_dir.join(format!("{wasm}.wasm")),
+            plugins.join(format!("{name}.wasm")),
+        )
+        .map_err(|e| format!("{wasm}.wasm: {e} (`just plugins` builds it)"))?;
+        std::fs::write(plugins.join(format!("{name}.toml")), manifest).map_err(|e| e.to_string())
+    }
+
+    /// The component `{wasm}.wasm` loaded in this process with `manifest`
+    /// (in-memory cache, storage in a scratch directory).
+    async fn load(
+        &self,
+        runtime: &weir_host::runtime::Runtime,
+        wasm: &str,
+        manifest: &str,
+    ) -> Result<weir_host::runtime::Plugin, String> {
+        let manifest =
+            weir_host::manifest::Manifest::parse(manifest, Path::new(&format!("{wasm}.toml")))
+                .map_err(|e| e.to_string())?;
+        let backends = Backends::local(&self.work.join(format!("in-process-{wasm}")))?;
+        runtime
+            .load(
+                &self.wasm_dir.join(format!("{wasm}.wasm")),
+                manifest,
+                backends,
+            )
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     /// One throughput run by its letter: its rate and (for weir) highest RSS.
     fn throughput(&self, bootstrap: &str, run: char, n: usize) -> Result<(Rate, u64), String> {
         match run {
@@ -342,21 +377,15 @@ impl Bench {
         manifest_extra: &str,
     ) -> Result<(Rate, u64), String> {
         let dir = self.work.join(group);
-        let plugins = dir.join("plugins");
-        std::fs::create_dir_all(&plugins).map_err(|e| e.to_string())?;
-        std::fs::copy(
-            self.wasm_dir.join(format!("{wasm}.wasm")),
-            plugins.join(format!("{plugin}.wasm")),
-        )
-        .map_err(|e| format!("{wasm}.wasm: {e} (`just plugins` builds it)"))?;
-        std::fs::write(
-            plugins.join(format!("{plugin}.toml")),
-            format!(
+        self.install(
+            &dir,
+            plugin,
+            wasm,
+            &format!(
                 "name = \"{plugin}\"\ntopics = [\"in\"]\n[consumer]\ngroup = \"{group}\"\n{}{manifest_extra}",
                 std::env::var("BENCH_CONSUMER").unwrap_or_default()
             ),
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         let observer = Observer::start(bootstrap, group, "bench-in", n);
         let mut host = WeirProcess::start(&self.weir, &dir, bootstrap, "")?;
         let mut rss = 0;
@@ -380,16 +409,9 @@ impl Bench {
     /// Warm cost of one call into `noop`: (size, µs one at a time, µs per event batched).
     async fn warm_calls(&self, calls: usize) -> Result<Vec<(usize, f64, f64)>, String> {
         let runtime = weir_host::runtime::Runtime::new().map_err(|e| e.to_string())?;
-        let manifest = weir_host::manifest::Manifest::parse(
-            "name = \"noop\"\ntopics = [\"in\"]\n",
-            Path::new("noop.toml"),
-        )
-        .map_err(|e| e.to_string())?;
-        let backends = Backends::local(&self.work.join("calls"))?;
-        let mut plugin = runtime
-            .load(&self.wasm_dir.join("noop.wasm"), manifest, backends)
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut plugin = self
+            .load(&runtime, "noop", "name = \"noop\"\ntopics = [\"in\"]\n")
+            .await?;
         let mut out = Vec::new();
         for size in [100, 1024, 16 * 1024] {
             let events: Vec<EventRecord> = (0..128)
@@ -434,16 +456,9 @@ impl Bench {
     /// A new instance of `echo` (instantiation and `init`) and its first event, µs.
     async fn cold_call(&self) -> Result<f64, String> {
         let runtime = weir_host::runtime::Runtime::new().map_err(|e| e.to_string())?;
-        let manifest = weir_host::manifest::Manifest::parse(
-            "name = \"echo\"\ntopics = [\"in\"]\n[capabilities.publish]\ntopics = [\"out\"]\n",
-            Path::new("echo.toml"),
-        )
-        .map_err(|e| e.to_string())?;
-        let backends = Backends::local(&self.work.join("cold"))?;
-        let plugin = runtime
-            .load(&self.wasm_dir.join("echo.wasm"), manifest, backends)
-            .await
-            .map_err(|e| e.to_string())?;
+        let manifest =
+            "name = \"echo\"\ntopics = [\"in\"]\n[capabilities.publish]\ntopics = [\"out\"]\n";
+        let plugin = self.load(&runtime, "echo", manifest).await?;
         let template = plugin.template();
         let mut event = EventRecord::for_test("bench-in", 0, 0);
         event.payload = event_body(0, "user-0", "");
@@ -463,20 +478,10 @@ impl Bench {
     fn idle_rss(&self, bootstrap: &str, extra: usize) -> Result<(u64, u64), String> {
         let measure = |count: usize| -> Result<u64, String> {
             let dir = self.work.join(format!("idle-{count}"));
-            let plugins = dir.join("plugins");
-            std::fs::create_dir_all(&plugins).map_err(|e| e.to_string())?;
             for i in 0..count {
                 let name = format!("idle{i}");
-                std::fs::copy(
-                    self.wasm_dir.join("noop.wasm"),
-                    plugins.join(format!("{name}.wasm")),
-                )
-                .map_err(|e| e.to_string())?;
-                std::fs::write(
-                    plugins.join(format!("{name}.toml")),
-                    format!("name = \"{name}\"\ntopics = [\"idle\"]\n"),
-                )
-                .map_err(|e| e.to_string())?;
+                let manifest = format!("name = \"{name}\"\ntopics = [\"idle\"]\n");
+                self.install(&dir, &name, "noop", &manifest)?;
             }
             // Its own schedule topic: (e)'s scheduled deletions are not its state.
             let extra = "[storage]\nschedule_topic = \"idle-schedule\"\n";
@@ -501,16 +506,13 @@ impl Bench {
         duration: Duration,
     ) -> Result<(Duration, Duration, usize), String> {
         let dir = self.work.join("latency");
-        let plugins = dir.join("plugins");
-        std::fs::create_dir_all(&plugins).map_err(|e| e.to_string())?;
-        std::fs::copy(self.wasm_dir.join("echo.wasm"), plugins.join("echo.wasm"))
-            .map_err(|e| e.to_string())?;
-        std::fs::write(
-            plugins.join("echo.toml"),
+        self.install(
+            &dir,
+            "echo",
+            "echo",
             "name = \"echo\"\ntopics = [\"lat-in\"]\n[consumer]\ngroup = \"bench-lat\"\n\
              [capabilities.publish]\ntopics = [\"lat-out\"]\n[config]\noutput = \"lat-out\"\n",
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         let mut host = WeirProcess::start(&self.weir, &dir, bootstrap, "")?;
         host.wait_for_log("partitions assigned", Duration::from_secs(60))?;
 
