@@ -105,7 +105,7 @@ async fn demo() -> Result<(), String> {
     let mut backends = Backends::local(&config.storage.dir)?;
     backends.cache = cache.clone();
     // As `weir run` does: scheduled deletions are records on the schedule topic.
-    backends.deletions = DeletionSchedule::in_records();
+    backends.deletions = DeletionSchedule::in_topic();
     for key in PRESIGNED {
         cache
             .set(key, b"https://storage.example/signed-url".to_vec(), None)

@@ -30,6 +30,8 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    #[serde(default)]
+    pub breaker: BreakerConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -273,27 +275,71 @@ impl Default for CacheConfig {
     }
 }
 
+/// Which object store serves the `storage` capability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    /// A directory of this host (`storage.dir`): for one host, or a shared volume.
+    Local,
+    /// An S3-compatible bucket (`[storage.s3]`), shared by every host.
+    S3,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
+    pub backend: StorageKind,
     /// Local directory for the storage capability (relative to weir.toml).
     pub dir: PathBuf,
-    /// How often due scheduled deletions are carried out.
+    /// The bucket, for `backend = "s3"`.
+    pub s3: S3Config,
+    /// Longest one storage call may take (retries included); past it the plugin
+    /// gets `unavailable` and the event is retried.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How often the host carries out the due deletions of the schedule
+    /// partitions it owns.
     #[serde(with = "humantime_serde")]
     pub sweep_interval: Duration,
     /// The topic scheduled deletions are recorded on (a logical name: the
-    /// `[topics]` template applies), read back when the host starts.
+    /// `[topics]` template applies).
     pub schedule_topic: String,
+    /// The consumer group in which hosts share the schedule topic's partitions:
+    /// the owner of a partition carries out its deletions. The `[topics]`
+    /// variables are available. Empty: the schedule topic's full name.
+    pub schedule_group: String,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
+            backend: StorageKind::Local,
             dir: PathBuf::from("data/storage"),
+            s3: S3Config::default(),
+            timeout: Duration::from_secs(10),
             sweep_interval: Duration::from_secs(60),
             schedule_topic: "weir-schedule".into(),
+            schedule_group: String::new(),
         }
     }
+}
+
+/// `[storage.s3]`: an S3-compatible bucket. Credentials come from the usual
+/// environment variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+/// `AWS_SESSION_TOKEN`; `AWS_REGION` and `AWS_ENDPOINT_URL` when not set here),
+/// or from the instance's role.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    pub bucket: String,
+    /// Empty: `AWS_REGION` (else `us-east-1`).
+    pub region: String,
+    /// For S3-compatible servers (MinIO, Ceph, moto...): `http(s)://host:port`.
+    /// Empty: AWS (or `AWS_ENDPOINT_URL`).
+    pub endpoint: String,
+    /// Address the bucket as `endpoint/bucket/key` rather than
+    /// `bucket.endpoint/key` (most S3-compatible servers want this).
+    pub path_style: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -345,6 +391,32 @@ impl Default for ShutdownConfig {
     fn default() -> Self {
         ShutdownConfig {
             drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[breaker]`: a circuit breaker in front of each capability backend (the
+/// cache, the object store). After `failures` failed calls in a row the backend
+/// is left alone for `open_for`: calls fail at once as `unavailable` (events are
+/// retried, never lost). Then up to `probes` calls go through: one success
+/// closes the breaker, a failure opens it again.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    /// Failures in a row that open the breaker; `0`: no breaker.
+    pub failures: u32,
+    #[serde(with = "humantime_serde")]
+    pub open_for: Duration,
+    /// Calls let through at a time while half-open.
+    pub probes: u32,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failures: 5,
+            open_for: Duration::from_secs(10),
+            probes: 1,
         }
     }
 }
@@ -448,8 +520,12 @@ impl Config {
                 ),
             ));
         }
-        if self.storage.schedule_topic.trim().is_empty() {
-            return Err(("storage.schedule_topic".into(), "is empty".into()));
+        self.validate_storage()?;
+        if self.breaker.failures > 0 && self.breaker.probes == 0 {
+            return Err((
+                "breaker.probes".into(),
+                "must be at least 1 (or set breaker.failures = 0 to turn the breaker off)".into(),
+            ));
         }
         if let Some(create) = &self.topics.create {
             if create.partitions < 1 || create.replication < 1 {
@@ -472,6 +548,44 @@ impl Config {
             ));
         }
         self.validate_cache()
+    }
+
+    fn validate_storage(&self) -> Result<(), (String, String)> {
+        let storage = &self.storage;
+        if storage.schedule_topic.trim().is_empty() {
+            return Err(("storage.schedule_topic".into(), "is empty".into()));
+        }
+        check_template(&storage.schedule_group, "", &self.topics.vars)
+            .map_err(|e| ("storage.schedule_group".into(), e))?;
+        if storage.timeout.is_zero() {
+            return Err(("storage.timeout".into(), "must be more than zero".into()));
+        }
+        let s3 = &storage.s3;
+        match storage.backend {
+            StorageKind::S3 if s3.bucket.trim().is_empty() => Err((
+                "storage.s3.bucket".into(),
+                "is required with backend = \"s3\"".into(),
+            )),
+            StorageKind::S3
+                if !s3.endpoint.is_empty()
+                    && !s3.endpoint.starts_with("http://")
+                    && !s3.endpoint.starts_with("https://") =>
+            {
+                Err((
+                    "storage.s3.endpoint".into(),
+                    format!(
+                        "{:?}: use http(s)://host:port, e.g. \"http://minio:9000\"",
+                        s3.endpoint
+                    ),
+                ))
+            }
+            StorageKind::Local if !s3.bucket.is_empty() => Err((
+                "storage.s3".into(),
+                "is set but storage.backend is \"local\": set backend = \"s3\" to use the bucket"
+                    .into(),
+            )),
+            _ => Ok(()),
+        }
     }
 
     fn validate_cache(&self) -> Result<(), (String, String)> {
@@ -524,6 +638,14 @@ impl Config {
             &[("plugin", plugin), ("hostname", &hostname())],
             &self.topics.vars,
         ))
+    }
+
+    /// The consumer group that shares the schedule topic among hosts.
+    pub fn schedule_group(&self) -> Result<String, String> {
+        if self.storage.schedule_group.trim().is_empty() {
+            return self.schedule_topic();
+        }
+        Ok(fill(&self.storage.schedule_group, &[], &self.topics.vars))
     }
 
     /// The full name of the schedule topic.
@@ -745,6 +867,51 @@ mod tests {
         );
         bad("timeout = \"0s\"\n", &["cache.timeout"]);
         bad("max_bytes = \"1 KiB\"\n", &["cache.max_bytes"]);
+    }
+
+    #[test]
+    fn storage_is_a_directory_unless_a_bucket_is_configured() {
+        let c = load("[kafka]\nbootstrap_servers = \"b\"\n").unwrap();
+        assert_eq!(c.storage.backend, StorageKind::Local);
+        assert_eq!(c.schedule_group().unwrap(), "dev-weir-schedule");
+        let c = load(
+            "[kafka]\nbootstrap_servers = \"b\"\n[storage]\nbackend = \"s3\"\ntimeout = \"3s\"\n\
+             [storage.s3]\nbucket = \"audio\"\nendpoint = \"http://minio:9000\"\npath_style = true\n",
+        )
+        .unwrap();
+        assert_eq!(c.storage.backend, StorageKind::S3);
+        assert_eq!(c.storage.s3.bucket, "audio");
+        assert!(c.storage.s3.path_style);
+        assert_eq!(c.storage.timeout, Duration::from_secs(3));
+
+        let bad = |toml: &str, needles: &[&str]| {
+            let e = load(&format!("[kafka]\nbootstrap_servers = \"b\"\n{toml}")).unwrap_err();
+            for n in needles {
+                assert!(e.0.contains(n), "{e} lacks {n}");
+            }
+        };
+        bad(
+            "[storage]\nbackend = \"s3\"\n",
+            &["storage.s3.bucket: is required"],
+        );
+        bad(
+            "[storage]\nbackend = \"s3\"\n[storage.s3]\nbucket = \"a\"\nendpoint = \"minio:9000\"\n",
+            &["storage.s3.endpoint", "http(s)://"],
+        );
+        bad(
+            "[storage.s3]\nbucket = \"a\"\n",
+            &["storage.s3", "backend = \"s3\""],
+        );
+        bad(
+            "[storage]\nbackend = \"gcs\"\n",
+            &["storage.backend", "local", "s3"],
+        );
+        bad("[storage]\ntimeout = \"0s\"\n", &["storage.timeout"]);
+        bad("[breaker]\nprobes = 0\n", &["breaker.probes"]);
+        bad(
+            "[storage.s3]\nbucket = \"a\"\nsecret = \"x\"\n",
+            &["storage.s3.secret", "unknown field"],
+        );
     }
 
     #[test]

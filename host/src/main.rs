@@ -265,6 +265,7 @@ async fn list_plugins(config: &Config) -> Result<(String, Vec<PluginReport>), St
             in_flight: 0,
             partitions: vec![],
             lag: 0,
+            backends: Default::default(),
             status,
         })
         .collect();
@@ -273,6 +274,12 @@ async fn list_plugins(config: &Config) -> Result<(String, Vec<PluginReport>), St
 
 fn print_plugin(p: &PluginReport) {
     let s = &p.status;
+    let tripped: Vec<String> = p
+        .backends
+        .iter()
+        .filter(|(_, state)| **state != weir_host::capabilities::breaker::BreakerState::Closed)
+        .map(|(backend, state)| format!("  {backend} breaker {}", state.as_str()))
+        .collect();
     let live = if p.partitions.is_empty() {
         String::new()
     } else {
@@ -284,12 +291,13 @@ fn print_plugin(p: &PluginReport) {
         )
     };
     println!(
-        "{:<24} {:<12} sha256 {}  loaded {}  topics {}{live}",
+        "{:<24} {:<12} sha256 {}  loaded {}  topics {}{live}{}",
         s.name,
         s.state,
         s.sha256.as_deref().map_or("-", |h| &h[..12.min(h.len())]),
         s.loaded_at.as_deref().unwrap_or("-"),
-        s.topics.join(",")
+        s.topics.join(","),
+        tripped.concat()
     );
     if let Some(reason) = &s.reason {
         println!("{:<24} {reason}", "");

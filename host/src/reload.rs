@@ -25,6 +25,7 @@ use crate::pipeline::stats::{Stats, StatsSnapshot};
 use crate::pipeline::Pipeline;
 use crate::plugin_dir::{discover, PluginFiles};
 use crate::runtime::{Plugin, Runtime};
+use crate::schedule_topic::ScheduleOwner;
 use crate::status::write_status_file;
 pub use crate::status::{read_status_file, PluginStatus};
 use crate::topics::TopicNamer;
@@ -95,6 +96,8 @@ pub struct Supervisor {
     last_status: Vec<PluginStatus>,
     /// What the admin API reads.
     view: Arc<HostView>,
+    /// This host's share of the schedule topic (`weir run`), once it exists.
+    schedule_owner: Option<ScheduleOwner>,
 }
 
 impl Supervisor {
@@ -106,15 +109,6 @@ impl Supervisor {
     ) -> Result<Supervisor, String> {
         let runtime = Runtime::with_compile_cache(config.plugins.cache_dir.clone())?;
         let existing_topics = crate::kafka::wait_for_broker(&config).await?;
-        if backends.deletions.is_records() {
-            let topic = config.schedule_topic()?;
-            if existing_topics.contains(&topic) {
-                let read =
-                    crate::schedule_topic::rebuild(&config, &topic, &backends.deletions).await?;
-                let pending = backends.deletions.list().await?.len();
-                tracing::info!(topic = %topic, records = read, pending, "scheduled deletions read back");
-            }
-        }
         let mut sup = Supervisor {
             namer: config.namer()?,
             outputs: Outputs::new(&config)?,
@@ -125,7 +119,14 @@ impl Supervisor {
             plugins: BTreeMap::new(),
             last_status: Vec::new(),
             view,
+            schedule_owner: None,
         };
+        // Take a share of the schedule topic's partitions at once if it exists
+        // (deletions promised by hosts that are gone are kept), else when the
+        // first plugin with storage creates it.
+        if sup.existing_topics.contains(&sup.config.schedule_topic()?) {
+            sup.own_schedule().await?;
+        }
         sup.reconcile().await?;
         let stats = sup.runtime.compile_stats();
         tracing::info!(
@@ -148,7 +149,7 @@ impl Supervisor {
         interval: std::time::Duration,
     ) -> Result<tokio::task::JoinHandle<()>, String> {
         let deletions = self.backends.deletions.clone();
-        if !deletions.is_records() {
+        if !deletions.is_topic() {
             return Ok(deletions.spawn_sweeper(interval));
         }
         Ok(crate::schedule_topic::spawn_sweeper(
@@ -316,22 +317,9 @@ impl Supervisor {
         }
 
         let schedule = match &m.capabilities.storage {
-            Some(_) if self.backends.deletions.is_records() => {
-                let topic = self.config.schedule_topic()?;
-                if !self.existing_topics.contains(&topic) {
-                    crate::kafka::ensure_topics(
-                        &self.config,
-                        &self.existing_topics,
-                        &BTreeSet::from([topic.clone()]),
-                    )
-                    .await?;
-                    self.existing_topics.insert(topic.clone());
-                }
-                Some(ScheduleOutput {
-                    topic,
-                    schedule: self.backends.deletions.clone(),
-                })
-            }
+            Some(_) if self.backends.deletions.is_topic() => Some(ScheduleOutput {
+                topic: self.own_schedule().await?,
+            }),
             _ => None,
         };
         let versions = Versions::new(plugin);
@@ -380,6 +368,32 @@ impl Supervisor {
             shape: ConsumerShape::of(&m),
             pipeline,
         })
+    }
+
+    /// Make sure the schedule topic exists and this host has joined the group
+    /// that shares it; its full name.
+    async fn own_schedule(&mut self) -> Result<String, String> {
+        let topic = self.config.schedule_topic()?;
+        if self.schedule_owner.is_some() || !self.backends.deletions.is_topic() {
+            return Ok(topic);
+        }
+        if !self.existing_topics.contains(&topic) {
+            crate::kafka::ensure_topics_with(
+                &self.config,
+                &self.existing_topics,
+                &BTreeSet::from([topic.clone()]),
+                &[("cleanup.policy", "compact")],
+            )
+            .await?;
+            self.existing_topics.insert(topic.clone());
+        }
+        self.schedule_owner = Some(ScheduleOwner::start(
+            &self.config,
+            &topic,
+            self.backends.deletions.clone(),
+        )?);
+        tracing::info!(topic = %topic, group = %self.config.schedule_group()?, "joined the schedule group: this host carries out the deletions of the partitions it is given");
+        Ok(topic)
     }
 
     /// Every plugin's status.
@@ -465,6 +479,12 @@ impl Supervisor {
                         paused: m.paused.clone(),
                         stats: m.stats.clone(),
                         source: m.running.as_ref().map(|r| r.pipeline.shared()),
+                        backends: m
+                            .running
+                            .as_ref()
+                            .map(|r| backends_of(r.versions.current().plugin.manifest()))
+                            .unwrap_or_default(),
+                        guards: self.backends.guards.clone(),
                     },
                 ))
             })
@@ -490,6 +510,9 @@ impl Supervisor {
                 report.plugins.insert(name, snapshot);
             }
         }
+        if let Some(owner) = self.schedule_owner.take() {
+            let _ = tokio::task::spawn_blocking(move || owner.stop()).await;
+        }
         write_status_file(&self.config.plugins.status_file, &[]);
         report
     }
@@ -499,6 +522,18 @@ impl Supervisor {
 /// stop its workers.
 async fn stop(r: Running) {
     r.pipeline.stop().await;
+}
+
+/// The backends a plugin's grants reach.
+fn backends_of(m: &Manifest) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if m.capabilities.cache.is_some() {
+        out.push("cache");
+    }
+    if m.capabilities.storage.is_some() {
+        out.push("storage");
+    }
+    out
 }
 
 /// Hash of a plugin's two files, or `None` if one cannot be read right now.

@@ -2,9 +2,12 @@
 
 use crate::admin::view::{HostView, Phase};
 use crate::admin::AdminServer;
-use crate::capabilities::{Backends, CacheBackend, DeletionSchedule, MemoryCache, RedisCache};
-use crate::config::CacheKind;
+use crate::capabilities::storage;
+use crate::capabilities::{
+    Backends, CacheBackend, DeletionSchedule, Guards, MemoryCache, RedisCache,
+};
 use crate::config::Config;
+use crate::config::{CacheKind, StorageKind};
 pub use crate::reload::RunReport;
 use crate::reload::Supervisor;
 use std::collections::BTreeSet;
@@ -17,7 +20,7 @@ use tokio::sync::mpsc;
 /// Scheduled deletions are records on the schedule topic.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<RunReport, String> {
     let mut backends = backends(&config).await?;
-    backends.deletions = DeletionSchedule::in_records();
+    backends.deletions = DeletionSchedule::in_topic();
     run_with(config, backends, shutdown).await
 }
 
@@ -42,7 +45,16 @@ pub async fn backends(config: &Config) -> Result<Backends, String> {
             Arc::new(redis)
         }
     };
-    Backends::with_cache(&config.storage.dir, cache)
+    let storage = match config.storage.backend {
+        StorageKind::Local => storage::local_store(&config.storage.dir)?,
+        StorageKind::S3 => storage::s3_store(&config.storage.s3, config.storage.timeout)?,
+    };
+    tracing::info!(storage = %storage::describe_store(&config.storage), "storage backend");
+    Ok(Backends::new(
+        cache,
+        storage,
+        Guards::new(&config.breaker, config.storage.timeout),
+    ))
 }
 
 /// How long the plugin directory must stay quiet before a change is applied, so
@@ -56,7 +68,7 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunReport, String> {
     // The admin API answers from the start: live at once, ready once running.
-    let view = Arc::new(HostView::new(&config, backends.cache.clone()));
+    let view = Arc::new(HostView::new(&config, &backends));
     let admin = if config.admin.enabled {
         Some(AdminServer::start(&config.admin.listen, view.clone()).await?)
     } else {

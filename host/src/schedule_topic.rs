@@ -1,54 +1,181 @@
-//! The schedule topic: where `weir run` records scheduled deletions.
+//! The schedule topic: where `weir run` records scheduled deletions, and how the
+//! hosts of a group share the work of carrying them out.
 //!
 //! Each plugin's `schedule-deletion` / `cancel-deletion` is a record on this
 //! topic sent with the event's other outputs (key `{plugin}/{object key}`, the
-//! entry as JSON, a tombstone to cancel or when done). The host keeps the due
-//! times in memory: applied as the records are acknowledged, and rebuilt at start
-//! by reading the topic from its start, so it works on brokers that do not
-//! compact (on Kafka, make the topic `cleanup.policy=compact`).
+//! entry as JSON, a tombstone to cancel or once done). Every host joins the
+//! schedule group (`storage.schedule_group`) with one consumer: the owner of a
+//! partition reads it from its start (offsets are never committed), so it
+//! works on brokers that do not compact (on Kafka, the topic is created with
+//! `cleanup.policy=compact`). Once it has read the partition up to its end as
+//! of the assignment, it carries out that partition's deletions when due and
+//! writes their tombstones. When a host dies, the group hands its partitions to
+//! a survivor, which reads them again and keeps the promises.
 
 use crate::capabilities::storage::now_ms;
-use crate::capabilities::{DeletionSchedule, ScheduleChange};
+use crate::capabilities::{DeletionSchedule, ScheduleChange, ScheduledDeletion};
 use crate::config::Config;
 use crate::pipeline::outputs::{Outputs, Record};
 use object_store::ObjectStore;
-use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::{ClientContext, Message, TopicPartitionList};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Rebuild `schedule` from `topic` (if it exists): every record, in order; the
-/// number of records read.
-pub async fn rebuild(
-    config: &Config,
-    topic: &str,
-    schedule: &DeletionSchedule,
-) -> Result<u64, String> {
-    let cfg = crate::kafka::base_config(config);
-    let topic = topic.to_string();
-    let schedule = schedule.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut bad = 0;
-        let read = crate::kafka::read_to_end(cfg, &topic, "weir-schedule-reader", |m| {
-            match ScheduleChange::from_record(m.key(), m.payload()) {
-                Ok(change) => schedule.apply(&change),
-                Err(e) => {
-                    bad += 1;
-                    if bad <= 3 {
-                        tracing::warn!(topic = %topic, offset = m.offset(), error = %e, "ignoring an unreadable schedule record");
-                    }
-                }
-            }
-        })
-        .map_err(|e| format!("cannot read the schedule topic {topic}: {e}"))?;
-        Ok(read)
-    })
-    .await
-    .map_err(|e| e.to_string())?
+/// The consumer that keeps this host's share of the schedule topic.
+pub struct ScheduleOwner {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// Every `interval`, carry out the deletions that are due: delete the object,
-/// write the tombstone (acknowledged), forget it. A failure is retried by the
-/// next sweep.
+struct OwnerContext {
+    topic: String,
+    schedule: DeletionSchedule,
+}
+
+impl ClientContext for OwnerContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error | L::Warning => {
+                tracing::warn!(topic = %self.topic, facility = fac, "librdkafka (schedule): {message}")
+            }
+            _ => tracing::debug!(facility = fac, "librdkafka (schedule): {message}"),
+        }
+    }
+}
+
+fn partitions_of(list: &TopicPartitionList) -> Vec<i32> {
+    list.elements().iter().map(|e| e.partition()).collect()
+}
+
+impl ConsumerContext for OwnerContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            let parts = partitions_of(list);
+            for p in &parts {
+                self.schedule.revoke(*p);
+            }
+            tracing::info!(topic = %self.topic, partitions = ?parts, "schedule partitions revoked");
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(list) = rebalance {
+            let parts = partitions_of(list);
+            for p in &parts {
+                self.schedule.assign(*p);
+            }
+            tracing::info!(topic = %self.topic, partitions = ?parts, "schedule partitions assigned: reading them from their start");
+        }
+    }
+}
+
+impl ScheduleOwner {
+    /// Join the schedule group and keep `schedule` equal to the owned partitions.
+    pub fn start(
+        config: &Config,
+        topic: &str,
+        schedule: DeletionSchedule,
+    ) -> Result<ScheduleOwner, String> {
+        let mut cfg = crate::kafka::base_config(config);
+        let consumer_cfg = &config.kafka.consumer;
+        cfg.set("group.id", config.schedule_group()?)
+            .set("client.id", "weir-schedule")
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set(
+                "session.timeout.ms",
+                consumer_cfg.session_timeout.as_millis().to_string(),
+            )
+            .set(
+                "fetch.wait.max.ms",
+                consumer_cfg.fetch_wait.as_millis().max(1).to_string(),
+            );
+        if let Some(id) = config.instance_id_for("weir-schedule") {
+            cfg.set("group.instance.id", id);
+        }
+        let context = OwnerContext {
+            topic: topic.to_string(),
+            schedule: schedule.clone(),
+        };
+        let consumer: BaseConsumer<OwnerContext> = cfg
+            .create_with_context(context)
+            .map_err(|e| format!("cannot create the schedule consumer: {e}"))?;
+        consumer
+            .subscribe(&[topic])
+            .map_err(|e| format!("cannot subscribe to the schedule topic {topic}: {e}"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let topic = topic.to_string();
+        let thread = std::thread::Builder::new()
+            .name("weir-schedule".into())
+            .spawn(move || follow(consumer, &topic, &schedule, &stopping))
+            .map_err(|e| format!("cannot start the schedule consumer: {e}"))?;
+        Ok(ScheduleOwner {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Leave the group (a static member keeps its partitions until its session
+    /// times out, so a restart gets them back at once).
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ScheduleOwner {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn follow(
+    consumer: BaseConsumer<OwnerContext>,
+    topic: &str,
+    schedule: &DeletionSchedule,
+    stop: &AtomicBool,
+) {
+    let mut bad = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        for p in schedule.without_end() {
+            match consumer.fetch_watermarks(topic, p, Duration::from_secs(5)) {
+                Ok((low, high)) => schedule.set_end(p, low, high),
+                Err(e) => {
+                    tracing::warn!(topic, partition = p, error = %e, "cannot read the schedule partition's end; retrying")
+                }
+            }
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Err(e)) => tracing::warn!(topic, error = %e, "reading the schedule topic"),
+            Some(Ok(m)) => {
+                let change = match ScheduleChange::from_record(m.key(), m.payload()) {
+                    Ok(change) => Some(change),
+                    Err(e) => {
+                        bad += 1;
+                        if bad <= 3 {
+                            tracing::warn!(topic, partition = m.partition(), offset = m.offset(), error = %e, "ignoring an unreadable schedule record");
+                        }
+                        None
+                    }
+                };
+                schedule.apply_at(m.partition(), m.offset(), change.as_ref());
+            }
+        }
+    }
+    consumer.unsubscribe();
+}
+
+/// Every `interval`, carry out the due deletions of the owned partitions: delete
+/// the object, write the tombstone (acknowledged), forget it. A failure is
+/// retried by the next sweep.
 pub fn spawn_sweeper(
     schedule: DeletionSchedule,
     storage: Arc<dyn ObjectStore>,
@@ -62,8 +189,7 @@ pub fn spawn_sweeper(
             tick.tick().await;
             let swept = schedule
                 .sweep_with(&*storage, now_ms(), |change| {
-                    let (outputs, topic, schedule) =
-                        (outputs.clone(), topic.clone(), schedule.clone());
+                    let (outputs, topic) = (outputs.clone(), topic.clone());
                     async move {
                         let (key, payload) = change.record();
                         outputs
@@ -73,9 +199,8 @@ pub fn spawn_sweeper(
                                 payload: payload.as_deref(),
                                 headers: &[],
                             })
-                            .await?;
-                        schedule.apply(&change);
-                        Ok(())
+                            .await
+                            .map(|_| ())
                     }
                 })
                 .await;
@@ -84,4 +209,26 @@ pub fn spawn_sweeper(
             }
         }
     })
+}
+
+/// The deletions pending on the whole schedule topic (every partition, from its
+/// start, without joining the group): for tools and tests.
+pub async fn pending_in_topic(
+    config: &Config,
+    topic: &str,
+) -> Result<Vec<ScheduledDeletion>, String> {
+    let cfg = crate::kafka::base_config(config);
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut changes = Vec::new();
+        crate::kafka::read_to_end(cfg, &topic, "weir-schedule-reader", |m| {
+            if let Ok(change) = ScheduleChange::from_record(m.key(), m.payload()) {
+                changes.push(change);
+            }
+        })
+        .map_err(|e| format!("cannot read the schedule topic {topic}: {e}"))?;
+        Ok(crate::capabilities::schedule::fold(&changes))
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }

@@ -6,6 +6,7 @@ mod support;
 
 mod admin;
 mod batch;
+mod compose;
 mod container;
 mod faults;
 mod group;
@@ -13,5 +14,7 @@ mod invoke_cli;
 mod pipeline;
 mod redis_cache;
 mod reload;
+mod s3_storage;
+mod scale_out;
 mod seed_plugins;
 mod soak;

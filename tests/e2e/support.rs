@@ -1,10 +1,14 @@
 //! Test harness: builds the plugins once per test run and loads them into a host.
 
+use object_store::ObjectStore;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
-use weir_devkit::{find_redis_server, DevRedis};
+use std::time::Duration;
+use weir_devkit::{find_redis_server, find_s3_server, DevRedis, DevS3};
+use weir_host::capabilities::storage::s3_store_with_env;
 use weir_host::capabilities::{Backends, CacheBackend, MemoryCache};
+use weir_host::config::S3Config;
 use weir_host::event::EventRecord;
 use weir_host::manifest::Manifest;
 use weir_host::runtime::{Plugin, Runtime};
@@ -93,6 +97,71 @@ pub fn redis_on(port: Option<u16>) -> Option<TestRedis> {
 /// A Redis server on a free port, or `None` when redis-server is missing.
 pub fn redis() -> Option<TestRedis> {
     redis_on(None)
+}
+
+/// An S3-compatible server (moto) for one test, with one bucket.
+pub struct TestS3 {
+    pub server: DevS3,
+    pub bucket: String,
+    pub _dir: tempfile::TempDir,
+}
+
+/// An S3 server on a free port with the bucket `weir-test`, or `None` (the
+/// test is skipped, and this says so) when the moto server is not installed.
+pub fn s3() -> Option<TestS3> {
+    let binary = required(
+        find_s3_server(),
+        "the moto S3 server",
+        "`just s3` installs it into ~/.cache/weir/py (pip install 'moto[server]')",
+    )?;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = DevS3::start(&binary, dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let bucket = "weir-test".to_string();
+    server
+        .create_bucket(&bucket)
+        .unwrap_or_else(|e| panic!("{e}"));
+    Some(TestS3 {
+        server,
+        bucket,
+        _dir: dir,
+    })
+}
+
+impl TestS3 {
+    /// `[storage.s3]` for this server.
+    pub fn config(&self) -> S3Config {
+        S3Config {
+            bucket: self.bucket.clone(),
+            region: "us-east-1".into(),
+            endpoint: self.server.endpoint(),
+            path_style: true,
+        }
+    }
+
+    /// The credentials the hosts get, as environment variables.
+    pub fn env() -> Vec<(String, String)> {
+        [
+            ("AWS_ACCESS_KEY_ID", "weir-test"),
+            ("AWS_SECRET_ACCESS_KEY", "weir-test-secret"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .to_vec()
+    }
+
+    /// Weir's S3 backend on this server's bucket.
+    pub fn store(&self, timeout: Duration) -> Arc<dyn ObjectStore> {
+        s3_store_with_env(&self.config(), timeout, Self::env()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `[storage]` for a weir.toml using this bucket, with more `[storage]`
+    /// lines (`sweep_interval = ...`).
+    pub fn toml(&self, storage_extra: &str) -> String {
+        format!(
+            "[storage]\nbackend = \"s3\"\ntimeout = \"3s\"\n{storage_extra}\n[storage.s3]\nbucket = \"{}\"\nregion = \"us-east-1\"\nendpoint = \"{}\"\npath_style = true\n",
+            self.bucket,
+            self.server.endpoint()
+        )
+    }
 }
 
 /// The component of a plugin crate (`track-deletions` → `track_deletions.wasm`).

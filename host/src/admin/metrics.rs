@@ -2,6 +2,7 @@
 //! counters, so there is one source of truth for logs, status and metrics.
 
 use super::view::{HostView, PluginReport};
+use crate::capabilities::breaker::BreakerState;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -207,6 +208,70 @@ impl Collector for HostCollector {
             "weir_plugin_state",
             "1 for the plugin's current state",
             &states,
+        )?;
+        let guards = self.view.guards();
+        let mut breaker_states = Vec::new();
+        let mut opened = Vec::new();
+        let mut rejected = Vec::new();
+        for b in guards.breakers() {
+            let status = b.status();
+            for state in [
+                BreakerState::Closed,
+                BreakerState::Open,
+                BreakerState::HalfOpen,
+            ] {
+                breaker_states.push((
+                    vec![
+                        ("backend", status.backend.to_string()),
+                        ("state", state.as_str().to_string()),
+                    ],
+                    (status.state == state) as i64,
+                ));
+            }
+            opened.push((vec![("backend", status.backend)], status.opened_total));
+            rejected.push((vec![("backend", status.backend)], status.rejected_total));
+        }
+        gauges(
+            &mut encoder,
+            "weir_breaker_state",
+            "1 for the current state of each capability backend's circuit breaker",
+            &breaker_states,
+        )?;
+        counters(
+            &mut encoder,
+            "weir_breaker_opened",
+            "Times a backend's circuit breaker opened",
+            &opened,
+        )?;
+        counters(
+            &mut encoder,
+            "weir_breaker_rejected_calls",
+            "Capability calls failed at once (as unavailable) by an open circuit breaker",
+            &rejected,
+        )?;
+        let owned = self.view.deletions().owned();
+        gauges(
+            &mut encoder,
+            "weir_schedule_pending_deletions",
+            "Scheduled deletions pending in each schedule partition this host owns",
+            &owned
+                .iter()
+                .map(|p| {
+                    (
+                        vec![("partition", p.partition.to_string())],
+                        p.pending as i64,
+                    )
+                })
+                .collect::<Vec<_>>(),
+        )?;
+        gauges(
+            &mut encoder,
+            "weir_schedule_partition_ready",
+            "1 once an owned schedule partition is read up to its end (its deletions are carried out)",
+            &owned
+                .iter()
+                .map(|p| (vec![("partition", p.partition.to_string())], p.ready as i64))
+                .collect::<Vec<_>>(),
         )?;
         gauges(
             &mut encoder,

@@ -5,7 +5,7 @@
 //! | --- | --- |
 //! | `GET /health/live` | 200 while the process serves requests (liveness) |
 //! | `GET /health/ready` | 200 once the broker was reached and the plugins loaded; 503 while starting or stopping (readiness) |
-//! | `GET /health` | `Healthy`/`Degraded`/`Unhealthy` with a check each for kafka, cache and plugins (seed 004's shape); 503 when unhealthy |
+//! | `GET /health` | `Healthy`/`Degraded`/`Unhealthy` with a check each for kafka, cache, plugins, consumption, the backends' circuit breakers and the owned schedule partitions (seed 004's shape); 503 when unhealthy |
 //! | `GET /metrics` | Prometheus / OpenMetrics text |
 //! | `GET /plugins`, `GET /plugins/{name}` | status, counters, in-flight events, partitions and lag |
 //! | `POST /plugins/{name}/pause`, `.../resume` | stop / restart fetching for that plugin (in-flight events finish; the consumer stays in its group) |
@@ -16,6 +16,7 @@ pub mod client;
 pub mod metrics;
 pub mod view;
 
+use crate::capabilities::breaker::BreakerState;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -199,9 +200,46 @@ async fn health(State(s): State<AppState>) -> Response {
         },
         Value::Object(stalls),
     );
+    let breakers: Vec<_> = s.view.guards().breakers().map(|b| b.status()).to_vec();
+    let tripped: Vec<String> = breakers
+        .iter()
+        .filter(|b| b.state != BreakerState::Closed)
+        .map(|b| format!("{} ({})", b.backend, b.state.as_str()))
+        .collect();
+    let breakers = check(
+        true,
+        !tripped.is_empty(),
+        if tripped.is_empty() {
+            "every backend's circuit breaker is closed".to_string()
+        } else {
+            format!(
+                "circuit breaker not closed: {}; their calls fail as unavailable and events are retried",
+                tripped.join(", ")
+            )
+        },
+        json!(breakers),
+    );
+    let owned = s.view.deletions().owned();
+    let schedule = check(
+        true,
+        false,
+        format!(
+            "owns {} schedule partition(s) ({} read up to their end), {} deletion(s) pending",
+            owned.len(),
+            owned.iter().filter(|p| p.ready).count(),
+            owned.iter().map(|p| p.pending).sum::<usize>()
+        ),
+        json!(owned),
+    );
     let starting = s.view.phase() != Phase::Running;
-    let checks =
-        json!({ "kafka": kafka, "cache": cache, "plugins": plugins, "consumption": consumption });
+    let checks = json!({
+        "kafka": kafka,
+        "cache": cache,
+        "plugins": plugins,
+        "consumption": consumption,
+        "breakers": breakers,
+        "schedule": schedule,
+    });
     let worst = ["Unhealthy", "Degraded"]
         .into_iter()
         .find(|w| {
@@ -288,10 +326,12 @@ mod tests {
             std::path::Path::new("weir.toml"),
         )
         .unwrap();
-        let view = Arc::new(HostView::new(
-            &config,
+        let backends = crate::capabilities::Backends::new(
             Arc::new(MemoryCache::new(1024 * 1024)),
-        ));
+            Arc::new(object_store::memory::InMemory::new()),
+            Default::default(),
+        );
+        let view = Arc::new(HostView::new(&config, &backends));
         let e = AdminServer::start(&listen, view).await.err().unwrap();
         assert!(e.contains("admin.listen"), "{e}");
         assert!(e.contains("WEIR_ADMIN__LISTEN"), "{e}");

@@ -5,7 +5,8 @@
 //! from the plugin's own handles. Pausing flips the plugin's flag, which its
 //! source reads on its next poll: no request waits for a reload in progress.
 
-use crate::capabilities::CacheBackend;
+use crate::capabilities::breaker::BreakerState;
+use crate::capabilities::{Backends, CacheBackend, DeletionSchedule, Guards};
 use crate::config::Config;
 use crate::pipeline::fetch::{PartitionView, Shared as SourceShared};
 use crate::pipeline::stats::Stats;
@@ -48,6 +49,9 @@ pub struct PluginView {
     pub stats: Arc<Stats>,
     /// The running consumer's state; `None` when nothing runs (rejected).
     pub source: Option<Arc<SourceShared>>,
+    /// The backends its grants reach ("cache", "storage").
+    pub backends: Vec<&'static str>,
+    pub guards: Arc<Guards>,
 }
 
 /// One plugin as `GET /plugins` shows it.
@@ -60,6 +64,9 @@ pub struct PluginReport {
     pub partitions: Vec<PartitionView>,
     /// Sum of the partitions' lag (records not yet committed).
     pub lag: i64,
+    /// The circuit breaker of each backend it uses: closed, open, half-open.
+    #[serde(default)]
+    pub backends: BTreeMap<String, BreakerState>,
 }
 
 impl PluginView {
@@ -78,7 +85,15 @@ impl PluginView {
             .as_ref()
             .map(|s| s.partitions())
             .unwrap_or_default();
+        let backends = self
+            .guards
+            .breakers()
+            .into_iter()
+            .filter(|b| self.backends.contains(&b.backend()))
+            .map(|b| (b.backend().to_string(), b.state()))
+            .collect();
         PluginReport {
+            backends,
             lag: partitions.iter().filter_map(|p| p.lag).sum(),
             in_flight: self.source.as_ref().map_or(0, |s| s.in_flight()),
             partitions,
@@ -93,6 +108,8 @@ pub struct HostView {
     phase: AtomicU8,
     plugins: RwLock<BTreeMap<String, PluginView>>,
     cache: Arc<dyn CacheBackend>,
+    guards: Arc<Guards>,
+    deletions: DeletionSchedule,
     /// A client for broker health checks, made on first use.
     probe: Mutex<Option<Arc<BaseConsumer>>>,
     config: Config,
@@ -107,11 +124,13 @@ impl std::fmt::Debug for HostView {
 }
 
 impl HostView {
-    pub fn new(config: &Config, cache: Arc<dyn CacheBackend>) -> HostView {
+    pub fn new(config: &Config, backends: &Backends) -> HostView {
         HostView {
             phase: AtomicU8::new(Phase::Starting as u8),
             plugins: RwLock::new(BTreeMap::new()),
-            cache,
+            cache: backends.cache.clone(),
+            guards: backends.guards.clone(),
+            deletions: backends.deletions.clone(),
             probe: Mutex::new(None),
             config: config.clone(),
         }
@@ -144,6 +163,16 @@ impl HostView {
 
     pub fn cache(&self) -> &Arc<dyn CacheBackend> {
         &self.cache
+    }
+
+    /// The backends' circuit breakers.
+    pub fn guards(&self) -> &Arc<Guards> {
+        &self.guards
+    }
+
+    /// The scheduled deletions this host holds.
+    pub fn deletions(&self) -> &DeletionSchedule {
+        &self.deletions
     }
 
     /// Ask the broker for its metadata: how many brokers answered, or why not.

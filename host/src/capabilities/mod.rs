@@ -7,6 +7,7 @@
 //! current event has done so far). A denied call is answered from the grant, never
 //! by a trap. The runtime owns the instances and hands each call its `Ctx`.
 
+pub mod breaker;
 pub mod cache;
 pub mod config;
 pub mod log;
@@ -14,11 +15,16 @@ pub mod publish;
 pub mod schedule;
 pub mod storage;
 
+use crate::bindings::CapabilityError;
+use crate::config::BreakerConfig;
 use crate::manifest::Manifest;
+use breaker::Breaker;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use cache::{CacheBackend, CacheError, MemoryCache, RedisCache};
 pub use publish::OutgoingMessage;
@@ -30,6 +36,35 @@ pub struct Backends {
     pub cache: Arc<dyn CacheBackend>,
     pub storage: Arc<dyn object_store::ObjectStore>,
     pub deletions: DeletionSchedule,
+    pub guards: Arc<Guards>,
+}
+
+/// What stands between the plugins and each backend: a circuit breaker each,
+/// and the storage calls' time limit (the Redis cache has its own).
+pub struct Guards {
+    pub cache: Breaker,
+    pub storage: Breaker,
+    pub storage_timeout: Duration,
+}
+
+impl Guards {
+    pub fn new(breaker: &BreakerConfig, storage_timeout: Duration) -> Self {
+        Guards {
+            cache: Breaker::new("cache", breaker.clone()),
+            storage: Breaker::new("storage", breaker.clone()),
+            storage_timeout,
+        }
+    }
+
+    pub fn breakers(&self) -> [&Breaker; 2] {
+        [&self.cache, &self.storage]
+    }
+}
+
+impl Default for Guards {
+    fn default() -> Self {
+        Guards::new(&BreakerConfig::default(), Duration::from_secs(10))
+    }
 }
 
 impl Backends {
@@ -44,11 +79,48 @@ impl Backends {
         cache: Arc<dyn CacheBackend>,
     ) -> Result<Self, String> {
         let storage = storage::local_store(storage_dir)?;
-        Ok(Backends {
+        Ok(Self::new(cache, storage, Guards::default()))
+    }
+
+    /// The given cache and object store; scheduled deletions kept in the store.
+    pub fn new(
+        cache: Arc<dyn CacheBackend>,
+        storage: Arc<dyn object_store::ObjectStore>,
+        guards: Guards,
+    ) -> Self {
+        Backends {
             cache,
             deletions: DeletionSchedule::in_store(storage.clone()),
             storage,
-        })
+            guards: Arc::new(guards),
+        }
+    }
+
+    /// A cache call, through the cache's breaker.
+    pub async fn cache_call<T>(
+        &self,
+        call: impl Future<Output = Result<T, CapabilityError>>,
+    ) -> Result<T, CapabilityError> {
+        self.guards.cache.call(call).await
+    }
+
+    /// A storage call, through the storage breaker and bounded by its timeout.
+    pub async fn storage_call<T>(
+        &self,
+        call: impl Future<Output = Result<T, CapabilityError>>,
+    ) -> Result<T, CapabilityError> {
+        let limit = self.guards.storage_timeout;
+        self.guards
+            .storage
+            .call(async move {
+                tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+                    Err(CapabilityError::Unavailable(format!(
+                        "storage backend: no answer within {} (storage.timeout)",
+                        humantime::format_duration(limit)
+                    )))
+                })
+            })
+            .await
     }
 }
 

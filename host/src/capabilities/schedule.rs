@@ -4,10 +4,12 @@
 //! that belongs to its event, like a published message: it takes effect only if
 //! the handler succeeds. Where it goes depends on how the host runs:
 //!
-//! - **records** (`weir run`): the change is a record on the schedule topic, sent
+//! - **topic** (`weir run`): the change is a record on the schedule topic, sent
 //!   with the event's other outputs; the event's offset moves only once it is
-//!   acknowledged, and the host applies it to its in-memory schedule then. At
-//!   start the schedule is rebuilt by reading that topic. No disk write per event.
+//!   acknowledged. The hosts share the topic's partitions through a consumer
+//!   group (see `schedule_topic`): the owner of a partition reads it from its
+//!   start into this schedule, and once caught up carries out its deletions when
+//!   due. A host that dies hands its partitions, and so its promises, to another.
 //! - **store** (`weir invoke`, the runtime alone): the change is written to the
 //!   object store under `_weir/scheduled-deletions/` once the event is handled,
 //!   and read back from there.
@@ -15,12 +17,15 @@
 use object_store::{path::Path as StorePath, ObjectStore, PutPayload};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use super::storage::delete_quietly;
 
 const SCHEDULE_DIR: &str = "_weir/scheduled-deletions";
+
+const TOPIC_WRITES: &str =
+    "a topic-kept schedule changes only through records on the schedule topic";
 
 /// One pending deletion.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -102,6 +107,34 @@ pub struct SweepReport {
 /// deletions can run into the millions.
 type Pending = HashMap<String, HashMap<Box<str>, (i64, i64)>>;
 
+/// One owned partition of the schedule topic.
+#[derive(Default)]
+struct Partition {
+    /// The partition's end when it was assigned: until it is read that far, its
+    /// schedule is incomplete (a later cancel may not be known yet), so nothing
+    /// of it is carried out. `None` until the end is known.
+    end: Option<i64>,
+    /// The next offset to read.
+    next: i64,
+    pending: Pending,
+}
+
+impl Partition {
+    fn ready(&self) -> bool {
+        self.end.is_some_and(|end| self.next >= end)
+    }
+}
+
+/// What the host knows of one owned partition of the schedule topic.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PartitionStatus {
+    pub partition: i32,
+    /// Read up to its end as of assignment: its deletions are carried out.
+    pub ready: bool,
+    pub pending: usize,
+    pub next_offset: i64,
+}
+
 #[derive(Clone)]
 pub struct DeletionSchedule {
     kind: Arc<Kind>,
@@ -109,7 +142,46 @@ pub struct DeletionSchedule {
 
 enum Kind {
     Store(Arc<dyn ObjectStore>),
-    Records(Mutex<Pending>),
+    Topic(Mutex<BTreeMap<i32, Partition>>),
+}
+
+fn apply_to(pending: &mut Pending, change: &ScheduleChange) {
+    match change {
+        ScheduleChange::Schedule(d) => {
+            let keys = match pending.get_mut(&d.plugin) {
+                Some(keys) => keys,
+                None => pending.entry(d.plugin.clone()).or_default(),
+            };
+            keys.insert(d.key.as_str().into(), (d.due_ms, d.scheduled_at_ms));
+        }
+        ScheduleChange::Cancel { plugin, key } => {
+            if let Some(keys) = pending.get_mut(plugin) {
+                keys.remove(key.as_str());
+            }
+        }
+    }
+}
+
+fn entries_of(pending: &Pending) -> impl Iterator<Item = ScheduledDeletion> + '_ {
+    pending.iter().flat_map(|(plugin, keys)| {
+        keys.iter().map(|(key, (due_ms, at))| ScheduledDeletion {
+            plugin: plugin.clone(),
+            key: key.to_string(),
+            due_ms: *due_ms,
+            scheduled_at_ms: *at,
+        })
+    })
+}
+
+/// Fold schedule records, in order, into the deletions still pending.
+pub fn fold<'a>(changes: impl IntoIterator<Item = &'a ScheduleChange>) -> Vec<ScheduledDeletion> {
+    let mut pending = Pending::default();
+    for c in changes {
+        apply_to(&mut pending, c);
+    }
+    let mut out: Vec<_> = entries_of(&pending).collect();
+    out.sort_by(|a, b| (a.due_ms, &a.key).cmp(&(b.due_ms, &b.key)));
+    out
 }
 
 impl DeletionSchedule {
@@ -121,17 +193,104 @@ impl DeletionSchedule {
         }
     }
 
-    /// Kept in memory, fed by delivered schedule records: `weir run`.
-    pub fn in_records() -> Self {
+    /// Kept as records on the schedule topic; this host holds the partitions it
+    /// owns (`weir run`).
+    pub fn in_topic() -> Self {
         DeletionSchedule {
-            kind: Arc::new(Kind::Records(Mutex::new(Pending::default()))),
+            kind: Arc::new(Kind::Topic(Mutex::new(BTreeMap::new()))),
         }
     }
 
     /// Whether changes are records sent with the event's outputs (`weir run`)
     /// rather than written by the host once the event is handled.
-    pub fn is_records(&self) -> bool {
-        matches!(*self.kind, Kind::Records(_))
+    pub fn is_topic(&self) -> bool {
+        matches!(*self.kind, Kind::Topic(_))
+    }
+
+    fn partitions(&self) -> Option<std::sync::MutexGuard<'_, BTreeMap<i32, Partition>>> {
+        match &*self.kind {
+            Kind::Topic(parts) => Some(parts.lock().expect("schedule lock")),
+            Kind::Store(_) => None,
+        }
+    }
+
+    /// This host now owns `partition`: it will be read from its start.
+    pub fn assign(&self, partition: i32) {
+        if let Some(mut parts) = self.partitions() {
+            parts.insert(partition, Partition::default());
+        }
+    }
+
+    /// This host no longer owns `partition`: forget what it held.
+    pub fn revoke(&self, partition: i32) {
+        if let Some(mut parts) = self.partitions() {
+            parts.remove(&partition);
+        }
+    }
+
+    /// Owned partitions whose end is not known yet.
+    pub fn without_end(&self) -> Vec<i32> {
+        self.partitions()
+            .map(|parts| {
+                parts
+                    .iter()
+                    .filter(|(_, p)| p.end.is_none())
+                    .map(|(id, _)| *id)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The watermarks of an owned partition as of its assignment.
+    pub fn set_end(&self, partition: i32, low: i64, high: i64) {
+        if let Some(mut parts) = self.partitions() {
+            if let Some(p) = parts.get_mut(&partition) {
+                p.end = Some(high);
+                p.next = p.next.max(low);
+            }
+        }
+    }
+
+    /// Apply the record at `offset` of an owned partition (ignored otherwise).
+    pub fn apply_at(&self, partition: i32, offset: i64, change: Option<&ScheduleChange>) {
+        if let Some(mut parts) = self.partitions() {
+            if let Some(p) = parts.get_mut(&partition) {
+                if let Some(change) = change {
+                    apply_to(&mut p.pending, change);
+                }
+                p.next = offset + 1;
+            }
+        }
+    }
+
+    /// What this host holds of the schedule topic, partition by partition.
+    pub fn owned(&self) -> Vec<PartitionStatus> {
+        self.partitions()
+            .map(|parts| {
+                parts
+                    .iter()
+                    .map(|(id, p)| PartitionStatus {
+                        partition: *id,
+                        ready: p.ready(),
+                        pending: p.pending.values().map(|k| k.len()).sum(),
+                        next_offset: p.next,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Forget a carried-out deletion, unless it was rescheduled meanwhile.
+    fn forget(&self, done: &ScheduledDeletion) {
+        if let Some(mut parts) = self.partitions() {
+            for p in parts.values_mut() {
+                if let Some(keys) = p.pending.get_mut(&done.plugin) {
+                    if keys.get(done.key.as_str()) == Some(&(done.due_ms, done.scheduled_at_ms)) {
+                        keys.remove(done.key.as_str());
+                    }
+                }
+            }
+        }
     }
 
     fn entry_path(plugin: &str, key: &str) -> StorePath {
@@ -139,29 +298,7 @@ impl DeletionSchedule {
         StorePath::from(format!("{SCHEDULE_DIR}/{plugin}/{digest}.json"))
     }
 
-    /// Apply a delivered (or replayed) change to the in-memory schedule.
-    /// Nothing to do for a store-kept schedule (see [`DeletionSchedule::write`]).
-    pub fn apply(&self, change: &ScheduleChange) {
-        if let Kind::Records(pending) = &*self.kind {
-            let mut pending = pending.lock().expect("schedule lock");
-            match change {
-                ScheduleChange::Schedule(d) => {
-                    let keys = match pending.get_mut(&d.plugin) {
-                        Some(keys) => keys,
-                        None => pending.entry(d.plugin.clone()).or_default(),
-                    };
-                    keys.insert(d.key.as_str().into(), (d.due_ms, d.scheduled_at_ms));
-                }
-                ScheduleChange::Cancel { plugin, key } => {
-                    if let Some(keys) = pending.get_mut(plugin) {
-                        keys.remove(key.as_str());
-                    }
-                }
-            }
-        }
-    }
-
-    /// Write a change now: to the store, or to memory for a record-kept schedule.
+    /// Write a change now (a store-kept schedule).
     pub async fn write(&self, change: &ScheduleChange) -> Result<(), String> {
         match change {
             ScheduleChange::Schedule(d) => self.schedule(d).await,
@@ -183,30 +320,24 @@ impl DeletionSchedule {
                     .map(|_| ())
                     .map_err(|e| e.to_string())
             }
-            Kind::Records(_) => {
-                self.apply(&ScheduleChange::Schedule(entry.clone()));
-                Ok(())
-            }
+            Kind::Topic(_) => Err(TOPIC_WRITES.into()),
         }
     }
 
     /// Drop a scheduled deletion; whether there was one.
     pub async fn cancel(&self, plugin: &str, key: &str) -> Result<bool, String> {
+        let Kind::Store(store) = &*self.kind else {
+            return Err(TOPIC_WRITES.into());
+        };
         let was = self.is_scheduled(plugin, key).await?;
-        match &*self.kind {
-            Kind::Store(store) if was => {
-                delete_quietly(&**store, &Self::entry_path(plugin, key)).await?
-            }
-            Kind::Store(_) => {}
-            Kind::Records(_) => self.apply(&ScheduleChange::Cancel {
-                plugin: plugin.to_string(),
-                key: key.to_string(),
-            }),
+        if was {
+            delete_quietly(&**store, &Self::entry_path(plugin, key)).await?
         }
         Ok(was)
     }
 
-    /// Whether a deletion of `key` is scheduled for `plugin`.
+    /// Whether a deletion of `key` is scheduled for `plugin`, as far as this
+    /// host knows: under `weir run`, in the schedule partitions it owns.
     pub async fn is_scheduled(&self, plugin: &str, key: &str) -> Result<bool, String> {
         match &*self.kind {
             Kind::Store(store) => match store.head(&Self::entry_path(plugin, key)).await {
@@ -214,32 +345,34 @@ impl DeletionSchedule {
                 Err(object_store::Error::NotFound { .. }) => Ok(false),
                 Err(e) => Err(e.to_string()),
             },
-            Kind::Records(pending) => Ok(pending
+            Kind::Topic(parts) => Ok(parts
                 .lock()
                 .expect("schedule lock")
-                .get(plugin)
-                .is_some_and(|keys| keys.contains_key(key))),
+                .values()
+                .any(|p| p.pending.get(plugin).is_some_and(|k| k.contains_key(key)))),
         }
     }
 
-    /// Every pending deletion, soonest first.
+    /// Every pending deletion this host knows of, soonest first.
     pub async fn list(&self) -> Result<Vec<ScheduledDeletion>, String> {
+        self.entries_where(|_| true).await
+    }
+
+    /// The pending deletions this host may carry out: all of a store-kept
+    /// schedule; those of the owned partitions read up to their end.
+    async fn entries_where(
+        &self,
+        include: impl Fn(&Partition) -> bool,
+    ) -> Result<Vec<ScheduledDeletion>, String> {
         let mut out: Vec<ScheduledDeletion> = match &*self.kind {
             Kind::Store(_) => self.entries().await?.into_iter().map(|(_, e)| e).collect(),
-            Kind::Records(pending) => {
-                let pending = pending.lock().expect("schedule lock");
-                pending
-                    .iter()
-                    .flat_map(|(plugin, keys)| {
-                        keys.iter().map(|(key, (due_ms, at))| ScheduledDeletion {
-                            plugin: plugin.clone(),
-                            key: key.to_string(),
-                            due_ms: *due_ms,
-                            scheduled_at_ms: *at,
-                        })
-                    })
-                    .collect()
-            }
+            Kind::Topic(parts) => parts
+                .lock()
+                .expect("schedule lock")
+                .values()
+                .filter(|p| include(p))
+                .flat_map(|p| entries_of(&p.pending).collect::<Vec<_>>())
+                .collect(),
         };
         out.sort_by(|a, b| (a.due_ms, &a.key).cmp(&(b.due_ms, &b.key)));
         Ok(out)
@@ -288,7 +421,7 @@ impl DeletionSchedule {
         Fut: std::future::Future<Output = Result<(), String>>,
     {
         let mut report = SweepReport::default();
-        for entry in self.list().await? {
+        for entry in self.entries_where(Partition::ready).await? {
             if entry.due_ms > now_ms {
                 report.pending += 1;
                 continue;
@@ -306,6 +439,7 @@ impl DeletionSchedule {
             };
             match done {
                 Ok(()) => {
+                    self.forget(&entry);
                     tracing::info!(plugin = %entry.plugin, key = %entry.key, "scheduled deletion carried out");
                     report.deleted.push(entry);
                 }
@@ -410,13 +544,20 @@ mod tests {
                 key: "audio/b/c.mp3".into(),
             },
         ];
-        let schedule = DeletionSchedule::in_records();
-        for c in &changes {
+        let schedule = DeletionSchedule::in_topic();
+        schedule.assign(0);
+        let mut back = Vec::new();
+        for (offset, c) in changes.iter().enumerate() {
             let (key, value) = c.record();
-            let back = ScheduleChange::from_record(Some(key.as_bytes()), value.as_deref()).unwrap();
-            assert_eq!(&back, c);
-            schedule.apply(&back);
+            let change =
+                ScheduleChange::from_record(Some(key.as_bytes()), value.as_deref()).unwrap();
+            assert_eq!(&change, c);
+            schedule.apply_at(0, offset as i64, Some(&change));
+            back.push(change);
         }
+        // A partition this host does not own is ignored.
+        schedule.apply_at(1, 0, Some(&changes[1]));
+        assert_eq!(fold(&back), vec![entry("audio/a.mp3", 6)]);
         assert_eq!(
             schedule.list().await.unwrap(),
             vec![entry("audio/a.mp3", 6)]
@@ -424,5 +565,39 @@ mod tests {
         assert!(schedule.is_scheduled("p", "audio/a.mp3").await.unwrap());
         assert!(!schedule.is_scheduled("p", "audio/b/c.mp3").await.unwrap());
         assert!(ScheduleChange::from_record(Some(b"nokey"), None).is_err());
+    }
+
+    #[tokio::test]
+    async fn only_an_owned_partition_read_to_its_end_is_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = local_store(dir.path()).unwrap();
+        let schedule = DeletionSchedule::in_topic();
+        schedule.assign(2);
+        schedule.apply_at(
+            2,
+            0,
+            Some(&ScheduleChange::Schedule(entry("audio/a.mp3", 1))),
+        );
+        let forget = |_c: ScheduleChange| async { Ok::<(), String>(()) };
+        // Its end is not known yet: a later record might cancel it.
+        let report = schedule.sweep_with(&*store, 10, forget).await.unwrap();
+        assert!(report.deleted.is_empty());
+        schedule.set_end(2, 0, 2);
+        let report = schedule.sweep_with(&*store, 10, forget).await.unwrap();
+        assert!(report.deleted.is_empty(), "offset 1 not read yet");
+        schedule.apply_at(2, 1, None);
+        assert!(schedule.owned()[0].ready);
+        let report = schedule.sweep_with(&*store, 10, forget).await.unwrap();
+        assert_eq!(report.deleted, vec![entry("audio/a.mp3", 1)]);
+        assert!(schedule.list().await.unwrap().is_empty());
+        // Revoked: forgotten; assigned again: read again from the start.
+        schedule.apply_at(
+            2,
+            2,
+            Some(&ScheduleChange::Schedule(entry("audio/b.mp3", 1))),
+        );
+        schedule.revoke(2);
+        assert!(schedule.owned().is_empty());
+        assert!(schedule.list().await.unwrap().is_empty());
     }
 }

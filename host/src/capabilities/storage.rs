@@ -28,6 +28,78 @@ pub fn local_store(dir: &std::path::Path) -> Result<Arc<dyn ObjectStore>, String
     Ok(Arc::new(store))
 }
 
+/// An S3-compatible bucket as an object store (nothing is contacted yet).
+/// Credentials and anything not set in `[storage.s3]` come from the `AWS_*`
+/// environment variables. Each request is bounded by `timeout`, retries included.
+pub fn s3_store(
+    s3: &crate::config::S3Config,
+    timeout: std::time::Duration,
+) -> Result<Arc<dyn ObjectStore>, String> {
+    s3_store_with_env(s3, timeout, std::env::vars())
+}
+
+/// [`s3_store`] with the `AWS_*` variables taken from `env` (for tests, and for
+/// hosts embedding Weir).
+pub fn s3_store_with_env(
+    s3: &crate::config::S3Config,
+    timeout: std::time::Duration,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Arc<dyn ObjectStore>, String> {
+    use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+    use object_store::{BackoffConfig, ClientOptions, RetryConfig};
+    let mut builder = AmazonS3Builder::new();
+    for (key, value) in env {
+        if key.starts_with("AWS_") {
+            if let Ok(k) = key.to_ascii_lowercase().parse::<AmazonS3ConfigKey>() {
+                builder = builder.with_config(k, value);
+            }
+        }
+    }
+    let mut builder = builder
+        .with_bucket_name(&s3.bucket)
+        .with_virtual_hosted_style_request(!s3.path_style)
+        .with_client_options(
+            ClientOptions::new()
+                .with_timeout(timeout)
+                .with_connect_timeout(timeout.min(std::time::Duration::from_secs(5)))
+                .with_allow_http(s3.endpoint.starts_with("http://")),
+        )
+        .with_retry(RetryConfig {
+            backoff: BackoffConfig::default(),
+            max_retries: 2,
+            retry_timeout: timeout,
+        });
+    if !s3.region.is_empty() {
+        builder = builder.with_region(&s3.region);
+    }
+    if !s3.endpoint.is_empty() {
+        builder = builder.with_endpoint(&s3.endpoint);
+    }
+    let store = builder.build().map_err(|e| {
+        format!(
+            "storage.s3: cannot use bucket {:?}: {e} (credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)",
+            s3.bucket
+        )
+    })?;
+    Ok(Arc::new(store))
+}
+
+/// Where `[storage]` points, in words, for logs.
+pub fn describe_store(config: &crate::config::StorageConfig) -> String {
+    match config.backend {
+        crate::config::StorageKind::Local => format!("directory {}", config.dir.display()),
+        crate::config::StorageKind::S3 => format!(
+            "s3 bucket {} at {}",
+            config.s3.bucket,
+            if config.s3.endpoint.is_empty() {
+                "AWS"
+            } else {
+                &config.s3.endpoint
+            }
+        ),
+    }
+}
+
 pub(crate) async fn delete_quietly(
     store: &dyn ObjectStore,
     path: &StorePath,
@@ -86,15 +158,21 @@ impl Host for Ctx<'_> {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, CapabilityError> {
         let result = match self.object_path(&key) {
             Err(e) => Err(e),
-            Ok(path) => match self.backends.storage.get(&path).await {
-                Ok(r) => r
-                    .bytes()
-                    .await
-                    .map(|b| Some(b.to_vec()))
-                    .map_err(unavailable),
-                Err(object_store::Error::NotFound { .. }) => Ok(None),
-                Err(e) => Err(unavailable(e)),
-            },
+            Ok(path) => {
+                let b = self.backends;
+                b.storage_call(async {
+                    match b.storage.get(&path).await {
+                        Ok(r) => r
+                            .bytes()
+                            .await
+                            .map(|b| Some(b.to_vec()))
+                            .map_err(unavailable),
+                        Err(object_store::Error::NotFound { .. }) => Ok(None),
+                        Err(e) => Err(unavailable(e)),
+                    }
+                })
+                .await
+            }
         };
         self.record_storage(
             "get",
@@ -114,13 +192,17 @@ impl Host for Ctx<'_> {
             Ok(_) if len > MAX_OBJECT_LEN => Err(CapabilityError::Invalid(format!(
                 "the object is {len} bytes; the limit is {MAX_OBJECT_LEN}"
             ))),
-            Ok(path) => self
-                .backends
-                .storage
-                .put(&path, PutPayload::from(data))
+            Ok(path) => {
+                let b = self.backends;
+                b.storage_call(async {
+                    b.storage
+                        .put(&path, PutPayload::from(data))
+                        .await
+                        .map(|_| ())
+                        .map_err(unavailable)
+                })
                 .await
-                .map(|_| ())
-                .map_err(unavailable),
+            }
         };
         self.record_storage("put", &key, describe(&result, |_| format!("{len} bytes")));
         result
@@ -129,9 +211,15 @@ impl Host for Ctx<'_> {
     async fn delete(&mut self, key: String) -> Result<(), CapabilityError> {
         let result = match self.object_path(&key) {
             Err(e) => Err(e),
-            Ok(path) => delete_quietly(&*self.backends.storage, &path)
+            Ok(path) => {
+                let b = self.backends;
+                b.storage_call(async {
+                    delete_quietly(&*b.storage, &path)
+                        .await
+                        .map_err(unavailable)
+                })
                 .await
-                .map_err(unavailable),
+            }
         };
         self.record_storage("delete", &key, describe(&result, |_| "deleted".into()));
         result
@@ -141,7 +229,10 @@ impl Host for Ctx<'_> {
         let result = match self.granted_prefixes() {
             Err(e) => Err(e),
             Ok(granted) => {
-                list_objects(self.backends.storage.clone(), granted.to_vec(), &prefix).await
+                let b = self.backends;
+                let granted = granted.to_vec();
+                b.storage_call(list_objects(b.storage.clone(), granted, &prefix))
+                    .await
             }
         };
         self.record_storage(

@@ -92,6 +92,18 @@ pub async fn ensure_topics(
     existing: &BTreeSet<String>,
     needed: &BTreeSet<String>,
 ) -> Result<(), String> {
+    ensure_topics_with(config, existing, needed, &[]).await
+}
+
+/// [`ensure_topics`], creating the missing ones with these topic settings
+/// (`cleanup.policy`...). A broker that refuses a setting gets the topic without
+/// it, with a warning.
+pub async fn ensure_topics_with(
+    config: &Config,
+    existing: &BTreeSet<String>,
+    needed: &BTreeSet<String>,
+    settings: &[(&str, &str)],
+) -> Result<(), String> {
     let missing: Vec<&String> = needed.difference(existing).collect();
     if missing.is_empty() {
         return Ok(());
@@ -105,33 +117,47 @@ pub async fn ensure_topics(
     let admin: AdminClient<DefaultClientContext> = base_config(config)
         .create()
         .map_err(|e| format!("cannot create the admin client: {e}"))?;
-    let new: Vec<NewTopic> = missing
-        .iter()
-        .map(|t| {
-            NewTopic::new(
-                t,
-                create.partitions,
-                TopicReplication::Fixed(create.replication),
+    let mut settings = settings;
+    loop {
+        let new: Vec<NewTopic> = missing
+            .iter()
+            .map(|t| {
+                settings.iter().fold(
+                    NewTopic::new(
+                        t,
+                        create.partitions,
+                        TopicReplication::Fixed(create.replication),
+                    ),
+                    |topic, (k, v)| topic.set(k, v),
+                )
+            })
+            .collect();
+        let results = admin
+            .create_topics(
+                &new,
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
             )
-        })
-        .collect();
-    let results = admin
-        .create_topics(
-            &new,
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
-        .await
-        .map_err(|e| format!("cannot create topics: {e}"))?;
-    for r in results {
-        match r {
-            Ok(name) => {
-                tracing::info!(topic = %name, partitions = create.partitions, "created topic")
+            .await
+            .map_err(|e| format!("cannot create topics: {e}"))?;
+        let mut refused = None;
+        for r in results {
+            match r {
+                Ok(name) => {
+                    tracing::info!(topic = %name, partitions = create.partitions, settings = ?settings, "created topic")
+                }
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) if !settings.is_empty() => refused = Some((name, code)),
+                Err((name, code)) => return Err(format!("cannot create topic {name}: {code}")),
             }
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((name, code)) => return Err(format!("cannot create topic {name}: {code}")),
+        }
+        match refused {
+            None => return Ok(()),
+            Some((name, code)) => {
+                tracing::warn!(topic = %name, settings = ?settings, error = %code, "the broker refused the topic settings; creating it without them");
+                settings = &[];
+            }
         }
     }
-    Ok(())
 }
 
 /// Visit every record of `topic` up to its end as of now (all partitions, from

@@ -19,7 +19,6 @@ use super::acks::Ticket;
 use super::lanes::{BatchLimits, Lanes};
 use super::outputs::{Outputs, Record};
 use super::stats::Stats;
-use crate::capabilities::DeletionSchedule;
 use crate::manifest::RetryPolicy;
 use crate::runtime::{Outcome, Plugin, Report};
 use crate::versions::Versions;
@@ -41,7 +40,6 @@ pub struct DeadLetters {
 pub struct ScheduleOutput {
     /// Full name of the schedule topic.
     pub topic: String,
-    pub schedule: DeletionSchedule,
 }
 
 /// What every worker of a plugin shares.
@@ -383,7 +381,6 @@ async fn hand_over(
                     headers: &[],
                 },
                 &ticket.ack,
-                Some((target.schedule.clone(), change.clone())),
             )
             .await?;
     }

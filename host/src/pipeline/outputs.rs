@@ -15,7 +15,7 @@
 
 use super::acks::EventAck;
 use crate::capabilities::storage::{now_ms, rfc3339};
-use crate::capabilities::{DeletionSchedule, OutgoingMessage, ScheduleChange};
+use crate::capabilities::OutgoingMessage;
 use crate::config::Config;
 use crate::event::EventRecord;
 use crate::topics::TopicNamer;
@@ -47,12 +47,8 @@ pub const H_FAILED_AT: &str = "weir-failed-at";
 
 /// Who hears about one record's delivery.
 pub enum Delivery {
-    /// A record of an event in flight; a delivered schedule record also updates
-    /// the host's schedule.
-    Event {
-        ack: Arc<EventAck>,
-        schedule: Option<(DeletionSchedule, ScheduleChange)>,
-    },
+    /// A record of an event in flight.
+    Event { ack: Arc<EventAck> },
     /// Someone awaiting it ([`Outputs::send`]).
     Waiter(tokio::sync::oneshot::Sender<Result<(i32, i64), String>>),
 }
@@ -78,13 +74,8 @@ impl ProducerContext for OutputContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, delivery: Box<Delivery>) {
         match (*delivery, result) {
-            (Delivery::Event { ack, schedule }, Ok(_)) => {
-                if let Some((schedule, change)) = schedule {
-                    schedule.apply(&change);
-                }
-                ack.delivered();
-            }
-            (Delivery::Event { ack, .. }, Err((e, m))) => {
+            (Delivery::Event { ack }, Ok(_)) => ack.delivered(),
+            (Delivery::Event { ack }, Err((e, m))) => {
                 ack.failed(format!("publishing to {} failed: {e}", m.topic()));
             }
             (Delivery::Waiter(tx), Ok(m)) => {
@@ -204,26 +195,20 @@ impl Outputs {
                     headers: &headers,
                 },
                 ack,
-                None,
             )
             .await?;
         }
         Ok(())
     }
 
-    /// Hand a record of an event to the producer, counted on `ack` (and applied
-    /// to `schedule` once delivered).
+    /// Hand a record of an event to the producer, counted on `ack`.
     pub async fn enqueue_counted(
         &self,
         record: Record<'_>,
         ack: &Arc<EventAck>,
-        schedule: Option<(DeletionSchedule, ScheduleChange)>,
     ) -> Result<(), String> {
         ack.expect(1);
-        let delivery = Delivery::Event {
-            ack: ack.clone(),
-            schedule,
-        };
+        let delivery = Delivery::Event { ack: ack.clone() };
         self.enqueue(record, delivery).await.inspect_err(|_| {
             // Never handed over: nothing will report on it.
             ack.delivered();
@@ -250,7 +235,6 @@ impl Outputs {
                 headers: &headers,
             },
             ack,
-            None,
         )
         .await
         .map_err(|e| format!("dead-lettering to {dlq_topic} failed: {e}"))

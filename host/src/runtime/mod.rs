@@ -634,7 +634,7 @@ async fn report(
     mut effects: crate::capabilities::EventEffects,
     duration_us: u64,
 ) -> Report {
-    if outcome.is_handled() && !effects.schedule.is_empty() && !deletions.is_records() {
+    if outcome.is_handled() && !effects.schedule.is_empty() && !deletions.is_topic() {
         for change in std::mem::take(&mut effects.schedule) {
             if let Err(e) = deletions.write(&change).await {
                 outcome = Outcome::Retry(format!("storage backend: {e}"));

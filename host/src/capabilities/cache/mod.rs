@@ -96,7 +96,11 @@ fn backend_error(e: CacheError) -> CapabilityError {
 impl Host for Ctx<'_> {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, CapabilityError> {
         let result = match self.cache_key(&key, "key") {
-            Ok(k) => self.backends.cache.get(&k).await.map_err(backend_error),
+            Ok(k) => {
+                let b = self.backends;
+                b.cache_call(async { b.cache.get(&k).await.map_err(backend_error) })
+                    .await
+            }
             Err(e) => Err(e),
         };
         self.record_cache(
@@ -121,12 +125,16 @@ impl Host for Ctx<'_> {
             Ok(_) if len > MAX_VALUE_LEN => Err(CapabilityError::Invalid(format!(
                 "the value is {len} bytes; the limit is {MAX_VALUE_LEN}"
             ))),
-            Ok(k) => self
-                .backends
-                .cache
-                .set(&k, value, ttl_ms.map(Duration::from_millis))
+            Ok(k) => {
+                let b = self.backends;
+                b.cache_call(async {
+                    b.cache
+                        .set(&k, value, ttl_ms.map(Duration::from_millis))
+                        .await
+                        .map_err(backend_error)
+                })
                 .await
-                .map_err(backend_error),
+            }
             Err(e) => Err(e),
         };
         let ttl = ttl_ms.map_or(String::new(), |t| format!(", ttl {t} ms"));
@@ -140,7 +148,11 @@ impl Host for Ctx<'_> {
 
     async fn delete(&mut self, key: String) -> Result<bool, CapabilityError> {
         let result = match self.cache_key(&key, "key") {
-            Ok(k) => self.backends.cache.delete(&k).await.map_err(backend_error),
+            Ok(k) => {
+                let b = self.backends;
+                b.cache_call(async { b.cache.delete(&k).await.map_err(backend_error) })
+                    .await
+            }
             Err(e) => Err(e),
         };
         self.record_cache(
@@ -155,12 +167,11 @@ impl Host for Ctx<'_> {
 
     async fn delete_prefix(&mut self, prefix: String) -> Result<u64, CapabilityError> {
         let result = match self.cache_key(&prefix, "prefix") {
-            Ok(p) => self
-                .backends
-                .cache
-                .delete_prefix(&p)
-                .await
-                .map_err(backend_error),
+            Ok(p) => {
+                let b = self.backends;
+                b.cache_call(async { b.cache.delete_prefix(&p).await.map_err(backend_error) })
+                    .await
+            }
             Err(e) => Err(e),
         };
         self.record_cache(
