@@ -7,6 +7,7 @@ wasm_dir := target_dir / "wasm32-wasip2" / "release"
 weir := target_dir / "debug" / "weir"
 nisshi_root := env_var("HOME") / ".cache" / "weir" / "nisshi"
 nisshi := nisshi_root / "bin" / "nisshi"
+py := env_var("HOME") / ".cache" / "weir" / "py"
 
 # Example plugins, and the test-only fault plugins the tests also need.
 example_plugins := "track-deletions audio-uploaded envelope-router"
@@ -61,6 +62,17 @@ redis:
     echo "Could not install redis-server: install it with your package manager (or set REDIS_SERVER_BIN)."
     echo "Without it the Redis tests are skipped with a message (under CI=true they fail)."
 
+# Install the moto S3 server (PyPI) into ~/.cache/weir/py, for the S3 storage tests (one-time, about 30 s)
+s3:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [ -n "${MOTO_SERVER_BIN:-}" ] || [ -x "{{ py }}/bin/moto_server" ] || command -v moto_server >/dev/null; then
+      exit 0
+    fi
+    echo "Installing the moto S3 server (PyPI) into {{ py }} for the S3 storage tests. One-time, about 30 s."
+    python3 -m venv "{{ py }}"
+    "{{ py }}/bin/pip" install -q 'moto[server]'
+
 # Run a broker in the foreground on 127.0.0.1:9092, for `just run` (Ctrl-C stops it)
 broker-up: broker
     mkdir -p {{ target_dir }}/broker-up
@@ -88,7 +100,7 @@ invoke-demo: plugins host
     {{ weir }} invoke examples/plugins/envelope-router.wasm examples/events/item-events.jsonl
 
 # Run every test: unit, and end-to-end with real components, the real binary and a real broker
-test: plugins broker redis
+test: plugins broker redis s3
     cargo test -p weir-host
 
 # Benchmarks: Weir beside a hand-written rdkafka consumer on one broker (first build: about 20 min; a run: a few minutes)
@@ -100,9 +112,8 @@ bench *args: plugins broker
 soak events="100000" kills="5": plugins broker
     SOAK_EVENTS={{ events }} SOAK_KILLS={{ kills }} cargo test -p weir-host --test e2e soak -- --nocapture
 
-# The container image weir:dev (examples/container): a local Debian base (debootstrap,
-# once, about 1 min), the host built with the dist profile (first time about 15 min)
-image: plugins
+# The local Debian base image weir-base:bookworm (debootstrap, once, about 1 min): no registry needed
+base:
     #!/usr/bin/env bash
     set -euo pipefail
     base=weir-base:bookworm
@@ -117,6 +128,12 @@ image: plugins
       $sudo tar -C "$root" -c . | docker import - "$base" >/dev/null
       $sudo rm -rf "$root"
     fi
+
+# The container image weir:dev (examples/container): the local Debian base, the
+# host built with the dist profile (first time about 15 min)
+image: plugins base
+    #!/usr/bin/env bash
+    set -euo pipefail
     cargo build --profile dist -p weir-host --bin weir
     ctx="{{ target_dir }}/image-context"
     rm -rf "$ctx" && mkdir -p "$ctx/plugins"
@@ -125,6 +142,28 @@ image: plugins
     # (The legacy builder's deprecation notice is noise here: shown only on failure.)
     docker build -q -t weir:dev "$ctx" 2>"$ctx/build.log" || { cat "$ctx/build.log"; exit 1; }
     echo "image weir:dev: $(docker image inspect weir:dev --format '{{{{.Size}}') bytes"
+
+# The images compose.yaml runs: weir:dev, and the broker, Redis and S3 server on the same base (first time a few minutes)
+compose-images: image broker
+    #!/usr/bin/env bash
+    set -euo pipefail
+    ctx="{{ target_dir }}/compose-context"
+    rm -rf "$ctx" && mkdir -p "$ctx"
+    cp examples/compose/* "$ctx/"
+    cp "{{ nisshi }}" "$ctx/nisshi"
+    for svc in broker:weir-nisshi redis:weir-redis s3:weir-s3; do
+      name=${svc%%:*} tag=${svc##*:}:dev
+      if [ "$name" = broker ] || ! docker image inspect "$tag" >/dev/null 2>&1; then
+        # Host networking for the build: apt and pip reach their registries as this machine does.
+        docker build -q --network host -t "$tag" -f "$ctx/Dockerfile.$name" "$ctx" 2>"$ctx/$name.log" >/dev/null \
+          || { cat "$ctx/$name.log"; exit 1; }
+      fi
+      echo "image $tag: $(docker image inspect "$tag" --format '{{{{.Size}}') bytes"
+    done
+
+# compose.yaml for real: 3 hosts, a broker, Redis and S3 in containers; one host killed, one stopped mid-stream
+compose-test: compose-images
+    TEST_COMPOSE=1 cargo test -p weir-host --test e2e compose -- --nocapture
 
 # Run the container image against a local broker: events handled, clean stop on SIGTERM
 image-test: image broker

@@ -14,7 +14,10 @@
 //!      re-encoded);
 //!    - (e) `weir run` with `track-deletions` (memory cache, local storage: a
 //!      cache delete and a scheduled deletion per event, recorded on the schedule
-//!      topic).
+//!      topic);
+//!    - (g) (d) on three `weir run` hosts in one group, started together, with
+//!      the producer errors they logged (issue 11: three hosts must together
+//!      reach 0.9 × one host on this machine, with no fatal producer error).
 //!
 //!    Every figure is read the same way, by an observer polling the group's
 //!    committed offsets: the rate between 10 % and 90 % committed (steady state;
@@ -140,6 +143,7 @@ impl Bench {
                 "bench-in",
                 "bench-out-c",
                 "bench-out-d",
+                "bench-out-g",
                 "bench-in.dlq",
                 "bench-weir-schedule",
                 "bench-lat-in",
@@ -185,6 +189,16 @@ impl Bench {
                     );
                     continue;
                 }
+                if run == 'g' {
+                    let (rate, _, errors) = self.three_hosts(&bootstrap, n)?;
+                    println!(
+                        "(g) {:.0} events/s ({:.2} s), 3 hosts, {errors} fatal producer errors logged; logs under {}",
+                        rate.per_second,
+                        rate.wall.as_secs_f64(),
+                        self.work.display()
+                    );
+                    continue;
+                }
                 let (rate, rss) = self.throughput(&bootstrap, run, n)?;
                 println!(
                     "({run}) {:.0} events/s ({:.2} s), highest RSS {:.1} MiB; logs under {}",
@@ -209,6 +223,8 @@ impl Bench {
         let [a, b, c, d, e] = rates[..] else {
             unreachable!("five runs")
         };
+        eprintln!("(g)...");
+        let (g, g_rss, g_errors) = self.three_hosts(&bootstrap, n)?;
         eprintln!("warm calls...");
         let calls = rt.block_on(self.warm_calls(plan.calls))?;
         eprintln!("idle RSS...");
@@ -259,7 +275,17 @@ impl Bench {
             fmt_rate(e),
             e.per_second / a.per_second
         );
+        println!(
+            "| (g) 3 × weir + echo in one group, started together | {} | g/d = {:.2} |",
+            fmt_rate(g),
+            g.per_second / d.per_second
+        );
         println!("\n| figure | value |\n| --- | --- |");
+        println!("| fatal producer errors logged by the 3 hosts of (g) | {g_errors} |");
+        println!(
+            "| RSS, highest of one host during (g) | {:.1} MiB |",
+            mib(g_rss)
+        );
         for (size, one, batched) in &calls {
             println!(
                 "| warm call, noop, {size} B event | {:.2} µs one at a time; {:.2} µs per event through handle-batch (128 per call) |",
@@ -342,7 +368,7 @@ impl Bench {
                 n,
                 "[capabilities.cache]\nnamespace = \"novatune\"\n[capabilities.storage]\nprefixes = [\"audio/\", \"waveforms/\"]\n",
             ),
-            other => Err(format!("no run ({other}): use a to e")),
+            other => Err(format!("no run ({other}): use a to e, or g")),
         }
     }
 
@@ -376,34 +402,81 @@ impl Bench {
         n: usize,
         manifest_extra: &str,
     ) -> Result<(Rate, u64), String> {
-        let dir = self.work.join(group);
-        self.install(
-            &dir,
-            plugin,
-            wasm,
-            &format!(
-                "name = \"{plugin}\"\ntopics = [\"in\"]\n[consumer]\ngroup = \"{group}\"\n{}{manifest_extra}",
-                std::env::var("BENCH_CONSUMER").unwrap_or_default()
-            ),
-        )?;
+        self.weir_hosts(bootstrap, plugin, wasm, group, n, manifest_extra, 1)
+            .map(|(rate, rss, _)| (rate, rss))
+    }
+
+    /// `hosts` `weir run` processes in one group, started together: the group's
+    /// rate, the highest RSS of one host (KiB), and the fatal producer errors the
+    /// hosts logged.
+    #[allow(clippy::too_many_arguments)]
+    fn weir_hosts(
+        &self,
+        bootstrap: &str,
+        plugin: &str,
+        wasm: &str,
+        group: &str,
+        n: usize,
+        manifest_extra: &str,
+        hosts: usize,
+    ) -> Result<(Rate, u64, usize), String> {
+        let manifest = format!(
+            "name = \"{plugin}\"\ntopics = [\"in\"]\n[consumer]\ngroup = \"{group}\"\n{}{manifest_extra}",
+            std::env::var("BENCH_CONSUMER").unwrap_or_default()
+        );
+        let dirs: Vec<PathBuf> = (0..hosts)
+            .map(|i| match hosts {
+                1 => self.work.join(group),
+                _ => self.work.join(format!("{group}-{}", i + 1)),
+            })
+            .collect();
+        for dir in &dirs {
+            self.install(dir, plugin, wasm, &manifest)?;
+        }
         let observer = Observer::start(bootstrap, group, "bench-in", n);
-        let mut host = WeirProcess::start(&self.weir, &dir, bootstrap, "")?;
+        let mut running = Vec::new();
+        for dir in &dirs {
+            running.push(WeirProcess::start(&self.weir, dir, bootstrap, "")?);
+        }
         let mut rss = 0;
         let rate = loop {
-            rss = rss.max(host.rss_kib());
+            for host in &mut running {
+                rss = rss.max(host.rss_kib());
+                if let Some(status) = host.exited() {
+                    return Err(format!(
+                        "weir exited ({status}); log: {}",
+                        host.log.display()
+                    ));
+                }
+            }
             if let Some(rate) = observer.poll() {
                 break rate;
             }
-            if let Some(status) = host.exited() {
-                return Err(format!(
-                    "weir exited ({status}); log: {}",
-                    host.log.display()
-                ));
-            }
             std::thread::sleep(Duration::from_millis(50));
         };
-        host.stop()?;
-        Ok((rate?, rss))
+        let mut producer_errors = 0;
+        for host in &mut running {
+            host.stop()?;
+            let log = std::fs::read_to_string(&host.log).unwrap_or_default();
+            producer_errors += log
+                .lines()
+                .filter(|l| l.contains("failed fatally") || l.contains("OutOfOrderSequence"))
+                .count();
+        }
+        Ok((rate?, rss, producer_errors))
+    }
+
+    /// (g): (d)'s plugin on three hosts in one group, started together.
+    fn three_hosts(&self, bootstrap: &str, n: usize) -> Result<(Rate, u64, usize), String> {
+        self.weir_hosts(
+            bootstrap,
+            "echo",
+            "echo",
+            "bench-g",
+            n,
+            "[capabilities.publish]\ntopics = [\"out-g\"]\n[config]\noutput = \"out-g\"\n",
+            3,
+        )
     }
 
     /// Warm cost of one call into `noop`: (size, µs one at a time, µs per event batched).
