@@ -151,9 +151,14 @@ compose-images: image broker
     rm -rf "$ctx" && mkdir -p "$ctx"
     cp examples/compose/* "$ctx/"
     cp "{{ nisshi }}" "$ctx/nisshi"
+    mkdir -p "$ctx/wheels"
     for svc in broker:weir-nisshi redis:weir-redis s3:weir-s3; do
       name=${svc%%:*} tag=${svc##*:}:dev
       if [ "$name" = broker ] || ! docker image inspect "$tag" >/dev/null 2>&1; then
+        if [ "$name" = s3 ]; then
+          # Wheels for the image's Python (3.11, like Debian bookworm's), fetched here.
+          python3 -m pip download -q -d "$ctx/wheels" --python-version 3.11 --only-binary=:all: 'moto[server]'
+        fi
         # Host networking for the build: apt and pip reach their registries as this machine does.
         docker build -q --network host -t "$tag" -f "$ctx/Dockerfile.$name" "$ctx" 2>"$ctx/$name.log" >/dev/null \
           || { cat "$ctx/$name.log"; exit 1; }

@@ -16,8 +16,10 @@
 //!      cache delete and a scheduled deletion per event, recorded on the schedule
 //!      topic);
 //!    - (g) (d) on three `weir run` hosts in one group, started together, with
-//!      the producer errors they logged (issue 11: three hosts must together
-//!      reach 0.9 × one host on this machine, with no fatal producer error).
+//!      the fatal producer errors they logged, beside (d') = (d) again. Each of
+//!      the two runs on a fresh broker loaded the same way (this broker slows
+//!      down as it holds more, so a run after others is not comparable), in
+//!      `--pairs N` alternating pairs (3; 1 with `--quick`), medians reported.
 //!
 //!    Every figure is read the same way, by an observer polling the group's
 //!    committed offsets: the rate between 10 % and 90 % committed (steady state;
@@ -55,6 +57,8 @@ struct Plan {
     latency_seconds: u64,
     extra_plugins: usize,
     calls: usize,
+    /// (d') and (g) pairs, each run on a fresh broker; the medians are reported.
+    pairs: usize,
 }
 
 fn main() -> Result<(), String> {
@@ -80,6 +84,7 @@ fn main() -> Result<(), String> {
             extra_plugins: 3,
             calls: 20_000,
             only: None,
+            pairs: 1,
         }
     } else {
         Plan {
@@ -88,12 +93,16 @@ fn main() -> Result<(), String> {
             extra_plugins: 10,
             calls: 200_000,
             only: None,
+            pairs: 3,
         }
     };
     if let Some(n) = arg("--events").and_then(|v| v.parse().ok()) {
         plan.events = n;
     }
     plan.only = arg("--only");
+    if let Some(n) = arg("--pairs").and_then(|v| v.parse().ok()) {
+        plan.pairs = n;
+    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     std::env::set_current_dir(&root).map_err(|e| e.to_string())?;
     let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
@@ -123,6 +132,32 @@ struct Bench {
     work: PathBuf,
 }
 
+/// (d') and (g) pairs on fresh brokers.
+#[derive(Default)]
+struct ScaleOut {
+    one: Vec<Rate>,
+    three: Vec<Rate>,
+    ratios: Vec<f64>,
+    rss: u64,
+    errors: usize,
+}
+
+impl ScaleOut {
+    fn median(rates: &[Rate]) -> Rate {
+        let mut sorted = rates.to_vec();
+        sorted.sort_by(|a, b| a.per_second.total_cmp(&b.per_second));
+        sorted[sorted.len() / 2]
+    }
+
+    fn ratios(&self) -> String {
+        self.ratios
+            .iter()
+            .map(|r| format!("{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 /// A throughput figure: steady rate and wall time.
 #[derive(Clone, Copy)]
 struct Rate {
@@ -133,32 +168,10 @@ struct Rate {
 impl Bench {
     fn run(&self, plan: &Plan, arg: &dyn Fn(&str) -> Option<String>) -> Result<(), String> {
         let n = plan.events;
-        let nisshi = weir_devkit::find_nisshi().ok_or("nisshi is not installed: `just broker`")?;
-        let broker = DevBroker::start(&nisshi, &self.work.join("broker"), BrokerStorage::Memory)?;
-        let bootstrap = broker.bootstrap();
         let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-        rt.block_on(weir_devkit::create_topics(
-            &bootstrap,
-            &[
-                "bench-in",
-                "bench-out-c",
-                "bench-out-d",
-                "bench-out-g",
-                "bench-in.dlq",
-                "bench-weir-schedule",
-                "bench-lat-in",
-                "bench-lat-out",
-                "bench-lat-in.dlq",
-                "bench-idle",
-                "bench-idle.dlq",
-            ],
-            PARTITIONS,
-        ))?;
-
-        eprintln!("producing {n} events of {PAYLOAD} bytes over {KEYS} keys...");
-        let started = Instant::now();
-        produce_events(&bootstrap, "bench-in", n)?;
-        let produce_rate = n as f64 / started.elapsed().as_secs_f64();
+        let (broker, producing) = self.loaded_broker(&rt, "broker", n)?;
+        let bootstrap = broker.bootstrap();
+        let produce_rate = n as f64 / producing.as_secs_f64();
 
         if let Some(only) = &plan.only {
             let _broker = broker;
@@ -190,11 +203,15 @@ impl Bench {
                     continue;
                 }
                 if run == 'g' {
-                    let (rate, _, errors) = self.three_hosts(&bootstrap, n)?;
+                    let s = self.scale_out(&rt, n, plan.pairs)?;
+                    let (one, three) = (ScaleOut::median(&s.one), ScaleOut::median(&s.three));
                     println!(
-                        "(g) {:.0} events/s ({:.2} s), 3 hosts, {errors} fatal producer errors logged; logs under {}",
-                        rate.per_second,
-                        rate.wall.as_secs_f64(),
+                        "(g) median {:.0} events/s, 3 hosts, {} fatal producer errors logged; (d') on an equally fresh broker median {:.0} events/s: g/d' = {:.2} (pairs: {}); logs under {}",
+                        three.per_second,
+                        s.errors,
+                        one.per_second,
+                        three.per_second / one.per_second,
+                        s.ratios(),
                         self.work.display()
                     );
                     continue;
@@ -223,8 +240,14 @@ impl Bench {
         let [a, b, c, d, e] = rates[..] else {
             unreachable!("five runs")
         };
-        eprintln!("(g)...");
-        let (g, g_rss, g_errors) = self.three_hosts(&bootstrap, n)?;
+        eprintln!("(g), and (d) again, each on a fresh broker...");
+        let scale = self.scale_out(&rt, n, plan.pairs)?;
+        let (d1, g, g_rss, g_errors) = (
+            ScaleOut::median(&scale.one),
+            ScaleOut::median(&scale.three),
+            scale.rss,
+            scale.errors,
+        );
         eprintln!("warm calls...");
         let calls = rt.block_on(self.warm_calls(plan.calls))?;
         eprintln!("idle RSS...");
@@ -276,9 +299,14 @@ impl Bench {
             e.per_second / a.per_second
         );
         println!(
-            "| (g) 3 × weir + echo in one group, started together | {} | g/d = {:.2} |",
+            "| (d') weir + echo, on a fresh broker | {} | |",
+            fmt_rate(d1)
+        );
+        println!(
+            "| (g) 3 × weir + echo in one group, started together, on a fresh broker | {} | g/d' = {:.2} (each pair: {}) |",
             fmt_rate(g),
-            g.per_second / d.per_second
+            g.per_second / d1.per_second,
+            scale.ratios()
         );
         println!("\n| figure | value |\n| --- | --- |");
         println!("| fatal producer errors logged by the 3 hosts of (g) | {g_errors} |");
@@ -309,6 +337,68 @@ impl Bench {
             );
         }
         Ok(())
+    }
+
+    /// A broker of its own (in `work/{name}`), its topics, and `n` events on
+    /// `bench-in`.
+    fn loaded_broker(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        name: &str,
+        n: usize,
+    ) -> Result<(DevBroker, Duration), String> {
+        let nisshi = weir_devkit::find_nisshi().ok_or("nisshi is not installed: `just broker`")?;
+        let broker = DevBroker::start(&nisshi, &self.work.join(name), BrokerStorage::Memory)?;
+        let bootstrap = broker.bootstrap();
+        rt.block_on(weir_devkit::create_topics(
+            &bootstrap,
+            &[
+                "bench-in",
+                "bench-out-c",
+                "bench-out-d",
+                "bench-out-g",
+                "bench-in.dlq",
+                "bench-weir-schedule",
+                "bench-lat-in",
+                "bench-lat-out",
+                "bench-lat-in.dlq",
+                "bench-idle",
+                "bench-idle.dlq",
+            ],
+            PARTITIONS,
+        ))?;
+        eprintln!("producing {n} events of {PAYLOAD} bytes over {KEYS} keys...");
+        let started = Instant::now();
+        produce_events(&bootstrap, "bench-in", n)?;
+        Ok((broker, started.elapsed()))
+    }
+
+    /// (d) and (g), each on a fresh broker loaded the same way: this broker
+    /// slows down as it holds more (records, producers, groups), so a run
+    /// after others is not comparable. `pairs` times, alternating; the median of
+    /// (d') and of (g), each pair's g/d', (g)'s highest RSS of one host, and the
+    /// fatal producer errors (g)'s hosts logged.
+    fn scale_out(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        n: usize,
+        pairs: usize,
+    ) -> Result<ScaleOut, String> {
+        let mut out = ScaleOut::default();
+        for _ in 0..pairs.max(1) {
+            let (broker, _) = self.loaded_broker(rt, "broker-d1", n)?;
+            let (one, _) = self.throughput(&broker.bootstrap(), 'd', n)?;
+            drop(broker);
+            let (broker, _) = self.loaded_broker(rt, "broker-g", n)?;
+            let (three, rss, errors) = self.three_hosts(&broker.bootstrap(), n)?;
+            drop(broker);
+            out.ratios.push(three.per_second / one.per_second);
+            out.one.push(one);
+            out.three.push(three);
+            out.rss = out.rss.max(rss);
+            out.errors += errors;
+        }
+        Ok(out)
     }
 
     /// Put plugin `name` (the component `{wasm}.wasm`) with `manifest` into the
@@ -468,11 +558,18 @@ impl Bench {
 
     /// (g): (d)'s plugin on three hosts in one group, started together.
     fn three_hosts(&self, bootstrap: &str, n: usize) -> Result<(Rate, u64, usize), String> {
+        // Each run in a group of its own (`--only ggg` repeats it).
+        static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let group = match run {
+            0 => "bench-g".to_string(),
+            n => format!("bench-g{n}"),
+        };
         self.weir_hosts(
             bootstrap,
             "echo",
             "echo",
-            "bench-g",
+            &group,
             n,
             "[capabilities.publish]\ntopics = [\"out-g\"]\n[config]\noutput = \"out-g\"\n",
             3,

@@ -90,10 +90,10 @@ impl ScheduleOwner {
                 "session.timeout.ms",
                 consumer_cfg.session_timeout.as_millis().to_string(),
             )
-            .set(
-                "fetch.wait.max.ms",
-                consumer_cfg.fetch_wait.as_millis().max(1).to_string(),
-            );
+            // Schedule records are not urgent (due times are minutes away): a
+            // long fetch wait keeps an idle schedule consumer from costing the
+            // broker a request every few milliseconds on every host.
+            .set("fetch.wait.max.ms", "500");
         if let Some(id) = config.instance_id_for("weir-schedule") {
             cfg.set("group.instance.id", id);
         }

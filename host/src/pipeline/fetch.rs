@@ -686,7 +686,7 @@ impl Fetcher {
         }
         let ctx = self.consumer.context();
         let mut book = ctx.book.lock().expect("book lock");
-        book.note_reads();
+        book.note_reads(timeout / 2);
         let paused = ctx.paused.lock().expect("paused lock");
         let mut state = self.shared.lock();
         let assigned: Vec<Tp> = state.assigned.iter().cloned().collect();
@@ -742,6 +742,19 @@ impl Fetcher {
                 }
             }
         }
+        // The book learns of the batch's events only now, as they are handed
+        // to the workers. A rebalance callback runs inside `poll` above, in
+        // the middle of this batch: had these events been tracked already, a
+        // revoke would wait (up to the drain timeout) for events that cannot
+        // finish before this function returns. Events of a partition revoked
+        // meanwhile are stale: dropped, the new owner reads them again.
+        if !batch.is_empty() {
+            let mut book = self.ctx().book.lock().expect("book lock");
+            batch.retain(|t| {
+                !t.is_stale()
+                    && book.track(&(t.event.topic.clone(), t.event.partition), t.ack.clone())
+            });
+        }
         batch
     }
 
@@ -762,11 +775,9 @@ impl Fetcher {
             headers: crate::kafka::headers_of(msg),
         };
         let bytes = event.payload.len() + event.key.as_ref().map_or(0, Vec::len);
-        let mut book = ctx.book.lock().expect("book lock");
-        let signal = book.signal(&tp)?.clone();
+        // Tracked by the book only once dispatched (see `read`).
+        let signal = ctx.book.lock().expect("book lock").signal(&tp)?.clone();
         let ack = EventAck::new(event.offset, bytes, signal.clone());
-        book.track(&tp, ack.clone());
-        drop(book);
         let redo = if self.redo.is_empty() {
             None
         } else {

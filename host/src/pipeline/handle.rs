@@ -180,7 +180,14 @@ impl Worker {
     }
 
     async fn process(&mut self, mut batch: Vec<Ticket>) {
-        batch.retain(|t| !t.is_stale());
+        let lanes = &mut self.lanes;
+        batch.retain(|t| {
+            let stale = t.is_stale();
+            if stale {
+                lanes.dropped(t);
+            }
+            !stale
+        });
         if batch.is_empty() {
             return;
         }
@@ -201,6 +208,7 @@ impl Worker {
         // each is handled on its own now.
         for ticket in not_run {
             if ticket.is_stale() {
+                self.lanes.dropped(&ticket);
                 continue;
             }
             self.refresh();
@@ -234,7 +242,9 @@ impl Worker {
             return;
         }
         if ticket.is_stale() {
-            return; // its partition was rewound or revoked meanwhile
+            // Its partition was rewound or revoked meanwhile: it will be read again.
+            self.lanes.dropped(&ticket);
+            return;
         }
         let failure = match report.outcome {
             Outcome::Handled if ticket.delivery_failures >= self.policy().attempts => {

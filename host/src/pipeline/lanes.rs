@@ -182,6 +182,20 @@ impl Lanes {
         }
     }
 
+    /// `ticket`, dropped without being handled (stale: its partition was rewound
+    /// or revoked since it was read), no longer holds its lane: if it was the
+    /// lane's retried event, the events queued behind it are ready again.
+    /// Otherwise (a lane blocked by another event's retry) nothing changes.
+    pub fn dropped(&mut self, ticket: &Ticket) {
+        if self
+            .blocked
+            .get(&ticket.lane)
+            .is_some_and(|b| b.due.is_none())
+        {
+            self.release(ticket.lane);
+        }
+    }
+
     /// When the next blocked lane's retry is due.
     pub fn next_due(&self) -> Option<Instant> {
         self.blocked.values().filter_map(|b| b.due).min()
@@ -294,6 +308,36 @@ mod tests {
         assert_eq!(offsets(&lanes.next_batch(WIDE)), vec![4]);
         assert_eq!(offsets(&lanes.next_batch(WIDE)), vec![6]);
         assert!(lanes.is_empty());
+    }
+
+    /// Issue 11: a retried event whose partition was rewound meanwhile is stale
+    /// when its retry is due. Dropping it must free its lane, or the events of
+    /// that key read again after the rewind wait behind it forever (seen as a
+    /// partition stuck for good after a producer failed fatally).
+    #[test]
+    fn a_stale_retry_dropped_when_due_frees_its_lane() {
+        let mut lanes = Lanes::default();
+        lanes.push(ticket(0, "a"));
+        let mut batch = lanes.next_batch(WIDE);
+        let now = Instant::now();
+        lanes.retry(batch.remove(0), now);
+        // The partition is rewound: the same event is read again, behind it.
+        lanes.push(ticket(0, "a"));
+        lanes.push(ticket(1, "b"));
+        assert_eq!(offsets(&lanes.next_batch(WIDE)), vec![1]);
+        let stale = lanes.take_due(now).unwrap();
+        lanes.dropped(&stale);
+        assert_eq!(offsets(&lanes.next_batch(WIDE)), vec![0]);
+        assert!(lanes.is_empty());
+
+        // A stale event that is not the lane's retried one changes nothing.
+        lanes.push(ticket(2, "c"));
+        let mut batch = lanes.next_batch(WIDE);
+        lanes.retry(batch.remove(0), now + Duration::from_secs(60));
+        lanes.push(ticket(3, "c"));
+        let other = ticket(9, "c");
+        lanes.dropped(&other);
+        assert!(lanes.next_batch(WIDE).is_empty(), "c stays blocked");
     }
 
     #[test]

@@ -28,6 +28,8 @@ struct Partition {
     /// When an event was last read or the position last moved (reads are
     /// counted and turned into a time by [`OffsetBook::note_reads`]).
     progress: Instant,
+    /// When the position last moved (or the partition was assigned).
+    moved: Instant,
     reads: u64,
     reads_noted: u64,
 }
@@ -56,6 +58,7 @@ impl OffsetBook {
             signal: Arc::new(PartitionSignal::default()),
             pending: VecDeque::new(),
             progress: Instant::now(),
+            moved: Instant::now(),
             reads: 0,
             reads_noted: 0,
         });
@@ -68,13 +71,15 @@ impl OffsetBook {
     }
 
     /// An event of `tp` was read and handed on.
-    pub fn track(&mut self, tp: &Tp, ack: Arc<EventAck>) {
-        if let Some(p) = self.partitions.get_mut(tp) {
-            self.events += 1;
-            self.bytes += ack.bytes();
-            p.reads += 1;
-            p.pending.push_back(ack);
-        }
+    pub fn track(&mut self, tp: &Tp, ack: Arc<EventAck>) -> bool {
+        let Some(p) = self.partitions.get_mut(tp) else {
+            return false;
+        };
+        self.events += 1;
+        self.bytes += ack.bytes();
+        p.reads += 1;
+        p.pending.push_back(ack);
+        true
     }
 
     /// Move every partition's position over its finished prefix; `store(tp,
@@ -90,6 +95,7 @@ impl OffsetBook {
             }
             if let Some(last) = last {
                 p.progress = Instant::now();
+                p.moved = p.progress;
                 store(tp, last);
             }
         }
@@ -160,13 +166,19 @@ impl OffsetBook {
         self.partitions.keys()
     }
 
-    /// Count the events read since the last call as progress now.
-    pub fn note_reads(&mut self) {
+    /// Count the events read since the last call as progress now, for a
+    /// partition whose position is not held back by an unfinished event: more
+    /// reads behind a stuck event are not progress (under backpressure a
+    /// partition still reads a little).
+    pub fn note_reads(&mut self, stuck_after: std::time::Duration) {
         let now = Instant::now();
         for p in self.partitions.values_mut() {
             if p.reads != p.reads_noted {
                 p.reads_noted = p.reads;
-                p.progress = now;
+                let held = !p.pending.is_empty() && now.duration_since(p.moved) >= stuck_after;
+                if !held {
+                    p.progress = now;
+                }
             }
         }
     }
