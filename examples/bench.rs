@@ -20,6 +20,9 @@
 //!      the two runs on a fresh broker loaded the same way (this broker slows
 //!      down as it holds more, so a run after others is not comparable), in
 //!      `--pairs N` alternating pairs (3; 1 with `--quick`), medians reported.
+//!    - (p), only with `--only p`: three plain idempotent rdkafka producers
+//!      writing at once, with the fatal errors they got (to tell the broker's
+//!      behaviour under several producers from Weir's).
 //!
 //!    Every figure is read the same way, by an observer polling the group's
 //!    committed offsets: the rate between 10 % and 90 % committed (steady state;
@@ -202,6 +205,15 @@ impl Bench {
                     );
                     continue;
                 }
+                if run == 'p' {
+                    let started = Instant::now();
+                    let (failed, fatal) = three_producers(&bootstrap, "bench-out-p", n)?;
+                    println!(
+                        "(p) 3 plain idempotent producers × {n} events at once: {:.0} events/s in all, {failed} deliveries failed, fatal errors: {fatal:?}",
+                        3.0 * n as f64 / started.elapsed().as_secs_f64()
+                    );
+                    continue;
+                }
                 if run == 'g' {
                     let s = self.scale_out(&rt, n, plan.pairs)?;
                     let (one, three) = (ScaleOut::median(&s.one), ScaleOut::median(&s.three));
@@ -357,6 +369,7 @@ impl Bench {
                 "bench-out-c",
                 "bench-out-d",
                 "bench-out-g",
+                "bench-out-p",
                 "bench-in.dlq",
                 "bench-weir-schedule",
                 "bench-lat-in",
@@ -769,6 +782,39 @@ fn event_body(i: usize, key: &str, extra: &str) -> Vec<u8> {
 
 /// Produce `n` keyed events as fast as the broker takes them.
 fn produce_events(bootstrap: &str, topic: &str, n: usize) -> Result<(), String> {
+    let (failed, _) = produce_counted(bootstrap, topic, n)?;
+    if failed > 0 {
+        return Err(format!("{failed} events could not be produced"));
+    }
+    Ok(())
+}
+
+/// (p): three plain idempotent rdkafka producers (linger 5 ms, as Weir's) writing
+/// `n` events each to one topic at once, as three hosts' outputs do: the
+/// deliveries that failed, and the fatal errors (librdkafka's `fatal_error`).
+fn three_producers(bootstrap: &str, topic: &str, n: usize) -> Result<(u64, Vec<String>), String> {
+    let threads: Vec<_> = (0..3)
+        .map(|_| {
+            let (b, t) = (bootstrap.to_string(), topic.to_string());
+            std::thread::spawn(move || produce_counted(&b, &t, n))
+        })
+        .collect();
+    let mut failed = 0;
+    let mut fatal = Vec::new();
+    for t in threads {
+        let (f, e) = t.join().map_err(|_| "a producer thread panicked")??;
+        failed += f;
+        fatal.extend(e);
+    }
+    Ok((failed, fatal))
+}
+
+/// Produce `n` events; the deliveries that failed and the producer's fatal error.
+fn produce_counted(
+    bootstrap: &str,
+    topic: &str,
+    n: usize,
+) -> Result<(u64, Option<String>), String> {
     let producer: ThreadedProducer<Counter> = client(bootstrap)
         .set("linger.ms", "5")
         .set("enable.idempotence", "true")
@@ -789,17 +835,20 @@ fn produce_events(bootstrap: &str, topic: &str, n: usize) -> Result<(), String> 
             }
         }
     }
-    producer
-        .flush(Duration::from_secs(120))
-        .map_err(|e| e.to_string())?;
+    let fatal = producer
+        .client()
+        .fatal_error()
+        .map(|(code, reason)| format!("{code:?}: {reason}"));
+    if fatal.is_none() {
+        producer
+            .flush(Duration::from_secs(120))
+            .map_err(|e| e.to_string())?;
+    }
     let failed = producer
         .context()
         .failed
         .load(std::sync::atomic::Ordering::Relaxed);
-    if failed > 0 {
-        return Err(format!("{failed} events could not be produced"));
-    }
-    Ok(())
+    Ok((failed, fatal))
 }
 
 /// Produce at `rate` events/s for `duration`, each stamped with when it was sent.
