@@ -114,22 +114,39 @@ async fn three_hosts_lose_nothing_to_a_sigkill_and_a_sigterm_and_keep_the_killed
     // Two more hosts join; the stream starts; a is killed, then b stopped.
     hosts.push(BinaryHost::start_with(&files, "b", &env));
     hosts.push(BinaryHost::start_with(&files, "c", &env));
-    for chunk in 0..30 {
-        let sends = (chunk * 1_000..(chunk + 1) * 1_000).map(|i| {
-            let producer = producer.clone();
-            async move {
-                let key = format!("k{}", i % 300);
-                produce(&producer, "so-in", &key, json!({"seq": i, "key": key})).await
+    // The stream runs on its own; the faults land while it flows.
+    let produced = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stream = {
+        let (producer, produced) = (producer.clone(), produced.clone());
+        tokio::spawn(async move {
+            for chunk in 0..EVENTS / 500 {
+                let sends = (chunk * 500..(chunk + 1) * 500).map(|i| {
+                    let producer = producer.clone();
+                    async move {
+                        let key = format!("k{}", i % 300);
+                        produce(&producer, "so-in", &key, json!({"seq": i, "key": key})).await
+                    }
+                });
+                futures::future::join_all(sends).await;
+                produced.store((chunk + 1) * 500, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-        });
-        futures::future::join_all(sends).await;
-        match chunk {
-            10 => hosts[0].signal("KILL"),
-            20 => hosts[1].signal("TERM"),
-            _ => {}
+        })
+    };
+    let until = |n: usize| {
+        let produced = produced.clone();
+        async move {
+            while produced.load(std::sync::atomic::Ordering::SeqCst) < n {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
         }
-        tokio::time::sleep(Duration::from_millis(150)).await;
-    }
+    };
+    until(EVENTS / 3).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    hosts[0].signal("KILL");
+    until(2 * EVENTS / 3).await;
+    hosts[1].signal("TERM");
+    stream.await.unwrap();
     assert_eq!(hosts[1].wait(), Some(0), "b stops cleanly on SIGTERM");
 
     // Every event handled, in key order, whatever host handled it.
