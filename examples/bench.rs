@@ -22,7 +22,8 @@
 //!      `--pairs N` alternating pairs (3; 1 with `--quick`), medians reported.
 //!    - (p), only with `--only p`: three plain idempotent rdkafka producers
 //!      writing at once, with the fatal errors they got (to tell the broker's
-//!      behaviour under several producers from Weir's).
+//!      behaviour under several producers from Weir's); (q), only with `--only
+//!      q`: three of (c)'s native loops in one group (the same shape as (g)).
 //!
 //!    Every figure is read the same way, by an observer polling the group's
 //!    committed offsets: the rate between 10 % and 90 % committed (steady state;
@@ -214,6 +215,15 @@ impl Bench {
                     );
                     continue;
                 }
+                if run == 'q' {
+                    let (rate, errors) =
+                        self.native_loops(&bootstrap, "bench-q", n, Some("bench-out-q"), 3);
+                    println!(
+                        "(q) 3 native consume → produce → commit loops in one group: {:.0} events/s; errors: {errors:?}",
+                        rate.map(|r| r.per_second).unwrap_or(0.0)
+                    );
+                    continue;
+                }
                 if run == 'g' {
                     let s = self.scale_out(&rt, n, plan.pairs)?;
                     let (one, three) = (ScaleOut::median(&s.one), ScaleOut::median(&s.three));
@@ -370,6 +380,7 @@ impl Bench {
                 "bench-out-d",
                 "bench-out-g",
                 "bench-out-p",
+                "bench-out-q",
                 "bench-in.dlq",
                 "bench-weir-schedule",
                 "bench-lat-in",
@@ -483,16 +494,44 @@ impl Bench {
         n: usize,
         republish_to: Option<&str>,
     ) -> Result<Rate, String> {
+        let (rate, errors) = self.native_loops(bootstrap, group, n, republish_to, 1);
+        match errors.into_iter().next() {
+            Some(e) => Err(e),
+            None => rate,
+        }
+    }
+
+    /// `loops` native loops in one group, each on a thread of its own (with its
+    /// own consumer and producer): the group's rate, and what each loop failed with.
+    fn native_loops(
+        &self,
+        bootstrap: &str,
+        group: &str,
+        n: usize,
+        republish_to: Option<&str>,
+        loops: usize,
+    ) -> (Result<Rate, String>, Vec<String>) {
         let observer = Observer::start(bootstrap, group, "bench-in", n);
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let loop_stop = stop.clone();
-        let (b, g) = (bootstrap.to_string(), group.to_string());
-        let out = republish_to.map(str::to_string);
-        let worker = std::thread::spawn(move || native_loop(&b, &g, out.as_deref(), &loop_stop));
+        let workers: Vec<_> = (0..loops)
+            .map(|_| {
+                let loop_stop = stop.clone();
+                let (b, g) = (bootstrap.to_string(), group.to_string());
+                let out = republish_to.map(str::to_string);
+                std::thread::spawn(move || native_loop(&b, &g, out.as_deref(), &loop_stop))
+            })
+            .collect();
         let rate = observer.wait();
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        worker.join().map_err(|_| "the native loop panicked")??;
-        rate
+        let errors = workers
+            .into_iter()
+            .filter_map(|w| match w.join() {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e),
+                Err(_) => Some("the native loop panicked".into()),
+            })
+            .collect();
+        (rate, errors)
     }
 
     /// (b), (d), (e): `weir run` as an operator runs it; its rate and highest RSS (KiB).
@@ -1008,9 +1047,15 @@ fn native_loop(
                     last = q.pop_front().map(|(o, _)| o);
                 }
                 if let Some(last) = last {
-                    consumer
-                        .store_offset("bench-in", *partition, last)
-                        .map_err(|e| e.to_string())?;
+                    match consumer.store_offset("bench-in", *partition, last) {
+                        // The partition moved to another member of the group (a
+                        // rebalance, with several loops): its new owner reads
+                        // from the last commit.
+                        Err(rdkafka::error::KafkaError::StoreOffset(
+                            rdkafka::types::RDKafkaErrorCode::State,
+                        )) => {}
+                        other => other.map_err(|e| e.to_string())?,
+                    }
                 }
             }
         }
