@@ -231,7 +231,12 @@ async fn scheduled_deletions_survive_a_restart_and_are_carried_out_when_due() {
 
 #[tokio::test]
 async fn audio_uploaded_records_metadata_and_publishes_a_waveform_job() {
-    let host = TestHost::new();
+    audio_uploaded_does_its_job(&TestHost::new()).await;
+}
+
+/// audio-uploaded on `host`, whatever its storage backend: the upload's metadata
+/// stored, a waveform job published, a video rejected.
+pub async fn audio_uploaded_does_its_job(host: &TestHost) {
     let mut plugin = host
         .load(&wasm("audio-uploaded"), &example_manifest("audio-uploaded"))
         .await;
