@@ -7,13 +7,13 @@
 //! Runs only when `TEST_COMPOSE` is set: building the images is too slow for
 //! every `just test`.
 
-use crate::kafka_support::{JsonPayload, PATIENCE};
+use crate::container::docker;
+use crate::kafka_support::{wait_ready, JsonPayload, PATIENCE};
 use crate::support::workspace_root;
 use object_store::{path::Path as StorePath, ObjectStore, PutPayload};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
-use weir_host::admin::client;
 
 const EVENTS: usize = 10_000;
 const TRACKS: usize = 50;
@@ -67,22 +67,6 @@ impl Drop for Project {
     }
 }
 
-async fn wait_ready(admin: u16, project: &Project, service: &str) {
-    let addr = format!("127.0.0.1:{admin}");
-    let deadline = Instant::now() + PATIENCE;
-    while !matches!(
-        client::call(&addr, "GET", "/health/ready").await,
-        Ok((200, _))
-    ) {
-        assert!(
-            Instant::now() < deadline,
-            "{service} never became ready:\n{}",
-            project.logs(service)
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
-
 async fn send(producer: &FutureProducer, topic: &str, key: &str, body: serde_json::Value) {
     let payload = serde_json::to_vec(&body).unwrap();
     producer
@@ -122,12 +106,8 @@ async fn three_host_containers_lose_nothing_and_keep_a_killed_hosts_promises() {
     };
     project.run(&["up", "-d"]);
     for (i, service) in ["weir-1", "weir-2", "weir-3"].iter().enumerate() {
-        wait_ready(
-            project.port(&format!("ADMIN_PORT_{}", i + 1)),
-            &project,
-            service,
-        )
-        .await;
+        let admin = project.port(&format!("ADMIN_PORT_{}", i + 1));
+        wait_ready(admin, service, || project.logs(service)).await;
     }
     let bootstrap = format!("127.0.0.1:{}", project.port("BROKER_PORT"));
     let bucket = weir_host::capabilities::storage::s3_store_with_env(
@@ -189,15 +169,7 @@ async fn three_host_containers_lose_nothing_and_keep_a_killed_hosts_promises() {
 
     // The stream: uploads, each stored in S3 and turned into a waveform job.
     let kill = |container: &str| {
-        let out = Command::new("docker")
-            .args(["kill", &format!("{}_{container}_1", project.name)])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        docker(&["kill", &format!("{}_{container}_1", project.name)]);
     };
     for chunk in 0..10 {
         let sends = (chunk * EVENTS / 10..(chunk + 1) * EVENTS / 10).map(|i| {
@@ -221,16 +193,12 @@ async fn three_host_containers_lose_nothing_and_keep_a_killed_hosts_promises() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let stopped = Command::new("docker")
-        .args([
-            "inspect",
-            "--format",
-            "{{.State.ExitCode}}",
-            &format!("{}_weir-2_1", project.name),
-        ])
-        .output()
-        .unwrap();
-    let code = String::from_utf8_lossy(&stopped.stdout).trim().to_string();
+    let code = docker(&[
+        "inspect",
+        "--format",
+        "{{.State.ExitCode}}",
+        &format!("{}_weir-2_1", project.name),
+    ]);
 
     let deadline = Instant::now() + PATIENCE * 2;
     let (jobs, distinct) = loop {

@@ -8,8 +8,6 @@
 use crate::kafka_support::*;
 use crate::support::workspace_root;
 use std::process::Command;
-use std::time::{Duration, Instant};
-use weir_host::admin::client;
 
 /// A container removed when dropped, whatever the test did.
 struct Container(String);
@@ -20,7 +18,8 @@ impl Drop for Container {
     }
 }
 
-fn docker(args: &[&str]) -> String {
+/// Run `docker args`; its output. Fails the test if docker fails.
+pub fn docker(args: &[&str]) -> String {
     let out = Command::new("docker")
         .args(args)
         .output()
@@ -77,19 +76,7 @@ async fn the_image_runs_the_host_against_a_broker_and_stops_cleanly() {
     ]);
     let _container = Container(id.clone());
 
-    let addr = format!("127.0.0.1:{admin}");
-    let deadline = Instant::now() + PATIENCE;
-    while !matches!(
-        client::call(&addr, "GET", "/health/ready").await,
-        Ok((200, _))
-    ) {
-        assert!(
-            Instant::now() < deadline,
-            "the container never became ready:\n{}",
-            logs(&id)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_ready(admin, "the container", || logs(&id)).await;
 
     // The example audio-uploaded plugin, baked into the image, handles the samples.
     let samples = workspace_root().join("examples/events/audio-uploaded.jsonl");

@@ -339,6 +339,24 @@ impl Drop for BinaryHost {
     }
 }
 
+/// Wait until the admin API on `admin_port` answers `/health/ready` with 200;
+/// past PATIENCE, fail with `what` and the logs `logs` gives.
+pub async fn wait_ready(admin_port: u16, what: &str, logs: impl Fn() -> String) {
+    let addr = format!("127.0.0.1:{admin_port}");
+    let deadline = Instant::now() + PATIENCE;
+    while !matches!(
+        weir_host::admin::client::call(&addr, "GET", "/health/ready").await,
+        Ok((200, _))
+    ) {
+        assert!(
+            Instant::now() < deadline,
+            "{what} never became ready:\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Seq numbers of the echo outputs, and how many appear more than once.
 pub fn seqs(records: &[Record]) -> (std::collections::BTreeSet<u64>, usize) {
     let mut seen = std::collections::BTreeSet::new();
