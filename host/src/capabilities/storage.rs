@@ -14,7 +14,7 @@ use crate::storage_key::{self, KeyError, RESERVED_PREFIX};
 use futures::TryStreamExt;
 use object_store::{path::Path as StorePath, ObjectStore, PutPayload};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Largest object a plugin may put.
 pub const MAX_OBJECT_LEN: usize = 64 * 1024 * 1024;
@@ -267,7 +267,15 @@ impl Host for Ctx<'_> {
         self.record_storage(
             "schedule-deletion",
             &key,
-            describe(&result, |_| format!("due {}", rfc3339(due_ms))),
+            // A relative due time is recorded as asked, so recordings (and `weir test`
+            // expectations) do not depend on the clock.
+            describe(&result, |_| match when {
+                DeletionTime::AtMs(_) => format!("due {}", rfc3339(due_ms)),
+                DeletionTime::AfterMs(after) => format!(
+                    "due after {}",
+                    humantime::format_duration(Duration::from_millis(after))
+                ),
+            }),
         );
         result
     }
