@@ -35,7 +35,8 @@ use std::fmt;
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../../wit",
+        // `wit` is a link to the repository's `wit/`; `weir new` writes a copy.
+        path: "wit",
         world: "batch-handler",
         pub_export_macro: true,
         default_bindings_module: "weir_sdk::bindings",
