@@ -8,6 +8,8 @@ weir := target_dir / "debug" / "weir"
 nisshi_root := env_var("HOME") / ".cache" / "weir" / "nisshi"
 nisshi := nisshi_root / "bin" / "nisshi"
 py := env_var("HOME") / ".cache" / "weir" / "py"
+# The componentize-py release the Python SDK is tested with (host/src/authoring/build.rs).
+componentize_py := "0.25.1"
 
 # Example plugins, and the test-only fault plugins the tests also need.
 example_plugins := "track-deletions audio-uploaded envelope-router"
@@ -70,8 +72,19 @@ s3:
       exit 0
     fi
     echo "Installing the moto S3 server (PyPI) into {{ py }} for the S3 storage tests. One-time, about 30 s."
-    python3 -m venv "{{ py }}"
+    [ -x "{{ py }}/bin/pip" ] || python3 -m venv "{{ py }}"
     "{{ py }}/bin/pip" install -q 'moto[server]'
+
+# Install componentize-py (PyPI) into ~/.cache/weir/py: it builds Python plugins (one-time, about 20 s)
+python:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [ -n "${COMPONENTIZE_PY:-}" ] || [ -x "{{ py }}/bin/componentize-py" ] || command -v componentize-py >/dev/null; then
+      exit 0
+    fi
+    echo "Installing componentize-py (PyPI) into {{ py }}: it builds Python plugins. One-time, about 20 s."
+    [ -x "{{ py }}/bin/pip" ] || python3 -m venv "{{ py }}"
+    "{{ py }}/bin/pip" install -q 'componentize-py=={{ componentize_py }}'
 
 # Run a broker in the foreground on 127.0.0.1:9092, for `just run` (Ctrl-C stops it)
 broker-up: broker
@@ -100,7 +113,7 @@ invoke-demo: plugins host
     {{ weir }} invoke examples/plugins/envelope-router.wasm examples/events/item-events.jsonl
 
 # Run every test: unit, and end-to-end with real components, the real binary and a real broker
-test: plugins broker redis s3
+test: plugins broker redis s3 python
     cargo test -p weir-host
 
 # Benchmarks: Weir beside a hand-written rdkafka consumer on one broker (first build: about 20 min; a run: a few minutes)

@@ -72,6 +72,16 @@ struct EventLine {
     payload: Option<serde_json::Value>,
     payload_text: Option<String>,
     payload_base64: Option<String>,
+    /// What `weir test` checks; `weir invoke` ignores it.
+    expect: Option<serde_json::Value>,
+}
+
+/// One event of an events file: its line, the record, and its `expect` object if any.
+#[derive(Debug, Clone)]
+pub struct EventInput {
+    pub line: usize,
+    pub record: EventRecord,
+    pub expect: Option<serde_json::Value>,
 }
 
 /// Run the plugin over the events; `Ok(summary)` once every event ran (some may
@@ -107,8 +117,7 @@ pub async fn run(opts: &InvokeOptions, out: &mut dyn Write) -> Result<Summary, I
             .await
             .map_err(|e| InvokeError(format!("cannot sweep scheduled deletions: {e}")))?,
     };
-    let runtime =
-        Runtime::new().map_err(|e| InvokeError(format!("cannot start the runtime: {e}")))?;
+    let runtime = author_runtime()?;
     let mut plugin = runtime
         .load(&opts.wasm, manifest, backends.clone())
         .await
@@ -215,7 +224,30 @@ pub async fn run(opts: &InvokeOptions, out: &mut dyn Write) -> Result<Summary, I
     Ok(summary)
 }
 
-fn tempdir() -> Result<TempDir, InvokeError> {
+/// The runtime of `weir invoke` and `weir test`: compiled components are kept in
+/// `$XDG_CACHE_HOME/weir/compiled` (or `~/.cache/weir/compiled`), so running a
+/// plugin again (a Python one is 18 MB of CPython) does not compile it again.
+/// Without a usable cache directory it compiles every time. It keeps the 24
+/// newest components.
+pub(crate) fn author_runtime() -> Result<Runtime, InvokeError> {
+    let cache_dir = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
+        .map(|c| c.join("weir").join("compiled"));
+    if let Some(dir) = cache_dir {
+        match Runtime::with_compile_cache(dir.clone()) {
+            Ok(runtime) => {
+                // An author rebuilds often: the cache keeps the newest components only.
+                runtime.prune_compile_cache(24);
+                return Ok(runtime);
+            }
+            Err(e) => tracing::debug!("no compile cache in {}: {e}", dir.display()),
+        }
+    }
+    Runtime::new().map_err(|e| InvokeError(format!("cannot start the runtime: {e}")))
+}
+
+pub(crate) fn tempdir() -> Result<TempDir, InvokeError> {
     let path = std::env::temp_dir().join(format!(
         "weir-invoke-{}-{}",
         std::process::id(),
@@ -227,10 +259,10 @@ fn tempdir() -> Result<TempDir, InvokeError> {
 }
 
 /// A directory removed when dropped.
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(PathBuf);
 
 impl TempDir {
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.0
     }
 }
@@ -299,6 +331,18 @@ pub fn read_events(
     topics: &[String],
     namer: &TopicNamer,
 ) -> Result<Vec<(usize, EventRecord)>, InvokeError> {
+    Ok(read_event_inputs(path, topics, namer)?
+        .into_iter()
+        .map(|e| (e.line, e.record))
+        .collect())
+}
+
+/// As [`read_events`], keeping each event's `expect` object.
+pub fn read_event_inputs(
+    path: Option<&Path>,
+    topics: &[String],
+    namer: &TopicNamer,
+) -> Result<Vec<EventInput>, InvokeError> {
     let (name, reader): (String, Box<dyn BufRead>) = match path {
         None => ("<stdin>".into(), Box::new(std::io::stdin().lock())),
         Some(p) if p.as_os_str() == "-" => ("<stdin>".into(), Box::new(std::io::stdin().lock())),
@@ -348,9 +392,10 @@ pub fn read_events(
                 topics.join(", ")
             )));
         }
-        events.push((
-            lineno,
-            EventRecord {
+        events.push(EventInput {
+            line: lineno,
+            expect: parsed.expect,
+            record: EventRecord {
                 topic: namer.full_name(&logical).into(),
                 logical_topic: logical.into(),
                 partition: parsed.partition.unwrap_or(0),
@@ -366,7 +411,7 @@ pub fn read_events(
                     .map(|(k, v)| (k, v.into_bytes()))
                     .collect(),
             },
-        ));
+        });
     }
     Ok(events)
 }

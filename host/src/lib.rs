@@ -6,6 +6,7 @@
 //! its [`manifest`]; what it published comes back with the outcome.
 
 pub mod admin;
+pub mod authoring;
 pub mod bindings;
 pub mod capabilities;
 pub mod config;

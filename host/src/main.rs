@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use weir_host::admin::client;
 use weir_host::admin::view::PluginReport;
+use weir_host::authoring::{self, Lang, Project};
 use weir_host::config::Config;
 use weir_host::invoke::{self, InvokeOptions};
 
@@ -89,6 +90,50 @@ enum Command {
         /// Keep storage (and scheduled deletions) in this directory instead of a temporary one.
         #[arg(long)]
         storage_dir: Option<PathBuf>,
+    },
+    /// Start a plugin project: the handler with a worked example, its manifest, sample
+    /// events with expectations, and the SDK. Then `weir build` and `weir test` in it.
+    New {
+        /// The plugin's name (lowercase letters, digits, `-`, `_`).
+        name: String,
+        /// The language to write it in.
+        #[arg(long, value_enum)]
+        lang: Lang,
+        /// Where to create it (default: ./<name>); must not exist or be empty.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Build the plugin project in DIR to `<name>.wasm` beside its manifest (cargo for
+    /// Rust, componentize-py for Python).
+    Build {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Run the project's plugin over its events file and check each event's
+    /// `expect` (outcome, cache, storage, publish). No broker needed.
+    ///
+    /// Exit status: 0 if every expectation held, 1 if any did not, 2 if the project,
+    /// plugin or events could not be used.
+    Test {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Events file (default: DIR/events.jsonl).
+        #[arg(long)]
+        events: Option<PathBuf>,
+        /// Write what each event did as its new `expect`.
+        #[arg(long)]
+        update: bool,
+        /// Test this built component (its manifest beside it) instead of DIR's project.
+        #[arg(long, conflicts_with = "dir")]
+        plugin: Option<PathBuf>,
+        /// Topic prefix shown to the plugin (`{prefix}-{topic}`).
+        #[arg(long, default_value = "dev")]
+        prefix: String,
+    },
+    /// Write the WIT package (the contract plugins are built against) into a directory.
+    Wit {
+        #[arg(long, default_value = "wit")]
+        out: PathBuf,
     },
 }
 
@@ -211,6 +256,98 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::New { name, lang, dir } => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            match authoring::new::create(&name, lang, &dir) {
+                Ok(created) => {
+                    println!(
+                        "created the {lang} plugin {name} in {}:",
+                        created.dir.display()
+                    );
+                    for f in &created.files {
+                        println!("  {}", f.display());
+                    }
+                    println!(
+                        "next: weir build {0} && weir test {0}",
+                        created.dir.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Build { dir } => {
+            let built = Project::open(&dir).and_then(|p| {
+                eprintln!(
+                    "building {} ({}) in {}",
+                    p.name(),
+                    p.lang_name(),
+                    dir.display()
+                );
+                authoring::build::build(&p)
+            });
+            match built {
+                Ok(b) => {
+                    println!(
+                        "built {} ({:.1} MB) in {:.1} s",
+                        b.wasm.display(),
+                        b.bytes as f64 / 1e6,
+                        b.took.as_secs_f64()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Test {
+            dir,
+            events,
+            update,
+            plugin,
+            prefix,
+        } => {
+            init_logging("warn", "text");
+            let opts = authoring::plugin_test::TestOptions {
+                events,
+                update,
+                prefix,
+            };
+            let runtime = tokio::runtime::Runtime::new().expect("start the async runtime");
+            let mut stdout = std::io::stdout().lock();
+            let project = match &plugin {
+                Some(wasm) => Project::component(wasm),
+                None => Project::open(&dir),
+            };
+            let result = project.map(|project| {
+                runtime.block_on(authoring::plugin_test::run(&project, &opts, &mut stdout))
+            });
+            match result.and_then(|r| r) {
+                Ok(summary) if summary.failed == 0 => ExitCode::SUCCESS,
+                Ok(_) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Wit { out } => match authoring::write_wit(&out) {
+            Ok(files) => {
+                for f in files {
+                    println!("{}", f.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Invoke {
             wasm,
             events,

@@ -54,6 +54,23 @@ impl CompileCache {
         }
     }
 
+    /// Remove all but the `keep` newest entries (by the time they were written).
+    pub fn prune(&self, keep: usize) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut found: Vec<(std::time::SystemTime, PathBuf)> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+            .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+            .collect();
+        found.sort_by_key(|f| std::cmp::Reverse(f.0));
+        for (_, old) in found.into_iter().skip(keep) {
+            let _ = std::fs::remove_file(old);
+        }
+    }
+
     /// The component for `bytes`: from the cache if it is there and sound,
     /// compiled (and cached) otherwise.
     pub fn component(&self, engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Component> {

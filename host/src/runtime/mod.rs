@@ -78,6 +78,13 @@ impl Runtime {
         Ok(runtime)
     }
 
+    /// Keep only the `keep` newest entries of the compile cache, if there is one.
+    pub fn prune_compile_cache(&self, keep: usize) {
+        if let Some(cache) = &self.cache {
+            cache.prune(keep);
+        }
+    }
+
     /// How many components were compiled, and how many came from the cache.
     pub fn compile_stats(&self) -> CompileStats {
         let mut stats = self.cache.as_ref().map(|c| c.stats()).unwrap_or_default();
