@@ -5,6 +5,7 @@ mod kafka_support;
 mod support;
 
 mod admin;
+mod authoring;
 mod batch;
 mod compose;
 mod container;
