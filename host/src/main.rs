@@ -130,6 +130,12 @@ enum Command {
         #[arg(long, default_value = "dev")]
         prefix: String,
     },
+    /// Replace the SDK of the plugin project in DIR (`weir-sdk/` with its WIT for
+    /// Rust, `weir.py` for Python) with the one this binary carries.
+    Sdk {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
     /// Write the WIT package (the contract plugins are built against) into a directory.
     Wit {
         #[arg(long, default_value = "wit")]
@@ -336,18 +342,10 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Wit { out } => match authoring::write_wit(&out) {
-            Ok(files) => {
-                for f in files {
-                    println!("{}", f.display());
-                }
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(2)
-            }
-        },
+        Command::Sdk { dir } => {
+            print_written(Project::open(&dir).and_then(|p| authoring::new::refresh_sdk(&p)))
+        }
+        Command::Wit { out } => print_written(authoring::write_wit(&out)),
         Command::Invoke {
             wasm,
             events,
@@ -377,6 +375,22 @@ fn main() -> ExitCode {
                     ExitCode::from(2)
                 }
             }
+        }
+    }
+}
+
+/// The files a command wrote, one per line; or why it could not (exit status 2).
+fn print_written(written: Result<Vec<PathBuf>, authoring::AuthoringError>) -> ExitCode {
+    match written {
+        Ok(files) => {
+            for f in files {
+                println!("{}", f.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
         }
     }
 }

@@ -63,17 +63,51 @@ pub fn create(name: &str, lang: Lang, dir: &Path) -> Result<Created, AuthoringEr
         Lang::Rust => {
             files.push(("Cargo.toml".into(), fill(RUST_CARGO)));
             files.push(("src/lib.rs".into(), fill(RUST_LIB)));
-            files.push(("weir-sdk/Cargo.toml".into(), fill(RUST_SDK_CARGO)));
-            files.push(("weir-sdk/src/lib.rs".into(), RUST_SDK_LIB.to_string()));
+        }
+        Lang::Python => files.push(("app.py".into(), fill(PYTHON_APP))),
+    }
+    files.extend(sdk_files(lang));
+    let written = write_files(dir, files)?;
+    Ok(Created {
+        dir: dir.to_path_buf(),
+        files: written,
+    })
+}
+
+/// The SDK of `lang` as this binary carries it, relative to a project's directory:
+/// `weir-sdk/` (with the WIT package) for Rust, `weir.py` for Python.
+fn sdk_files(lang: Lang) -> Vec<(PathBuf, String)> {
+    match lang {
+        Lang::Rust => {
+            let cargo = RUST_SDK_CARGO
+                .replace("{{version}}", env!("CARGO_PKG_VERSION"))
+                .replace("{{wit_bindgen}}", WIT_BINDGEN);
+            let mut files = vec![
+                ("weir-sdk/Cargo.toml".into(), cargo),
+                ("weir-sdk/src/lib.rs".into(), RUST_SDK_LIB.to_string()),
+            ];
             for (file, text) in WIT_FILES {
                 files.push((Path::new("weir-sdk/wit").join(file), text.to_string()));
             }
+            files
         }
-        Lang::Python => {
-            files.push(("app.py".into(), fill(PYTHON_APP)));
-            files.push(("weir.py".into(), PYTHON_SDK.to_string()));
-        }
+        Lang::Python => vec![("weir.py".into(), PYTHON_SDK.to_string())],
     }
+}
+
+/// `weir sdk [DIR]`: replace the project's SDK (and, for Rust, its WIT) with the
+/// ones this binary carries, to build against this host's contract.
+pub fn refresh_sdk(project: &super::Project) -> Result<Vec<PathBuf>, AuthoringError> {
+    let lang = project.lang.ok_or_else(|| {
+        AuthoringError(format!(
+            "{} has no sources: no SDK to refresh",
+            project.dir.display()
+        ))
+    })?;
+    write_files(&project.dir, sdk_files(lang))
+}
+
+fn write_files(dir: &Path, files: Vec<(PathBuf, String)>) -> Result<Vec<PathBuf>, AuthoringError> {
     let mut written = Vec::new();
     for (rel, text) in files {
         let path = dir.join(rel);
@@ -83,10 +117,7 @@ pub fn create(name: &str, lang: Lang, dir: &Path) -> Result<Created, AuthoringEr
         std::fs::write(&path, text).map_err(|e| AuthoringError::io("write", &path, e))?;
         written.push(path);
     }
-    Ok(Created {
-        dir: dir.to_path_buf(),
-        files: written,
-    })
+    Ok(written)
 }
 
 /// A plugin name: what the manifest accepts, and a valid crate name.
@@ -150,6 +181,14 @@ mod tests {
             let project = super::super::Project::open(&dir).unwrap();
             assert_eq!(project.lang, Some(lang));
             assert_eq!(project.name(), "my-plugin");
+            // `weir sdk` puts back an SDK file an author broke.
+            let sdk = match lang {
+                Lang::Rust => dir.join("weir-sdk/src/lib.rs"),
+                Lang::Python => dir.join("weir.py"),
+            };
+            std::fs::write(&sdk, "broken").unwrap();
+            refresh_sdk(&project).unwrap();
+            assert_ne!(std::fs::read_to_string(&sdk).unwrap(), "broken");
             let again = create("my-plugin", lang, &dir).unwrap_err();
             assert!(again.0.contains("not empty"), "{again}");
             std::fs::remove_dir_all(&dir).unwrap();
