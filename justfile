@@ -119,6 +119,9 @@ test: plugins broker redis s3 python
 # Benchmarks: Weir beside a hand-written rdkafka consumer on one broker (first build: about 20 min; a run: a few minutes)
 bench *args: plugins broker
     cargo build -q --profile dist -p weir-host --bin weir --example bench
+    @# The Python track-deletions, for the per-language row (skipped without componentize-py).
+    @{{ target_dir }}/dist/weir build plugins/track-deletions-py >/dev/null 2>&1 \
+      || echo "(componentize-py not found: the bench's Python row is skipped; \`just python\` installs it)"
     {{ target_dir }}/dist/examples/bench {{ args }}
 
 # The crash soak: 100 000 events through echo, the host SIGKILLed at 5 random moments (a few minutes)

@@ -29,7 +29,9 @@
 //!    committed offsets: the rate between 10 % and 90 % committed (steady state;
 //!    start-up and tail excluded), plus the wall time from start to all committed.
 //! 3. The warm cost of one call into the plugin (`noop`) for 100 B, 1 KiB and
-//!    16 KiB events, one at a time and through `handle-batch`.
+//!    16 KiB events, one at a time and through `handle-batch`; and of
+//!    `track-deletions` in Rust beside the same plugin in Python (`--only y`;
+//!    the Python row when `weir build plugins/track-deletions-py` has built it).
 //! 4. RSS: `weir run` idle with one plugin, per additional plugin, and the
 //!    highest RSS during (d).
 //! 5. Latency from produce to output for (d) at half its measured rate: p50, p99.
@@ -173,6 +175,14 @@ impl Bench {
     fn run(&self, plan: &Plan, arg: &dyn Fn(&str) -> Option<String>) -> Result<(), String> {
         let n = plan.events;
         let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+        // The in-process runs need no broker.
+        let in_process = |only: &str| only.chars().all(|c| matches!(c, 'w' | 'y'));
+        if let Some(only) = plan.only.as_deref().filter(|o| in_process(o)) {
+            for run in only.chars() {
+                self.in_process_run(&rt, run, plan.calls)?;
+            }
+            return Ok(());
+        }
         let (broker, producing) = self.loaded_broker(&rt, "broker", n)?;
         let bootstrap = broker.bootstrap();
         let produce_rate = n as f64 / producing.as_secs_f64();
@@ -181,16 +191,8 @@ impl Bench {
             let _broker = broker;
             // Profiling: just these runs, their figures, and where their logs are.
             for run in only.chars() {
-                if run == 'w' {
-                    for (size, one, batched) in rt.block_on(self.warm_calls(plan.calls))? {
-                        println!(
-                            "(w) {size} B: {one:.2} µs one at a time, {batched:.2} µs batched"
-                        );
-                    }
-                    println!(
-                        "(w) new instance + first event: {:.1} µs",
-                        rt.block_on(self.cold_call())?
-                    );
+                if in_process(&run.to_string()) {
+                    self.in_process_run(&rt, run, plan.calls)?;
                     continue;
                 }
                 if run == 'l' {
@@ -272,6 +274,7 @@ impl Bench {
         );
         eprintln!("warm calls...");
         let calls = rt.block_on(self.warm_calls(plan.calls))?;
+        let languages = rt.block_on(self.language_calls(plan.calls / 10))?;
         eprintln!("idle RSS...");
         let (idle, per_plugin) = self.idle_rss(&bootstrap, plan.extra_plugins)?;
         // At half (d)'s rate, as asked; and at a quarter, since on a small machine
@@ -340,6 +343,11 @@ impl Bench {
             println!(
                 "| warm call, noop, {size} B event | {:.2} µs one at a time; {:.2} µs per event through handle-batch (128 per call) |",
                 one, batched
+            );
+        }
+        for (language, one, batched) in &languages {
+            println!(
+                "| warm call, track-deletions in {language} (cache delete + scheduled deletion), 1 KiB event | {one:.2} µs one at a time; {batched:.2} µs per event through handle-batch |"
             );
         }
         println!(
@@ -628,6 +636,31 @@ impl Bench {
         )
     }
 
+    /// `--only w` (warm calls into noop) or `--only y` (track-deletions per language).
+    fn in_process_run(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        run: char,
+        calls: usize,
+    ) -> Result<(), String> {
+        if run == 'w' {
+            for (size, one, batched) in rt.block_on(self.warm_calls(calls))? {
+                println!("(w) {size} B: {one:.2} µs one at a time, {batched:.2} µs batched");
+            }
+            println!(
+                "(w) new instance + first event: {:.1} µs",
+                rt.block_on(self.cold_call())?
+            );
+        } else {
+            for (language, one, batched) in rt.block_on(self.language_calls(calls / 10))? {
+                println!(
+                    "(y) track-deletions in {language}: {one:.2} µs one at a time, {batched:.2} µs batched"
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Warm cost of one call into `noop`: (size, µs one at a time, µs per event batched).
     async fn warm_calls(&self, calls: usize) -> Result<Vec<(usize, f64, f64)>, String> {
         let runtime = weir_host::runtime::Runtime::new().map_err(|e| e.to_string())?;
@@ -646,31 +679,55 @@ impl Bench {
                     e
                 })
                 .collect();
-            for e in &events {
-                plugin.handle(e).await; // warm up
-            }
-            let started = Instant::now();
-            for i in 0..calls {
-                let report = plugin.handle(&events[i % events.len()]).await;
-                if !report.outcome.is_handled() {
-                    return Err(format!("noop: {:?}", report.outcome));
-                }
-            }
-            let one = started.elapsed().as_secs_f64() * 1e6 / calls as f64;
-            let refs: Vec<&EventRecord> = events.iter().collect();
-            let rounds = (calls / refs.len()).max(1);
-            let started = Instant::now();
-            for _ in 0..rounds {
-                let reports = plugin.handle_batch(&refs).await;
-                if reports
-                    .iter()
-                    .any(|r| !r.as_ref().is_some_and(|r| r.outcome.is_handled()))
-                {
-                    return Err("noop: a batch event was not handled".into());
-                }
-            }
-            let batched = started.elapsed().as_secs_f64() * 1e6 / (rounds * refs.len()) as f64;
+            let (one, batched) = time_calls(&mut plugin, &events, calls, "noop").await?;
             out.push((size, one, batched));
+        }
+        Ok(out)
+    }
+
+    /// `track-deletions` in Rust and, when `weir build plugins/track-deletions-py`
+    /// has built it, in Python, on the same 1 KiB events (a cache delete and a
+    /// scheduled deletion each): (language, µs per event one at a time, batched).
+    async fn language_calls(&self, calls: usize) -> Result<Vec<(&'static str, f64, f64)>, String> {
+        let runtime = weir_host::runtime::Runtime::new().map_err(|e| e.to_string())?;
+        let python = Path::new("plugins/track-deletions-py/track-deletions.wasm");
+        let mut components = vec![(
+            "Rust",
+            self.wasm_dir.join("track_deletions.wasm"),
+            Path::new("examples/plugins/track-deletions.toml").to_path_buf(),
+        )];
+        if python.is_file() {
+            components.push((
+                "Python",
+                python.to_path_buf(),
+                python.with_extension("toml"),
+            ));
+        }
+        let events: Vec<EventRecord> = (0..128)
+            .map(|i| {
+                let key = format!("user-{i}");
+                let mut e = EventRecord::for_test("bench-in", 0, i as i64);
+                e.logical_topic = "track-deletions".into();
+                e.payload = event_body(i, &key, "");
+                e.key = Some(key.into_bytes());
+                e
+            })
+            .collect();
+        let mut out = Vec::new();
+        for (language, wasm, manifest) in components {
+            let manifest =
+                weir_host::manifest::Manifest::load(&manifest).map_err(|e| e.to_string())?;
+            // The schedule as under `weir run`: records sent with the event's
+            // outputs, not written to the store on every call.
+            let mut backends = Backends::local(&self.work.join(format!("languages-{language}")))?;
+            backends.deletions = weir_host::capabilities::schedule::DeletionSchedule::in_topic();
+            let mut plugin = runtime
+                .load(&wasm, manifest, backends)
+                .await
+                .map_err(|e| e.to_string())?;
+            let what = format!("track-deletions in {language}");
+            let (one, batched) = time_calls(&mut plugin, &events, calls, &what).await?;
+            out.push((language, one, batched));
         }
         Ok(out)
     }
@@ -817,6 +874,41 @@ fn event_body(i: usize, key: &str, extra: &str) -> Vec<u8> {
     body.extend(std::iter::repeat_n(b'x', pad));
     body.extend_from_slice(b"\"}");
     body
+}
+
+/// µs per event of `plugin` over `events` (warmed up first): `calls` calls one
+/// event at a time, then as many events through `handle-batch`, all of them at once.
+async fn time_calls(
+    plugin: &mut weir_host::runtime::Plugin,
+    events: &[EventRecord],
+    calls: usize,
+    what: &str,
+) -> Result<(f64, f64), String> {
+    for e in events {
+        plugin.handle(e).await; // warm up
+    }
+    let started = Instant::now();
+    for i in 0..calls {
+        let report = plugin.handle(&events[i % events.len()]).await;
+        if !report.outcome.is_handled() {
+            return Err(format!("{what}: {:?}", report.outcome));
+        }
+    }
+    let one = started.elapsed().as_secs_f64() * 1e6 / calls as f64;
+    let refs: Vec<&EventRecord> = events.iter().collect();
+    let rounds = (calls / refs.len()).max(1);
+    let started = Instant::now();
+    for _ in 0..rounds {
+        let reports = plugin.handle_batch(&refs).await;
+        if reports
+            .iter()
+            .any(|r| !r.as_ref().is_some_and(|r| r.outcome.is_handled()))
+        {
+            return Err(format!("{what}: a batch event was not handled"));
+        }
+    }
+    let batched = started.elapsed().as_secs_f64() * 1e6 / (rounds * refs.len()) as f64;
+    Ok((one, batched))
 }
 
 /// Produce `n` keyed events as fast as the broker takes them.
