@@ -10,6 +10,7 @@ pub mod authoring;
 pub mod bindings;
 pub mod capabilities;
 pub mod config;
+pub mod config_check;
 pub mod dlq;
 pub mod event;
 pub mod invoke;

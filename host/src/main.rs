@@ -63,6 +63,11 @@ enum Command {
         #[arg(long, short, default_value = "weir.toml")]
         config: PathBuf,
     },
+    /// The host configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Dead-letter topics.
     Dlq {
         #[command(subcommand)]
@@ -144,6 +149,17 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum ConfigCommand {
+    /// Load the config and every plugin (manifest and component) as `weir run` would,
+    /// print the resolved topics, dead-letter topics, consumer groups, grants and
+    /// limits, and every problem found. Contacts nothing. Exit status 1 on any problem.
+    Check {
+        #[arg(long, short, default_value = "weir.toml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum DlqCommand {
     /// Publish dead letters back to the topics they came from (original key, payload
     /// and headers), so the plugins consume them again.
@@ -217,6 +233,24 @@ fn main() -> ExitCode {
                     eprintln!("error: {e}");
                     ExitCode::from(2)
                 }
+            }
+        }
+        Command::Config {
+            command: ConfigCommand::Check { config },
+        } => {
+            init_logging("error", "text");
+            let runtime = tokio::runtime::Runtime::new().expect("start the async runtime");
+            let report = runtime.block_on(weir_host::config_check::check(&config));
+            print!("{}", report.text);
+            if report.problems.is_empty() {
+                println!("\nno problems found");
+                ExitCode::SUCCESS
+            } else {
+                println!("\n{} problem(s):", report.problems.len());
+                for p in &report.problems {
+                    println!("  {p}");
+                }
+                ExitCode::from(1)
             }
         }
         Command::Pause { plugin, config } => set_paused(&config, &plugin, "pause"),

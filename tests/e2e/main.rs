@@ -8,6 +8,7 @@ mod admin;
 mod authoring;
 mod batch;
 mod compose;
+mod config_check;
 mod container;
 mod faults;
 mod group;
