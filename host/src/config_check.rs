@@ -87,11 +87,24 @@ pub async fn check(path: &Path) -> CheckReport {
         format!("{:?}", config.cache.backend).to_lowercase(),
         format!("{:?}", config.storage.backend).to_lowercase(),
         if config.admin.enabled {
-            config.admin.listen.as_str()
+            format!(
+                "{} ({})",
+                config.admin.listen,
+                match crate::admin::auth::Auth::from_config(&config.admin) {
+                    Ok(auth) if auth.has_token() => "token required",
+                    Ok(_) => "no token",
+                    Err(_) => "REFUSED",
+                }
+            )
         } else {
-            "off"
+            "off".into()
         }
     );
+    if config.admin.enabled {
+        if let Err(e) = crate::admin::auth::Auth::from_config(&config.admin) {
+            report.problems.push(format!("{}: {e}", path.display()));
+        }
+    }
 
     let plugins = plugin_files(&config, &mut report.problems);
     let runtime = Runtime::with_compile_cache(config.plugins.cache_dir.clone())

@@ -194,7 +194,13 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             let runtime = tokio::runtime::Runtime::new().expect("start the async runtime");
-            match runtime.block_on(weir_host::run::run(config, shutdown_signal())) {
+            // Installed before anything starts: a SIGTERM during start-up stops the
+            // host cleanly instead of killing it.
+            let signal = {
+                let _inside = runtime.enter();
+                shutdown_signal()
+            };
+            match runtime.block_on(weir_host::run::run(config, signal)) {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");
@@ -433,7 +439,15 @@ fn print_written(written: Result<Vec<PathBuf>, authoring::AuthoringError>) -> Ex
 /// pause), else as `reload::plugin_status` finds them; and a line saying which.
 async fn list_plugins(config: &Config) -> Result<(String, Vec<PluginReport>), String> {
     if let Ok(addr) = client::address(config) {
-        if let Ok((200, body)) = client::call(&addr, "GET", "/plugins").await {
+        let token = config.admin.resolved_token()?;
+        let answer = client::call_with_token(&addr, "GET", "/plugins", token.as_deref()).await;
+        if let Ok((401, _)) = answer {
+            return Err(format!(
+                "the admin API at {addr} refused the request: set the host's admin token in this \
+                 config ([admin] token_file, or WEIR_ADMIN__TOKEN)"
+            ));
+        }
+        if let Ok((200, body)) = answer {
             let list = serde_json::from_str(&body)
                 .map_err(|e| format!("unexpected answer from {addr}/plugins: {e}"))?;
             return Ok((
@@ -504,9 +518,21 @@ fn set_paused(config: &std::path::Path, plugin: &str, action: &str) -> ExitCode 
             return ExitCode::from(2);
         }
     };
+    let token = match config.admin.resolved_token() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = tokio::runtime::Runtime::new().expect("start the async runtime");
     let path = format!("/plugins/{plugin}/{action}");
-    match runtime.block_on(client::call(&addr, "POST", &path)) {
+    match runtime.block_on(client::call_with_token(
+        &addr,
+        "POST",
+        &path,
+        token.as_deref(),
+    )) {
         Ok((200, body)) => {
             let state = serde_json::from_str::<serde_json::Value>(&body)
                 .ok()
@@ -552,18 +578,22 @@ fn init_logging(default: &str, format: &str) {
     }
 }
 
-/// Completes on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Completes on SIGTERM or Ctrl-C; the handlers are installed when this is called
+/// (inside the runtime), not when the future is first polled.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("install the SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install the SIGTERM handler");
+    #[cfg(unix)]
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .expect("install the SIGINT handler");
+    async move {
+        #[cfg(unix)]
         tokio::select! {
-            _ = ctrl_c => {}
+            _ = interrupt.recv() => {}
             _ = term.recv() => {}
         }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

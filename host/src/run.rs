@@ -70,7 +70,8 @@ pub async fn run_with(
     // The admin API answers from the start: live at once, ready once running.
     let view = Arc::new(HostView::new(&config, &backends));
     let admin = if config.admin.enabled {
-        Some(AdminServer::start(&config.admin.listen, view.clone()).await?)
+        let auth = crate::admin::auth::Auth::from_config(&config.admin)?;
+        Some(AdminServer::start(&config.admin.listen, auth, view.clone()).await?)
     } else {
         None
     };

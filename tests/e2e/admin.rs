@@ -341,3 +341,97 @@ async fn a_stalled_partition_turns_health_degraded_until_it_flows_again() {
     host.stop().await;
     assert_eq!(out.len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_token_guards_plugins_and_pause_resume_and_weir_sends_it() {
+    let Some(broker) = broker() else { return };
+    let files = HostFiles::echo(&broker.bootstrap(), "adminauth", "");
+    std::fs::write(files.dir.path().join("admin-token"), "s3cret-token\n").unwrap();
+    files.write_config(
+        &broker.bootstrap(),
+        "adminauth",
+        "token_file = \"admin-token\"",
+    );
+    let host = InProcessHost::start(files.load());
+    wait_ready(files.admin_port, "the host", String::new).await;
+    let addr = format!("127.0.0.1:{}", files.admin_port);
+
+    // Every route with no token, a wrong one and the right one: health and
+    // metrics are open by default, the rest needs the token.
+    for (method, path, open) in [
+        ("GET", "/health/live", true),
+        ("GET", "/health/ready", true),
+        ("GET", "/health", true),
+        ("GET", "/metrics", true),
+        ("GET", "/plugins", false),
+        ("GET", "/plugins/echo", false),
+        ("POST", "/plugins/echo/pause", false),
+        ("POST", "/plugins/echo/resume", false),
+    ] {
+        for token in [None, Some("wrong-token"), Some("s3cret-token")] {
+            let (code, body) = client::call_with_token(&addr, method, path, token)
+                .await
+                .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+            if open || token == Some("s3cret-token") {
+                assert_ne!(code, 401, "{method} {path} with {token:?}: {body}");
+            } else {
+                assert_eq!(code, 401, "{method} {path} with {token:?}: {body}");
+                assert!(body.contains("Authorization: Bearer"), "{body}");
+            }
+        }
+    }
+    let (_, metrics) = http(files.admin_port, "GET", "/metrics").await.unwrap();
+    for route in ["plugins", "control"] {
+        assert_eq!(
+            metric(
+                &metrics,
+                &format!("weir_admin_unauthorized_requests_total{{route=\"{route}\"}}")
+            ),
+            Some(4.0),
+            "{metrics}"
+        );
+    }
+    assert!(!metrics.contains("s3cret"));
+
+    // The CLI reads the token from the same config.
+    let (code, text) = weir(&files, &["pause", "echo"]).await;
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("echo: paused"), "{text}");
+    let (code, text) = weir(&files, &["resume", "echo"]).await;
+    assert_eq!(code, Some(0), "{text}");
+    let (code, text) = weir(&files, &["plugins"]).await;
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("as reported by the running host"), "{text}");
+    // A config with another token is refused, and says what to set.
+    std::fs::write(files.dir.path().join("admin-token"), "other\n").unwrap();
+    let (code, text) = weir(&files, &["pause", "echo"]).await;
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("needs the admin token"), "{text}");
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weir_run_refuses_an_open_admin_api_off_loopback_unless_told() {
+    let Some(broker) = broker() else { return };
+    let files = HostFiles::echo(&broker.bootstrap(), "adminopen", "");
+    let mut refused =
+        BinaryHost::start_with(&files, "open", &[("WEIR_ADMIN__LISTEN", "0.0.0.0:0")]);
+    assert_eq!(refused.wait(), Some(1), "{}", refused.log_text());
+    let log = refused.log_text();
+    assert!(
+        log.contains("reachable from other machines and no admin token is set")
+            && log.contains("allow_unauthenticated"),
+        "{log}"
+    );
+    let mut allowed = BinaryHost::start_with(
+        &files,
+        "allowed",
+        &[
+            ("WEIR_ADMIN__LISTEN", "0.0.0.0:0"),
+            ("WEIR_ADMIN__ALLOW_UNAUTHENTICATED", "true"),
+        ],
+    );
+    allowed.wait_for_log("admin API listening");
+    allowed.signal("TERM");
+    assert_eq!(allowed.wait(), Some(0), "{}", allowed.log_text());
+}

@@ -95,11 +95,20 @@ fn every_problem_is_named_with_its_file_and_line() {
     )
     .unwrap();
     let config = dir.path().join("weir.toml");
-    std::fs::write(&config, "[kafka]\nbootstrap_servers = \"broker:9092\"\n").unwrap();
+    // And an admin API open to other machines.
+    std::fs::write(
+        &config,
+        "[kafka]\nbootstrap_servers = \"broker:9092\"\n[admin]\nlisten = \"0.0.0.0:9464\"\n",
+    )
+    .unwrap();
 
     let (code, text) = config_check(&config);
     assert_eq!(code, Some(1), "{text}");
-    assert!(text.contains("4 problem(s):"), "{text}");
+    assert!(text.contains("5 problem(s):"), "{text}");
+    assert!(
+        text.contains("admin.listen = \"0.0.0.0:9464\" is reachable"),
+        "{text}"
+    );
     assert!(
         text.contains("echo.toml:4: limits.memroy: unknown field"),
         "{text}"

@@ -34,12 +34,28 @@ pub fn address(config: &Config) -> Result<String, String> {
 
 /// `method path` on the admin API at `addr`: the status code and the body.
 pub async fn call(addr: &str, method: &str, path: &str) -> Result<(u16, String), String> {
-    tokio::time::timeout(TIMEOUT, request(addr, method, path))
+    call_with_token(addr, method, path, None).await
+}
+
+/// [`call`] with `Authorization: Bearer <token>` when there is a token (the one of
+/// the config: `config.admin.resolved_token()`).
+pub async fn call_with_token(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> Result<(u16, String), String> {
+    tokio::time::timeout(TIMEOUT, request(addr, method, path, token))
         .await
         .map_err(|_| format!("the admin API at {addr} did not answer within 10 s"))?
 }
 
-async fn request(addr: &str, method: &str, path: &str) -> Result<(u16, String), String> {
+async fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> Result<(u16, String), String> {
     let stream = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| format!("no admin API at {addr} (is the host running?): {e}"))?;
@@ -47,10 +63,14 @@ async fn request(addr: &str, method: &str, path: &str) -> Result<(u16, String), 
         .await
         .map_err(|e| format!("admin API at {addr}: {e}"))?;
     tokio::spawn(connection);
-    let request = Request::builder()
+    let mut request = Request::builder()
         .method(method)
         .uri(path)
-        .header(hyper::header::HOST, addr)
+        .header(hyper::header::HOST, addr);
+    if let Some(token) = token {
+        request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request
         .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
     let response = sender

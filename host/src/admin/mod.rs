@@ -10,8 +10,10 @@
 //! | `GET /plugins`, `GET /plugins/{name}` | status, counters, in-flight events, partitions and lag |
 //! | `POST /plugins/{name}/pause`, `.../resume` | stop / restart fetching for that plugin (in-flight events finish; the consumer stays in its group) |
 //!
+//! With an admin token set, routes outside `[admin] open` need it: see [`auth`].
 //! No request waits on the supervisor: see [`view`].
 
+pub mod auth;
 pub mod client;
 pub mod metrics;
 pub mod view;
@@ -49,7 +51,11 @@ pub struct AdminServer {
 impl AdminServer {
     /// Bind `listen` and serve `view`. A bind failure is an error that says which
     /// key to change.
-    pub async fn start(listen: &str, view: Arc<HostView>) -> Result<AdminServer, String> {
+    pub async fn start(
+        listen: &str,
+        auth: auth::Auth,
+        view: Arc<HostView>,
+    ) -> Result<AdminServer, String> {
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
             format!(
                 "cannot listen on admin.listen = {listen:?}: {e}; set another address in \
@@ -57,11 +63,21 @@ impl AdminServer {
             )
         })?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let mut registry = metrics::registry(view.clone());
+        registry.register(
+            "weir_admin_unauthorized_requests",
+            "Admin API requests refused for a missing or wrong bearer token, by route group",
+            auth.refused.clone(),
+        );
+        let protected = auth.has_token();
         let state = AppState {
-            registry: Arc::new(metrics::registry(view.clone())),
+            registry: Arc::new(registry),
             view,
         };
-        let app = router(state);
+        let app = router(state).layer(axum::middleware::from_fn_with_state(
+            Arc::new(auth),
+            auth::layer,
+        ));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let served = axum::serve(listener, app)
@@ -73,7 +89,11 @@ impl AdminServer {
                 tracing::error!(error = %e, "admin API stopped");
             }
         });
-        tracing::info!(address = %format!("http://{addr}"), "admin API listening (/health, /metrics, /plugins)");
+        tracing::info!(
+            address = %format!("http://{addr}"),
+            token = if protected { "required" } else { "none" },
+            "admin API listening (/health, /metrics, /plugins)"
+        );
         Ok(AdminServer { addr, stop, task })
     }
 
@@ -332,7 +352,10 @@ mod tests {
             Default::default(),
         );
         let view = Arc::new(HostView::new(&config, &backends));
-        let e = AdminServer::start(&listen, view).await.err().unwrap();
+        let e = AdminServer::start(&listen, auth::Auth::open(), view)
+            .await
+            .err()
+            .unwrap();
         assert!(e.contains("admin.listen"), "{e}");
         assert!(e.contains("WEIR_ADMIN__LISTEN"), "{e}");
     }

@@ -1,0 +1,196 @@
+//! Who may call the admin API. With a token (`[admin] token_file`, or
+//! `WEIR_ADMIN__TOKEN`), every route outside the `[admin] open` groups (by default
+//! `health` and `metrics`) needs `Authorization: Bearer <token>`; pause and resume
+//! always do. A refused request is answered `401` and counted in
+//! `weir_admin_unauthorized_requests_total{route}`. Without a token the API is
+//! open, which `weir run` accepts only on a loopback address unless
+//! `allow_unauthenticated` says otherwise. The token is never logged.
+
+use crate::config::AdminConfig;
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+/// The route labels of the refusal counter.
+pub type RouteLabels = Vec<(String, String)>;
+
+/// The admin API's access rule (its `Debug` does not show the token).
+#[derive(Clone, Default)]
+pub struct Auth {
+    token: Option<String>,
+    open: BTreeSet<String>,
+    /// Refused requests per route group.
+    pub refused: Family<RouteLabels, Counter>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("open", &self.open)
+            .finish()
+    }
+}
+
+impl Auth {
+    /// The rule `[admin]` sets; an error when the API would be reachable from other
+    /// machines without a token and the operator did not opt out.
+    pub fn from_config(admin: &AdminConfig) -> Result<Auth, String> {
+        let token = admin.resolved_token()?;
+        if token.is_none() && !admin.allow_unauthenticated && !is_loopback(&admin.listen) {
+            return Err(format!(
+                "admin.listen = {:?} is reachable from other machines and no admin token is set: \
+                 anyone reaching the port could pause plugins. Set admin.token_file (or \
+                 WEIR_ADMIN__TOKEN), listen on 127.0.0.1, or accept it with \
+                 admin.allow_unauthenticated = true (WEIR_ADMIN__ALLOW_UNAUTHENTICATED=true)",
+                admin.listen
+            ));
+        }
+        Ok(Auth {
+            token,
+            open: admin.open.iter().cloned().collect(),
+            refused: Family::default(),
+        })
+    }
+
+    /// No token: every route open (tests, tools).
+    pub fn open() -> Auth {
+        Auth::default()
+    }
+
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
+    }
+
+    /// Whether a request for `path` with this `Authorization` header may pass.
+    fn allows(&self, path: &str, authorization: Option<&str>) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        let group = route_group(path);
+        if group != "control" && self.open.contains(group) {
+            return true;
+        }
+        authorization
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .is_some_and(|given| same(given.trim().as_bytes(), token.as_bytes()))
+    }
+}
+
+/// The `[admin] open` group a path belongs to; `control` for pause and resume.
+fn route_group(path: &str) -> &'static str {
+    if path == "/health" || path.starts_with("/health/") {
+        "health"
+    } else if path == "/metrics" {
+        "metrics"
+    } else if path.ends_with("/pause") || path.ends_with("/resume") {
+        "control"
+    } else {
+        "plugins"
+    }
+}
+
+/// Equal bytes, in a time that does not depend on where they differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `127.0.0.1:9464`, `[::1]:9464` and `localhost:9464` are loopback.
+fn is_loopback(listen: &str) -> bool {
+    match listen.parse::<std::net::SocketAddr>() {
+        Ok(addr) => addr.ip().is_loopback(),
+        Err(_) => listen
+            .rsplit_once(':')
+            .is_some_and(|(host, _)| host == "localhost"),
+    }
+}
+
+/// The middleware: pass, or `401` with `WWW-Authenticate: Bearer`, counted.
+pub async fn layer(State(auth): State<Arc<Auth>>, request: Request, next: Next) -> Response {
+    let path = request.uri().path().to_string();
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if auth.allows(&path, authorization) {
+        return next.run(request).await;
+    }
+    let group = route_group(&path);
+    auth.refused
+        .get_or_create(&vec![("route".to_string(), group.to_string())])
+        .inc();
+    tracing::warn!(
+        path,
+        "admin API request refused: missing or wrong bearer token"
+    );
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        Json(serde_json::json!({
+            "error": "this route needs the admin token: send `Authorization: Bearer <token>` \
+                      (weir pause/resume/plugins send the one of their config)"
+        })),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(token: Option<&str>, open: &[&str], listen: &str) -> Result<Auth, String> {
+        Auth::from_config(&AdminConfig {
+            listen: listen.into(),
+            token: token.map(|t| crate::config::Secret(t.into())),
+            open: open.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn without_a_token_only_loopback_is_accepted() {
+        assert!(auth(None, &[], "127.0.0.1:9464").is_ok());
+        assert!(auth(None, &[], "localhost:9464").is_ok());
+        let err = auth(None, &[], "0.0.0.0:9464").unwrap_err();
+        assert!(err.contains("allow_unauthenticated"), "{err}");
+        assert!(auth(Some("t"), &[], "0.0.0.0:9464").is_ok());
+    }
+
+    #[test]
+    fn routes_need_the_token_unless_open_and_control_always_does() {
+        let a = auth(
+            Some("s3cret"),
+            &["health", "metrics", "plugins"],
+            "127.0.0.1:1",
+        )
+        .unwrap();
+        assert!(a.allows("/health/ready", None));
+        assert!(a.allows("/metrics", None));
+        assert!(a.allows("/plugins", None));
+        assert!(!a.allows("/plugins/echo/pause", None));
+        assert!(!a.allows("/plugins/echo/pause", Some("Bearer wrong")));
+        assert!(!a.allows("/plugins/echo/pause", Some("s3cret")));
+        assert!(a.allows("/plugins/echo/resume", Some("Bearer s3cret")));
+        let closed = auth(Some("s3cret"), &[], "127.0.0.1:1").unwrap();
+        assert!(!closed.allows("/metrics", None));
+        assert!(closed.allows("/metrics", Some("Bearer s3cret")));
+    }
+
+    #[test]
+    fn the_token_is_not_in_debug_output() {
+        let a = auth(Some("s3cret"), &[], "127.0.0.1:1").unwrap();
+        let config = AdminConfig {
+            token: Some(crate::config::Secret("s3cret".into())),
+            ..Default::default()
+        };
+        assert!(!format!("{config:?}").contains("s3cret"));
+        assert!(!format!("{a:?}").contains("s3cret"));
+        assert!(a.has_token());
+    }
+}
