@@ -204,6 +204,7 @@ async fn health_metrics_status_and_pause_resume_through_the_admin_api() {
         metrics.contains("weir_consumer_lag{plugin=\"echo\",topic=\"adm-in\",partition=\""),
         "{metrics}"
     );
+    every_dashboard_metric_is_exported(&metrics);
 
     // Unknown plugins are a clear 404, and `weir pause` says so.
     let (code, body) = http(port, "POST", "/plugins/nope/pause").await.unwrap();
@@ -216,6 +217,40 @@ async fn health_metrics_status_and_pause_resume_through_the_admin_api() {
     let report = host.stop().await;
     assert_eq!(report.plugins["echo"].handled, 50);
     println!("admin: 50 events, 20 held while paused (lag 20), 50 outputs, 0 duplicates");
+}
+
+/// Every metric the Grafana dashboard (`examples/grafana/weir.json`) queries is a
+/// family the host declares in `/metrics`.
+fn every_dashboard_metric_is_exported(metrics: &str) {
+    let path = crate::support::workspace_root().join("examples/grafana/weir.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut queried = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(at) = rest.find("weir_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[at + name.len()..];
+                queried.insert(name);
+            }
+        }
+    }
+    assert!(queried.len() >= 15, "{queried:?}");
+    for name in &queried {
+        // A series name is its family's, plus a type suffix.
+        let family = ["_total", "_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(name);
+        assert!(
+            metrics.contains(&format!("# TYPE {family} ")),
+            "the dashboard queries {name}, which /metrics does not declare:\n{metrics}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -83,6 +83,9 @@ impl Auth {
     }
 }
 
+/// The route groups requests are counted by.
+pub const ROUTE_GROUPS: &[&str] = &["health", "metrics", "plugins", "control"];
+
 /// The `[admin] open` group a path belongs to; `control` for pause and resume.
 fn route_group(path: &str) -> &'static str {
     if path == "/health" || path.starts_with("/health/") {

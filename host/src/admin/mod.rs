@@ -64,6 +64,11 @@ impl AdminServer {
         })?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let mut registry = metrics::registry(view.clone());
+        // Every route group from the start at 0, so the series exist before a refusal.
+        for route in auth::ROUTE_GROUPS {
+            auth.refused
+                .get_or_create(&vec![("route".to_string(), route.to_string())]);
+        }
         registry.register(
             "weir_admin_unauthorized_requests",
             "Admin API requests refused for a missing or wrong bearer token, by route group",
