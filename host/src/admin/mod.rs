@@ -66,7 +66,8 @@ impl AdminServer {
         let mut registry = metrics::registry(view.clone());
         // Every route group from the start at 0, so the series exist before a refusal.
         for route in auth::ROUTE_GROUPS {
-            auth.refused
+            let _ = auth
+                .refused
                 .get_or_create(&vec![("route".to_string(), route.to_string())]);
         }
         registry.register(
