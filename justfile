@@ -75,6 +75,22 @@ s3:
     [ -x "{{ py }}/bin/pip" ] || python3 -m venv "{{ py }}"
     "{{ py }}/bin/pip" install -q 'moto[server]'
 
+# Install chromium and chromedriver from the OS packages, for the dashboard's browser test (one-time, about 1 min)
+chromium:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [ -n "${CHROMEDRIVER:-}" ] || { [ -x /usr/bin/chromedriver ] && [ -x /usr/bin/chromium ]; }; then
+      exit 0
+    fi
+    echo "Installing chromium and chromium-driver (Debian packages) for the dashboard's browser test. One-time, about 1 min."
+    sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+    if command -v apt-get >/dev/null \
+      && { $sudo apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 \
+           || { $sudo apt-get update -qq && $sudo apt-get install -y -qq chromium chromium-driver >/dev/null; }; }; then
+      exit 0
+    fi
+    echo "Could not install chromium: install chromium and its chromedriver (or set CHROMEDRIVER and CHROMIUM)."
+
 # Install componentize-py (PyPI) into ~/.cache/weir/py: it builds Python plugins (one-time, about 20 s)
 python:
     #!/usr/bin/env bash
@@ -113,7 +129,7 @@ invoke-demo: plugins host
     {{ weir }} invoke examples/plugins/envelope-router.wasm examples/events/item-events.jsonl
 
 # Run every test: unit, and end-to-end with real components, the real binary and a real broker
-test: plugins broker redis s3 python
+test: plugins broker redis s3 python chromium
     cargo test -p weir-host
 
 # Benchmarks: Weir beside a hand-written rdkafka consumer on one broker (first build: about 20 min; a run: a few minutes)

@@ -465,6 +465,7 @@ async fn list_plugins(config: &Config) -> Result<(String, Vec<PluginReport>), St
             partitions: vec![],
             lag: 0,
             backends: Default::default(),
+            last_error: None,
             status,
         })
         .collect();

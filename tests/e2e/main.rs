@@ -10,6 +10,7 @@ mod batch;
 mod compose;
 mod config_check;
 mod container;
+mod dashboard;
 mod faults;
 mod group;
 mod invoke_cli;

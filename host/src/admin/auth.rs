@@ -69,12 +69,12 @@ impl Auth {
     }
 
     /// Whether a request for `path` with this `Authorization` header may pass.
-    fn allows(&self, path: &str, authorization: Option<&str>) -> bool {
+    pub fn allows(&self, path: &str, authorization: Option<&str>) -> bool {
         let Some(token) = &self.token else {
             return true;
         };
         let group = route_group(path);
-        if group != "control" && self.open.contains(group) {
+        if group == "page" || (group != "control" && self.open.contains(group)) {
             return true;
         }
         authorization
@@ -88,7 +88,10 @@ pub const ROUTE_GROUPS: &[&str] = &["health", "metrics", "plugins", "control"];
 
 /// The `[admin] open` group a path belongs to; `control` for pause and resume.
 fn route_group(path: &str) -> &'static str {
-    if path == "/health" || path.starts_with("/health/") {
+    if path == "/" {
+        // The dashboard's page: it shows plugins only to who may read them.
+        "page"
+    } else if path == "/health" || path.starts_with("/health/") {
         "health"
     } else if path == "/metrics" {
         "metrics"

@@ -3,6 +3,7 @@
 //!
 //! | route | answers |
 //! | --- | --- |
+//! | `GET /` | the dashboard: a page listing the plugins, refreshed by polling `/plugins`, with pause/resume buttons |
 //! | `GET /health/live` | 200 while the process serves requests (liveness) |
 //! | `GET /health/ready` | 200 once the broker was reached and the plugins loaded; 503 while starting or stopping (readiness) |
 //! | `GET /health` | `Healthy`/`Degraded`/`Unhealthy` with a check each for kafka, cache, plugins, consumption, the backends' circuit breakers and the owned schedule partitions (seed 004's shape); 503 when unhealthy |
@@ -39,6 +40,7 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 struct AppState {
     view: Arc<HostView>,
     registry: Arc<Registry>,
+    auth: Arc<auth::Auth>,
 }
 
 /// A running admin server.
@@ -76,14 +78,13 @@ impl AdminServer {
             auth.refused.clone(),
         );
         let protected = auth.has_token();
+        let auth = Arc::new(auth);
         let state = AppState {
             registry: Arc::new(registry),
             view,
+            auth: auth.clone(),
         };
-        let app = router(state).layer(axum::middleware::from_fn_with_state(
-            Arc::new(auth),
-            auth::layer,
-        ));
+        let app = router(state).layer(axum::middleware::from_fn_with_state(auth, auth::layer));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let served = axum::serve(listener, app)
@@ -116,6 +117,7 @@ impl AdminServer {
 
 fn router(state: AppState) -> Router {
     Router::new()
+        .route("/", get(dashboard))
         .route("/health/live", get(|| async { "ok\n" }))
         .route("/health/ready", get(ready))
         .route("/health", get(health))
@@ -125,6 +127,65 @@ fn router(state: AppState) -> Router {
         .route("/plugins/{name}/pause", post(pause))
         .route("/plugins/{name}/resume", post(resume))
         .with_state(state)
+}
+
+/// The dashboard: every plugin with its state, version, lag, in-flight events,
+/// rates, last error and a pause/resume button; rendered here, then kept fresh by
+/// a little JavaScript polling `/plugins` (no build step, nothing fetched from
+/// elsewhere). Its rows are rendered only for who may read `/plugins`.
+async fn dashboard(State(s): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let (rows, message) = if s.auth.allows("/plugins", authorization) {
+        let rows: String = s
+            .view
+            .plugins()
+            .values()
+            .map(|v| dashboard_row(&v.report()))
+            .collect();
+        (rows, String::new())
+    } else {
+        (
+            String::new(),
+            "This host needs its admin token to show plugins: enter it above.".to_string(),
+        )
+    };
+    let page = include_str!("dashboard.html")
+        .replace("{{rows}}", &rows)
+        .replace("{{message}}", &escape(&message));
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response()
+}
+
+fn dashboard_row(r: &view::PluginReport) -> String {
+    let s = &r.status;
+    let error = r
+        .last_error
+        .as_ref()
+        .map(|e| format!("{} {}: {}", e.at, e.event, e.error))
+        .or_else(|| s.reason.clone())
+        .unwrap_or_default();
+    let action = if r.paused { "Resume" } else { "Pause" };
+    format!(
+        "<tr data-plugin=\"{name}\"><td class=\"name\">{name}</td><td class=\"state state-{state}\">{state}</td>\
+         <td>{hash}</td><td class=\"num lag\">{lag}</td><td class=\"num in-flight\">{in_flight}</td>\
+         <td class=\"num handled\">–</td><td class=\"num\">–</td><td class=\"num\">–</td>\
+         <td class=\"error\">{error}</td><td><button type=\"button\">{action}</button></td></tr>",
+        name = escape(&s.name),
+        state = escape(&s.state),
+        hash = escape(s.sha256.as_deref().map_or("–", |h| &h[..12.min(h.len())])),
+        lag = r.lag,
+        in_flight = r.in_flight,
+        error = escape(&error),
+    )
+}
+
+/// Text safe inside HTML.
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 async fn ready(State(s): State<AppState>) -> Response {

@@ -67,6 +67,9 @@ pub struct PluginReport {
     /// The circuit breaker of each backend it uses: closed, open, half-open.
     #[serde(default)]
     pub backends: BTreeMap<String, BreakerState>,
+    /// The newest failed attempt of an event (retried or dead-lettered), if any.
+    #[serde(default)]
+    pub last_error: Option<crate::pipeline::stats::LastError>,
 }
 
 impl PluginView {
@@ -93,6 +96,7 @@ impl PluginView {
             .map(|b| (b.backend().to_string(), b.state()))
             .collect();
         PluginReport {
+            last_error: self.stats.last_error(),
             backends,
             lag: partitions.iter().filter_map(|p| p.lag).sum(),
             in_flight: self.source.as_ref().map_or(0, |s| s.in_flight()),

@@ -269,6 +269,14 @@ impl Worker {
             }
             other => other,
         };
+        stats.note_failure(
+            ticket.event.coordinates().to_string(),
+            format!(
+                "{}: {}",
+                failure.label(),
+                failure.reason().unwrap_or_default()
+            ),
+        );
         let policy = self.policy();
         ticket.attempts += 1;
         let attempts = ticket.attempts.max(ticket.delivery_failures);

@@ -21,6 +21,19 @@ pub struct Stats {
     /// Time in the plugin per event (seconds), for `weir_handle_duration_seconds`;
     /// an event of a batch counts the batch's time divided by its size.
     pub durations: Histogram,
+    /// The newest failed attempt, for the admin API and the dashboard.
+    last_error: std::sync::Mutex<Option<LastError>>,
+}
+
+/// An event's failed attempt: when, which event, and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LastError {
+    /// RFC 3339.
+    pub at: String,
+    /// `topic/partition@offset`.
+    pub event: String,
+    /// `outcome: reason`.
+    pub error: String,
 }
 
 impl Default for Stats {
@@ -36,11 +49,24 @@ impl Default for Stats {
             calls: AtomicU64::default(),
             // 1 µs to about 4 s.
             durations: Histogram::new(exponential_buckets(0.000_001, 4.0, 12)),
+            last_error: Default::default(),
         }
     }
 }
 
 impl Stats {
+    /// Remember a failed attempt of `event` as the newest error.
+    pub fn note_failure(&self, event: String, error: String) {
+        let at = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some(LastError { at, event, error });
+        }
+    }
+
+    pub fn last_error(&self) -> Option<LastError> {
+        self.last_error.lock().ok().and_then(|l| l.clone())
+    }
+
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
             handled: self.handled.load(Ordering::Relaxed),
