@@ -489,6 +489,12 @@ impl std::fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
+    /// The sections of `weir.toml`: `WEIR_<SECTION>__<KEY>` overrides a key of one.
+    /// (Keep in step with [`Config`]'s fields; a unit test checks each is one.)
+    pub const SECTIONS: &'static [&'static str] = &[
+        "kafka", "topics", "plugins", "cache", "storage", "dlq", "shutdown", "admin", "breaker",
+    ];
+
     /// Load `path` with `WEIR_*` environment overrides; relative directories are
     /// resolved against the file's directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -500,7 +506,7 @@ impl Config {
         }
         let figment = Figment::new()
             .merge(Toml::file(path))
-            .merge(Env::prefixed("WEIR_").split("__"));
+            .merge(env_overrides());
         Self::from_figment(figment, path)
     }
 
@@ -790,6 +796,31 @@ fn check_template(
     Ok(())
 }
 
+/// The `WEIR_<SECTION>__<KEY>` variables of a known section. Any other `WEIR_*`
+/// variable is not Weir's: Kubernetes gives every pod `WEIR_SERVICE_HOST`,
+/// `WEIR_PORT`, `WEIR_PORT_9464_TCP`... for a Service named `weir`. Those are
+/// ignored (one debug line each); a misspelt key of a known section still stops
+/// the host with its precise message.
+pub fn env_overrides() -> Env {
+    Env::prefixed("WEIR_")
+        .filter(|key| {
+            let key = key.as_str();
+            let ours = key.split_once("__").is_some_and(|(section, _)| {
+                Config::SECTIONS
+                    .iter()
+                    .any(|s| s.eq_ignore_ascii_case(section))
+            });
+            if !ours {
+                tracing::debug!(
+                    variable = %format!("WEIR_{}", key.to_ascii_uppercase()),
+                    "ignored: not of the form WEIR_<SECTION>__<KEY> with a section of weir.toml"
+                );
+            }
+            ours
+        })
+        .split("__")
+}
+
 /// `kafka.consumer.session_timeout: invalid type ... (from WEIR_KAFKA__CONSUMER__SESSION_TIMEOUT)`
 fn describe_error(err: &figment::Error) -> String {
     let key = err.path.join(".");
@@ -822,6 +853,30 @@ mod tests {
             Figment::new().merge(Toml::string(toml)),
             Path::new("/etc/weir/weir.toml"),
         )
+    }
+
+    #[test]
+    fn the_sections_of_the_environment_overrides_are_the_configs() {
+        // An unknown top-level key makes serde list the real sections.
+        let err = load("[kafka]\nbootstrap_servers = \"b:9092\"\n[nope]\n").unwrap_err();
+        let listed: Vec<String> = err
+            .0
+            .split("one of ")
+            .nth(1)
+            .and_then(|rest| rest.split(" (from").next())
+            .unwrap_or_else(|| panic!("{err}"))
+            .split(',')
+            .map(|s| {
+                s.trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+                    .to_string()
+            })
+            .filter(|s| !s.is_empty())
+            .collect();
+        let mut sections: Vec<String> = Config::SECTIONS.iter().map(|s| s.to_string()).collect();
+        sections.sort();
+        let mut listed_sorted = listed.clone();
+        listed_sorted.sort();
+        assert_eq!(sections, listed_sorted, "from: {err}");
     }
 
     #[test]

@@ -470,3 +470,54 @@ async fn weir_run_refuses_an_open_admin_api_off_loopback_unless_told() {
     allowed.signal("TERM");
     assert_eq!(allowed.wait(), Some(0), "{}", allowed.log_text());
 }
+
+/// The variables Kubernetes gives every pod for a Service named `weir` exposing
+/// port 9464 (named `admin`).
+const KUBERNETES_SERVICE_ENV: &[(&str, &str)] = &[
+    ("WEIR_SERVICE_HOST", "10.96.12.34"),
+    ("WEIR_SERVICE_PORT", "9464"),
+    ("WEIR_SERVICE_PORT_ADMIN", "9464"),
+    ("WEIR_PORT", "tcp://10.96.12.34:9464"),
+    ("WEIR_PORT_9464_TCP", "tcp://10.96.12.34:9464"),
+    ("WEIR_PORT_9464_TCP_PROTO", "tcp"),
+    ("WEIR_PORT_9464_TCP_PORT", "9464"),
+    ("WEIR_PORT_9464_TCP_ADDR", "10.96.12.34"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_starts_beside_a_kubernetes_service_named_weir() {
+    let Some(broker) = broker() else { return };
+    let files = HostFiles::echo(&broker.bootstrap(), "k8s", "");
+    let port = weir_devkit::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut env = KUBERNETES_SERVICE_ENV.to_vec();
+    env.push(("WEIR_ADMIN__LISTEN", &listen));
+    env.push(("RUST_LOG", "info,weir_host::config=debug"));
+    let mut host = BinaryHost::start_with(&files, "k8s", &env);
+    wait_ready(port, "the host beside the Service's variables", || {
+        host.log_text()
+    })
+    .await;
+    assert!(
+        host.log_text().contains("variable=WEIR_PORT_9464_TCP_ADDR")
+            && host
+                .log_text()
+                .contains("ignored: not of the form WEIR_<SECTION>__<KEY>"),
+        "{}",
+        host.log_text()
+    );
+    host.signal("TERM");
+    assert_eq!(host.wait(), Some(0), "{}", host.log_text());
+
+    // A misspelt key of a known section still stops the host, and says which.
+    let mut env = KUBERNETES_SERVICE_ENV.to_vec();
+    env.push(("WEIR_KAFKA__BOOTSTRAP_SERVER", "broker:9092"));
+    let mut misspelt = BinaryHost::start_with(&files, "misspelt", &env);
+    assert_eq!(misspelt.wait(), Some(2), "{}", misspelt.log_text());
+    let log = misspelt.log_text();
+    assert!(
+        log.contains("unknown field: found `bootstrap_server`")
+            && log.contains("WEIR_KAFKA__BOOTSTRAP_SERVER"),
+        "{log}"
+    );
+}
