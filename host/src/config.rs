@@ -32,6 +32,32 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub breaker: BreakerConfig,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+}
+
+/// `[telemetry]`: OpenTelemetry traces, exported over OTLP/HTTP. Off by default.
+/// The standard variables apply too: `OTEL_EXPORTER_OTLP_ENDPOINT` (when
+/// `endpoint` is not set), `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_SERVICE_NAME`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    pub enabled: bool,
+    /// The collector's OTLP/HTTP base URL (`http://otel-collector:4318`); spans go
+    /// to `{endpoint}/v1/traces`.
+    pub endpoint: Option<String>,
+    /// `service.name` of the spans (`OTEL_SERVICE_NAME` wins).
+    pub service_name: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            enabled: false,
+            endpoint: None,
+            service_name: "weir".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -492,7 +518,16 @@ impl Config {
     /// The sections of `weir.toml`: `WEIR_<SECTION>__<KEY>` overrides a key of one.
     /// (Keep in step with [`Config`]'s fields; a unit test checks each is one.)
     pub const SECTIONS: &'static [&'static str] = &[
-        "kafka", "topics", "plugins", "cache", "storage", "dlq", "shutdown", "admin", "breaker",
+        "kafka",
+        "topics",
+        "plugins",
+        "cache",
+        "storage",
+        "dlq",
+        "shutdown",
+        "admin",
+        "breaker",
+        "telemetry",
     ];
 
     /// Load `path` with `WEIR_*` environment overrides; relative directories are

@@ -100,6 +100,22 @@ pub async fn check(path: &Path) -> CheckReport {
             "off".into()
         }
     );
+    let _ = writeln!(
+        out,
+        "  telemetry    {}",
+        if config.telemetry.enabled {
+            format!(
+                "traces over OTLP/HTTP to {}",
+                config
+                    .telemetry
+                    .endpoint
+                    .as_deref()
+                    .unwrap_or("OTEL_EXPORTER_OTLP_ENDPOINT or http://localhost:4318")
+            )
+        } else {
+            "off".into()
+        }
+    );
     if config.admin.enabled {
         if let Err(e) = crate::admin::auth::Auth::from_config(&config.admin) {
             report.problems.push(format!("{}: {e}", path.display()));

@@ -24,5 +24,6 @@ pub mod runtime;
 pub mod schedule_topic;
 pub mod status;
 pub mod storage_key;
+pub mod telemetry;
 pub mod topics;
 pub mod versions;

@@ -98,6 +98,8 @@ pub struct Supervisor {
     view: Arc<HostView>,
     /// This host's share of the schedule topic (`weir run`), once it exists.
     schedule_owner: Option<ScheduleOwner>,
+    /// Trace spans, when `[telemetry]` is on.
+    tracing: crate::telemetry::Tracing,
 }
 
 impl Supervisor {
@@ -109,7 +111,9 @@ impl Supervisor {
     ) -> Result<Supervisor, String> {
         let runtime = Runtime::with_compile_cache(config.plugins.cache_dir.clone())?;
         let existing_topics = crate::kafka::wait_for_broker(&config).await?;
+        let tracing = crate::telemetry::Tracing::start(&config.telemetry)?;
         let mut sup = Supervisor {
+            tracing,
             namer: config.namer()?,
             outputs: Outputs::new(&config)?,
             config,
@@ -354,6 +358,7 @@ impl Supervisor {
                 events: m.consumer.batch as usize,
                 bytes: 4 * 1024 * 1024,
             },
+            tracing: self.tracing.clone(),
         };
         let pipeline = Pipeline::start(
             &self.config,
@@ -514,6 +519,9 @@ impl Supervisor {
             let _ = tokio::task::spawn_blocking(move || owner.stop()).await;
         }
         write_status_file(&self.config.plugins.status_file, &[]);
+        // The provider's shutdown blocks while it exports what is buffered.
+        let tracing = self.tracing.clone();
+        let _ = tokio::task::spawn_blocking(move || tracing.shutdown()).await;
         report
     }
 }

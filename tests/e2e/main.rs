@@ -21,3 +21,4 @@ mod s3_storage;
 mod scale_out;
 mod seed_plugins;
 mod soak;
+mod telemetry;

@@ -379,6 +379,7 @@ mod tests {
             published,
             schedule: vec![],
             calls,
+            call_times: vec![],
             output: vec![],
             duration_us: 0,
         }

@@ -178,6 +178,8 @@ pub struct Ctx<'a> {
     pub backends: &'a Backends,
     effects: &'a mut EventEffects,
     record_calls: bool,
+    /// When this call began (only when calls are recorded).
+    started: Option<std::time::SystemTime>,
 }
 
 impl<'a> Ctx<'a> {
@@ -192,6 +194,7 @@ impl<'a> Ctx<'a> {
             backends,
             effects,
             record_calls,
+            started: record_calls.then(std::time::SystemTime::now),
         }
     }
 
@@ -204,6 +207,10 @@ impl<'a> Ctx<'a> {
     pub(crate) fn record(&mut self, call: impl FnOnce() -> CallRecord) {
         if self.record_calls {
             self.effects.calls.push(call());
+            let now = std::time::SystemTime::now();
+            self.effects
+                .call_times
+                .push((self.started.unwrap_or(now), now));
         }
     }
 
@@ -222,6 +229,8 @@ pub struct EventEffects {
     /// Where the event came from, for log lines.
     pub coordinates: Option<crate::event::Coordinates>,
     pub calls: Vec<CallRecord>,
+    /// When each recorded call began and ended (for trace spans).
+    pub call_times: Vec<(std::time::SystemTime, std::time::SystemTime)>,
     pub outbox: Vec<OutgoingMessage>,
     pub schedule: Vec<ScheduleChange>,
     /// `stdout: line` / `stderr: line`, when calls are recorded.

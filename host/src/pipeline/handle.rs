@@ -52,6 +52,8 @@ pub struct WorkerContext {
     pub stats: Arc<Stats>,
     pub stopping: watch::Receiver<bool>,
     pub limits: BatchLimits,
+    /// Spans per attempt, when telemetry is on.
+    pub tracing: crate::telemetry::Tracing,
 }
 
 /// The running workers of one plugin.
@@ -69,8 +71,11 @@ impl Workers {
             .into_iter()
             .map(|rx| {
                 let current = context.versions.current();
+                let mut plugin = current.plugin.instance();
+                // Spans are made from the call recording.
+                plugin.record_calls(context.tracing.enabled());
                 let worker = Worker {
-                    plugin: current.plugin.instance(),
+                    plugin,
                     generation: current.generation,
                     context: context.clone(),
                     lanes: Lanes::default(),
@@ -175,6 +180,7 @@ impl Worker {
         let current = self.context.versions.current();
         if current.generation != self.generation {
             self.plugin = current.plugin.instance();
+            self.plugin.record_calls(self.context.tracing.enabled());
             self.generation = current.generation;
         }
     }
@@ -224,6 +230,12 @@ impl Worker {
         stats
             .durations
             .observe(report.duration_us as f64 / 1_000_000.0);
+        let traceparent = self.context.tracing.attempt(
+            self.plugin.name(),
+            &ticket.event,
+            &report,
+            ticket.attempts + 1,
+        );
         let hard = matches!(
             report.outcome,
             Outcome::Trap(_) | Outcome::Timeout(_) | Outcome::OutOfMemory(_)
@@ -255,7 +267,9 @@ impl Worker {
                 ))
             }
             Outcome::Handled => {
-                match hand_over(&self.context, self.cloudevents(), &ticket, &report).await {
+                let cloudevents = self.cloudevents();
+                let trace = traceparent.as_deref();
+                match hand_over(&self.context, cloudevents, trace, &ticket, &report).await {
                     Ok(()) => {
                         stats.handled.fetch_add(1, Ordering::Relaxed);
                         stats
@@ -370,6 +384,7 @@ impl Worker {
 async fn hand_over(
     context: &WorkerContext,
     cloudevents: Option<String>,
+    traceparent: Option<&str>,
     ticket: &Ticket,
     report: &Report,
 ) -> Result<(), String> {
@@ -379,6 +394,7 @@ async fn hand_over(
             &ticket.event,
             &report.published,
             cloudevents.as_deref(),
+            traceparent,
             &ticket.ack,
         )
         .await?;

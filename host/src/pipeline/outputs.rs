@@ -174,10 +174,16 @@ impl Outputs {
         source: &EventRecord,
         messages: &[OutgoingMessage],
         cloudevents_source: Option<&str>,
+        traceparent: Option<&str>,
         ack: &Arc<EventAck>,
     ) -> Result<(), String> {
         for (i, m) in messages.iter().enumerate() {
             let mut headers = m.headers.clone();
+            // The event's own span, when traced, continues the trace (over the
+            // incoming traceparent, unless the plugin set one).
+            if let Some(tp) = traceparent {
+                set_default(&mut headers, "traceparent", tp.as_bytes().to_vec());
+            }
             for name in PROPAGATED_HEADERS {
                 if let Some(v) = source.header(name) {
                     set_default(&mut headers, name, v.to_vec());

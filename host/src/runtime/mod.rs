@@ -317,6 +317,9 @@ pub struct Report {
     pub schedule: Vec<ScheduleChange>,
     /// Capability calls, when call recording is on.
     pub calls: Vec<CallRecord>,
+    /// When each of `calls` began and ended.
+    #[serde(skip)]
+    pub call_times: Vec<(std::time::SystemTime, std::time::SystemTime)>,
     /// Lines the plugin wrote to stdout or stderr (`stdout: ...`), when call
     /// recording is on; they are always logged.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -472,6 +475,7 @@ impl Plugin {
             published: vec![],
             schedule: vec![],
             calls: vec![],
+            call_times: vec![],
             output: vec![],
             duration_us: started.elapsed().as_micros() as u64,
         })
@@ -629,6 +633,7 @@ fn finish_report(
         published,
         schedule,
         calls: effects.calls,
+        call_times: effects.call_times,
         output: effects.output,
         duration_us,
     }
