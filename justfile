@@ -91,16 +91,21 @@ chromium:
     fi
     echo "Could not install chromium: install chromium and its chromedriver (or set CHROMEDRIVER and CHROMIUM)."
 
-# Install componentize-py (PyPI) into ~/.cache/weir/py: it builds Python plugins (one-time, about 20 s)
+# Install componentize-py (builds Python plugins) and kubernetes-validate (checks examples/kubernetes) from PyPI into ~/.cache/weir/py (one-time, about 30 s)
 python:
     #!/usr/bin/env bash
     set -euo pipefail
-    if [ -n "${COMPONENTIZE_PY:-}" ] || [ -x "{{ py }}/bin/componentize-py" ] || command -v componentize-py >/dev/null; then
-      exit 0
+    want=()
+    if [ -z "${COMPONENTIZE_PY:-}" ] && [ ! -x "{{ py }}/bin/componentize-py" ] && ! command -v componentize-py >/dev/null; then
+      want+=("componentize-py=={{ componentize_py }}")
     fi
-    echo "Installing componentize-py (PyPI) into {{ py }}: it builds Python plugins. One-time, about 20 s."
+    if [ ! -x "{{ py }}/bin/kubernetes-validate" ] && ! command -v kubernetes-validate >/dev/null; then
+      want+=("kubernetes-validate==1.37.0")
+    fi
+    [ ${#want[@]} -eq 0 ] && exit 0
+    echo "Installing ${want[*]} (PyPI) into {{ py }}: Python plugins and the Kubernetes manifests' check. One-time, about 30 s."
     [ -x "{{ py }}/bin/pip" ] || python3 -m venv "{{ py }}"
-    "{{ py }}/bin/pip" install -q 'componentize-py=={{ componentize_py }}'
+    "{{ py }}/bin/pip" install -q "${want[@]}" pyyaml
 
 # Run a broker in the foreground on 127.0.0.1:9092, for `just run` (Ctrl-C stops it)
 broker-up: broker

@@ -69,6 +69,11 @@ pub struct KafkaConfig {
     /// (`security.protocol`, `sasl.mechanism`, `ssl.ca.location`...).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// librdkafka properties whose values are read from files, for secrets mounted
+    /// by the platform (`"sasl.password" = "/run/secrets/kafka/password"`; the
+    /// file's content, trailing newline removed). Relative to the config file.
+    #[serde(default)]
+    pub property_files: BTreeMap<String, PathBuf>,
     #[serde(default)]
     pub consumer: ConsumerConfig,
     #[serde(default)]
@@ -565,6 +570,9 @@ impl Config {
         if let Some(file) = &mut config.admin.token_file {
             paths.push(file);
         }
+        for file in config.kafka.property_files.values_mut() {
+            paths.push(file);
+        }
         for extra in &mut config.plugins.extra {
             paths.push(&mut extra.wasm);
             paths.push(&mut extra.manifest);
@@ -573,6 +581,18 @@ impl Config {
             if path.is_relative() {
                 *path = base.join(&*path);
             }
+        }
+        for (name, file) in &config.kafka.property_files {
+            let value = std::fs::read_to_string(file).map_err(|e| {
+                ConfigError(format!(
+                    "bad config {}: kafka.property_files.\"{name}\": {} cannot be read: {e}",
+                    path.display(),
+                    file.display()
+                ))
+            })?;
+            let value = value.strip_suffix('\n').unwrap_or(&value);
+            let value = value.strip_suffix('\r').unwrap_or(value).to_string();
+            config.kafka.properties.insert(name.clone(), value);
         }
         config.validate().map_err(|(key, why)| {
             ConfigError(format!("bad config {}: {key}: {why}", path.display()))
@@ -888,6 +908,30 @@ mod tests {
             Figment::new().merge(Toml::string(toml)),
             Path::new("/etc/weir/weir.toml"),
         )
+    }
+
+    #[test]
+    fn property_files_fill_properties_from_mounted_secrets() {
+        let dir = std::env::temp_dir().join(format!("weir-props-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("password"), "s3cret\n").unwrap();
+        let config = dir.join("weir.toml");
+        std::fs::write(
+            &config,
+            "[kafka]\nbootstrap_servers = \"b:9092\"\n[kafka.property_files]\n\"sasl.password\" = \"password\"\n",
+        )
+        .unwrap();
+        let c = Config::from_figment(Figment::new().merge(Toml::file(&config)), &config).unwrap();
+        assert_eq!(c.kafka.properties["sasl.password"], "s3cret");
+        std::fs::remove_file(dir.join("password")).unwrap();
+        let err =
+            Config::from_figment(Figment::new().merge(Toml::file(&config)), &config).unwrap_err();
+        assert!(
+            err.0.contains("kafka.property_files.\"sasl.password\""),
+            "{err}"
+        );
+        assert!(!err.0.contains("s3cret"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -73,6 +73,14 @@ pub async fn check(path: &Path) -> CheckReport {
         config.topics.template,
         namer.full_name("track-deletions")
     );
+    let _ = writeln!(
+        out,
+        "  consumers    group {}, static member id {}",
+        config.group_for("{plugin}"),
+        config
+            .instance_id_for("{plugin}")
+            .unwrap_or_else(|| "none (dynamic membership)".into())
+    );
     match (config.schedule_topic(), config.schedule_group()) {
         (Ok(topic), Ok(group)) => {
             let _ = writeln!(out, "  schedule     topic {topic}, group {group}");

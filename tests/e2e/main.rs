@@ -14,6 +14,7 @@ mod dashboard;
 mod faults;
 mod group;
 mod invoke_cli;
+mod kubernetes;
 mod pipeline;
 mod redis_cache;
 mod reload;
