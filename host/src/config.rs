@@ -270,6 +270,17 @@ pub struct ExtraPlugin {
     pub manifest: PathBuf,
 }
 
+impl ExtraPlugin {
+    /// The plugin's name: its manifest's file name without `.toml`.
+    pub fn name(&self) -> String {
+        self.manifest
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
 /// Which cache backend serves the `cache` capability.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -234,12 +234,7 @@ fn plugin_files(config: &Config, problems: &mut Vec<String>) -> Vec<(String, Pat
         }
     }
     for extra in &config.plugins.extra {
-        let name = extra
-            .manifest
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or_default()
-            .to_string();
+        let name = extra.name();
         found.push((name, extra.wasm.clone(), extra.manifest.clone()));
     }
     found

@@ -169,12 +169,7 @@ impl Supervisor {
     fn desired(&self) -> Result<Vec<PluginFiles>, String> {
         let mut found = discover(&self.config.plugins.dir)?;
         for extra in &self.config.plugins.extra {
-            let name = extra
-                .manifest
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or_default()
-                .to_string();
+            let name = extra.name();
             found.push(PluginFiles {
                 name,
                 wasm: extra.wasm.clone(),
@@ -570,17 +565,10 @@ pub async fn plugin_status(config: &Config) -> Result<(String, Vec<PluginStatus>
     let backends = Backends::local(&scratch)?;
     let mut list = Vec::new();
     let mut files = discover(&config.plugins.dir)?;
-    files.extend(config.plugins.extra.iter().map(|e| {
-        PluginFiles {
-            name: e
-                .manifest
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or_default()
-                .to_string(),
-            wasm: e.wasm.clone(),
-            manifest: e.manifest.clone(),
-        }
+    files.extend(config.plugins.extra.iter().map(|e| PluginFiles {
+        name: e.name(),
+        wasm: e.wasm.clone(),
+        manifest: e.manifest.clone(),
     }));
     for f in files {
         let loaded = match Manifest::load(&f.manifest) {

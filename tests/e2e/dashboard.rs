@@ -4,7 +4,7 @@
 //! consumption while another keeps going, Resume continues, nothing is lost.
 
 use crate::kafka_support::*;
-use crate::support::{required, wasm};
+use crate::support::required;
 use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -224,12 +224,7 @@ async fn the_dashboard_shows_the_plugins_and_pauses_and_resumes_one_with_a_click
     b.create_topics(&["dash-in", "dash-out", "dash-in2", "dash-out2"], 3)
         .await;
     let files = HostFiles::echo(&b.bootstrap(), "dash", "");
-    files.install(
-        "other",
-        &wasm("echo"),
-        "name = \"other\"\ntopics = [\"in2\"]\n[capabilities.cache]\n\
-         [capabilities.publish]\ntopics = [\"out2\"]\n[config]\noutput = \"out2\"\n",
-    );
+    files.install_echo_as("other", "in2", "out2");
     std::fs::write(files.dir.path().join("admin-token"), "dash-token\n").unwrap();
     files.write_config(&b.bootstrap(), "dash", "token_file = \"admin-token\"");
     let host = InProcessHost::start(files.load());

@@ -167,6 +167,19 @@ impl HostFiles {
         files
     }
 
+    /// Another copy of echo, as the plugin `name`, consuming `input` and
+    /// publishing to `output` (logical topics).
+    pub fn install_echo_as(&self, name: &str, input: &str, output: &str) {
+        self.install(
+            name,
+            &wasm("echo"),
+            &format!(
+                "name = \"{name}\"\ntopics = [\"{input}\"]\n[capabilities.cache]\n\
+                 [capabilities.publish]\ntopics = [\"{output}\"]\n[config]\noutput = \"{output}\"\n"
+            ),
+        );
+    }
+
     /// Put a plugin into the plugin directory.
     pub fn install(&self, name: &str, component: &std::path::Path, manifest: &str) {
         std::fs::copy(component, self.plugins().join(format!("{name}.wasm"))).unwrap();

@@ -4,7 +4,6 @@
 //! attempt (with its capability calls as children) → other's attempt.
 
 use crate::kafka_support::*;
-use crate::support::wasm;
 use axum::body::Bytes;
 use axum::routing::post;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -75,12 +74,7 @@ async fn a_trace_continues_through_two_plugins_and_their_capability_calls() {
     let b = &broker;
     b.create_topics(&["tr-in", "tr-out", "tr-out2"], 3).await;
     let files = HostFiles::echo(&b.bootstrap(), "tr", "");
-    files.install(
-        "other",
-        &wasm("echo"),
-        "name = \"other\"\ntopics = [\"out\"]\n[capabilities.cache]\n\
-         [capabilities.publish]\ntopics = [\"out2\"]\n[config]\noutput = \"out2\"\n",
-    );
+    files.install_echo_as("other", "out", "out2");
     files.write_config(
         &b.bootstrap(),
         "tr",

@@ -205,28 +205,27 @@ fn update_file(path: &PathBuf, lines: &[usize], observed: &[Expect]) -> Result<(
 /// JSON on one line, spaced as people write it: `{"key": "u1", "payload": {...}}`.
 fn one_line(value: &impl serde::Serialize) -> String {
     struct Spaced;
+    fn separator<W: ?Sized + Write>(w: &mut W, first: bool) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            w.write_all(b", ")
+        }
+    }
     impl serde_json::ser::Formatter for Spaced {
         fn begin_array_value<W: ?Sized + Write>(
             &mut self,
             w: &mut W,
             first: bool,
         ) -> std::io::Result<()> {
-            if first {
-                Ok(())
-            } else {
-                w.write_all(b", ")
-            }
+            separator(w, first)
         }
         fn begin_object_key<W: ?Sized + Write>(
             &mut self,
             w: &mut W,
             first: bool,
         ) -> std::io::Result<()> {
-            if first {
-                Ok(())
-            } else {
-                w.write_all(b", ")
-            }
+            separator(w, first)
         }
         fn begin_object_value<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
             w.write_all(b": ")
