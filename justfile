@@ -5,8 +5,7 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 target_dir := env_var_or_default("CARGO_TARGET_DIR", justfile_directory() / "target")
 wasm_dir := target_dir / "wasm32-wasip2" / "release"
 weir := target_dir / "debug" / "weir"
-nisshi_root := env_var("HOME") / ".cache" / "weir" / "nisshi"
-nisshi := nisshi_root / "bin" / "nisshi"
+kafka_root := env_var("HOME") / ".cache" / "weir" / "kafka"
 py := env_var("HOME") / ".cache" / "weir" / "py"
 # The componentize-py release the Python SDK is tested with (host/src/authoring/build.rs).
 componentize_py := "0.25.1"
@@ -35,17 +34,23 @@ host:
     @[ -x "{{ weir }}" ] || echo "Building the host; the first build compiles wasmtime and takes about 15 minutes on 2 cores..."
     cargo build -p weir-host
 
-# Install the nisshi broker into ~/.cache/weir/nisshi (one-time: 25 to 55 minutes on 2 cores)
-broker:
+# Install Apache Kafka's broker (jars from Maven Central, tests/devkit/kafka/pom.xml) into ~/.cache/weir/kafka (one-time, about 1 min)
+kafka:
     #!/usr/bin/env bash
     set -euo pipefail
-    if [ -n "${WEIR_KAFKA__BOOTSTRAP_SERVERS:-}" ] || [ -n "${NISSHI_BIN:-}" ] || command -v nisshi >/dev/null || [ -x "{{ nisshi }}" ]; then
-      exit 0
-    fi
-    echo "Installing the nisshi broker (Kafka protocol, for the demo and the tests) into {{ nisshi_root }}."
-    echo "This is a one-time build of 25 to 55 minutes on 2 cores; later runs reuse it."
-    rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
-    cargo +nightly install nisshi --version 0.8.1 --locked --root "{{ nisshi_root }}"
+    version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' tests/devkit/kafka/pom.xml)
+    libs="{{ kafka_root }}/libs"
+    [ -f "$libs/kafka_2.13-$version.jar" ] && exit 0
+    command -v java >/dev/null || { echo "Kafka needs Java 17 or newer: install a JDK (Debian: apt-get install openjdk-17-jre-headless)."; exit 1; }
+    command -v mvn >/dev/null || { echo "Installing Kafka needs Maven: install it (Debian: apt-get install maven)."; exit 1; }
+    echo "Installing Apache Kafka $version (the broker's jars and their dependencies, about 45 MB from Maven Central) into {{ kafka_root }}."
+    echo "One-time, about 1 minute; the demo, the tests and the bench start brokers from it."
+    started=$SECONDS
+    rm -rf "$libs.partial"
+    mvn -q -B -f tests/devkit/kafka/pom.xml dependency:copy-dependencies \
+      -DincludeScope=runtime -DoutputDirectory="$libs.partial"
+    rm -rf "$libs" && mv "$libs.partial" "$libs"
+    echo "Apache Kafka $version installed in $((SECONDS - started)) s: $(ls "$libs" | wc -l) jars in $libs"
 
 # Install redis-server from the OS packages, for the Redis cache tests (one-time, about 20 s)
 redis:
@@ -107,19 +112,26 @@ python:
     [ -x "{{ py }}/bin/pip" ] || python3 -m venv "{{ py }}"
     "{{ py }}/bin/pip" install -q "${want[@]}" pyyaml
 
-# Run a broker in the foreground on 127.0.0.1:9092, for `just run` (Ctrl-C stops it)
-broker-up: broker
-    mkdir -p {{ target_dir }}/broker-up
-    cd {{ target_dir }}/broker-up && {{ nisshi }} broker --listener-url tcp://127.0.0.1:9092 --advertised-listener-url tcp://127.0.0.1:9092 --storage-engine memory://nisshi/ --group-initial-rebalance-delay 0s
+# Run Apache Kafka (one KRaft node) in the foreground on 127.0.0.1:9092, for `just run` (Ctrl-C stops it; its data stays in target/broker-up)
+broker-up: kafka
+    cargo run -q -p weir-devkit --bin dev-kafka -- --port 9092 --dir {{ target_dir }}/broker-up
 
 # Run the host on examples/weir.toml (a broker must listen on 127.0.0.1:9092: `just broker-up`)
 run: plugins host
     {{ weir }} run --config examples/weir.toml
 
 # The demo: a local broker, the example plugins, the sample events, and what the host did
-demo: plugins broker
-    @[ -x "{{ weir }}" ] || echo "Building the host; the first build compiles wasmtime and librdkafka and takes about 15 minutes on 2 cores..."
-    cargo run -q -p weir-host --example demo
+demo: plugins
+    #!/usr/bin/env bash
+    set -euo pipefail
+    [ -n "${WEIR_KAFKA__BOOTSTRAP_SERVERS:-}" ] || "{{ just_executable() }}" kafka
+    if [ -x "{{ target_dir }}/debug/examples/demo" ]; then
+      cargo build -q -p weir-host --example demo
+    else
+      echo "Building the demo; the first build compiles wasmtime and librdkafka: about 15 minutes on 2 cores (cargo shows its progress)..."
+      cargo build -p weir-host --example demo
+    fi
+    "{{ target_dir }}/debug/examples/demo"
 
 # Each example plugin over its sample events with `weir invoke`: no broker needed
 invoke-demo: plugins host
@@ -134,11 +146,11 @@ invoke-demo: plugins host
     {{ weir }} invoke examples/plugins/envelope-router.wasm examples/events/item-events.jsonl
 
 # Run every test: unit, and end-to-end with real components, the real binary and a real broker
-test: plugins broker redis s3 python chromium
+test: plugins kafka redis s3 python chromium
     cargo test -p weir-host
 
 # Benchmarks: Weir beside a hand-written rdkafka consumer on one broker (first build: about 20 min; a run: a few minutes)
-bench *args: plugins broker
+bench *args: plugins kafka
     cargo build -q --profile dist -p weir-host --bin weir --example bench
     @# The Python track-deletions, for the per-language row (skipped without componentize-py).
     @{{ target_dir }}/dist/weir build plugins/track-deletions-py >/dev/null 2>&1 \
@@ -146,7 +158,7 @@ bench *args: plugins broker
     {{ target_dir }}/dist/examples/bench {{ args }}
 
 # The crash soak: 100 000 events through echo, the host SIGKILLed at 5 random moments (a few minutes)
-soak events="100000" kills="5": plugins broker
+soak events="100000" kills="5": plugins kafka
     SOAK_EVENTS={{ events }} SOAK_KILLS={{ kills }} cargo test -p weir-host --test e2e soak -- --nocapture
 
 # The local Debian base image weir-base:bookworm (debootstrap, once, about 1 min): no registry needed
@@ -180,18 +192,17 @@ image: plugins base
     docker build -q -t weir:dev "$ctx" 2>"$ctx/build.log" || { cat "$ctx/build.log"; exit 1; }
     echo "image weir:dev: $(docker image inspect weir:dev --format '{{{{.Size}}') bytes"
 
-# The images compose.yaml runs: weir:dev, and the broker, Redis and S3 server on the same base (first time a few minutes)
-compose-images: image broker
+# The images compose.yaml builds: weir:dev, and Redis and S3 on the same base (first time a few minutes); Kafka is the official apache/kafka image
+compose-images: image
     #!/usr/bin/env bash
     set -euo pipefail
     ctx="{{ target_dir }}/compose-context"
     rm -rf "$ctx" && mkdir -p "$ctx"
     cp examples/compose/* "$ctx/"
-    cp "{{ nisshi }}" "$ctx/nisshi"
     mkdir -p "$ctx/wheels"
-    for svc in broker:weir-nisshi redis:weir-redis s3:weir-s3; do
+    for svc in redis:weir-redis s3:weir-s3; do
       name=${svc%%:*} tag=${svc##*:}:dev
-      if [ "$name" = broker ] || ! docker image inspect "$tag" >/dev/null 2>&1; then
+      if ! docker image inspect "$tag" >/dev/null 2>&1; then
         if [ "$name" = s3 ]; then
           # Wheels for the image's Python (3.11, like Debian bookworm's), fetched here.
           python3 -m pip download -q -d "$ctx/wheels" --python-version 3.11 --only-binary=:all: 'moto[server]'
@@ -208,7 +219,7 @@ compose-test: compose-images
     TEST_COMPOSE=1 cargo test -p weir-host --test e2e compose -- --nocapture
 
 # Run the container image against a local broker: events handled, clean stop on SIGTERM
-image-test: image broker
+image-test: image kafka
     TEST_IMAGE=weir:dev cargo test -p weir-host --test e2e container -- --nocapture
 
 # Formatting and lints, as CI checks them

@@ -1,7 +1,7 @@
 //! `just bench`: Weir side by side with the consumer a team would write by hand,
 //! in one run, on one broker, over the same pre-produced events.
 //!
-//! 1. A local broker (nisshi, memory storage) and N keyed 1 KiB events on a
+//! 1. A local broker (Apache Kafka, one KRaft node) and N keyed 1 KiB events on a
 //!    3-partition topic (a `TrackDeletedEvent` padded to 1 KiB, which all three
 //!    plugins accept).
 //! 2. Throughput, each run in its own consumer group over the same events:
@@ -48,7 +48,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use weir_devkit::{BrokerStorage, DevBroker};
+use weir_devkit::DevBroker;
 use weir_host::capabilities::Backends;
 use weir_host::event::EventRecord;
 
@@ -377,8 +377,9 @@ impl Bench {
         name: &str,
         n: usize,
     ) -> Result<(DevBroker, Duration), String> {
-        let nisshi = weir_devkit::find_nisshi().ok_or("nisshi is not installed: `just broker`")?;
-        let broker = DevBroker::start(&nisshi, &self.work.join(name), BrokerStorage::Memory)?;
+        let kafka =
+            weir_devkit::find_kafka().ok_or("Apache Kafka is not installed: `just kafka`")?;
+        let broker = DevBroker::start(&kafka, &self.work.join(name))?;
         let bootstrap = broker.bootstrap();
         rt.block_on(weir_devkit::create_topics(
             &bootstrap,

@@ -1,8 +1,8 @@
 //! The Weir demo: a local broker, the example plugins, the sample events, and what
 //! the host did with them.
 //!
-//! `just demo` runs it. It starts a nisshi broker on a free port (or uses the one
-//! in `WEIR_KAFKA__BOOTSTRAP_SERVERS`), loads `examples/weir.toml` with its plugin
+//! `just demo` runs it. It starts Apache Kafka (one KRaft node) on a free port (or
+//! uses the broker in `WEIR_KAFKA__BOOTSTRAP_SERVERS`), loads `examples/weir.toml` with its plugin
 //! directory, seeds the cache with the presigned URLs the track-deletion events
 //! should invalidate, produces every sample event, waits until they are handled,
 //! prints the effects, and stops the host cleanly (drain, commit).
@@ -12,7 +12,7 @@ use figment::Figment;
 use std::path::Path;
 use std::time::Duration;
 use weir_devkit as devbroker;
-use weir_devkit::{BrokerStorage, DevBroker};
+use weir_devkit::DevBroker;
 use weir_host::capabilities::{Backends, CacheBackend, DeletionSchedule, MemoryCache};
 use weir_host::config::Config;
 use weir_host::pipeline::outputs::Outputs;
@@ -65,11 +65,19 @@ async fn demo() -> Result<(), String> {
             b
         }
         None => {
-            let binary = devbroker::find_nisshi()
-                .ok_or("the nisshi broker is not installed: run `just broker` (one-time), or set WEIR_KAFKA__BOOTSTRAP_SERVERS")?;
-            let broker = DevBroker::start(&binary, &work.join("broker"), BrokerStorage::Memory)?;
+            let kafka = devbroker::find_kafka()
+                .ok_or("Apache Kafka is not installed: run `just kafka` (one-time), or set WEIR_KAFKA__BOOTSTRAP_SERVERS")?;
+            println!(
+                "broker: starting Apache Kafka {} (one KRaft node)...",
+                devbroker::KAFKA_VERSION
+            );
+            let started = std::time::Instant::now();
+            let broker = DevBroker::start(&kafka, &work.join("broker"))?;
             let b = broker.bootstrap();
-            println!("broker: nisshi on {b}, started for this demo");
+            println!(
+                "broker: Apache Kafka on {b}, started for this demo in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
             _broker = Some(broker);
             b
         }
@@ -226,6 +234,10 @@ async fn demo() -> Result<(), String> {
             s.handled, s.dead_lettered, s.retries, s.published
         );
     }
+    // Every client goes before the broker, so none logs that its broker went away.
+    drop(sink);
+    drop(backends);
+    drop(_broker);
     let _ = std::fs::remove_dir_all(&work);
     println!("done.");
     Ok(())

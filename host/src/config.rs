@@ -34,6 +34,9 @@ pub struct Config {
     pub breaker: BreakerConfig,
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// This host's id (`{host_id}`), once `weir run` holds its host id file.
+    #[serde(skip)]
+    pub host_id: Option<String>,
 }
 
 /// `[telemetry]`: OpenTelemetry traces, exported over OTLP/HTTP. Off by default.
@@ -100,20 +103,28 @@ pub struct ConsumerConfig {
     pub commit_interval: Duration,
     /// Static group membership (`group.instance.id`): a host that restarts with
     /// the same id gets its partitions back at once instead of after
-    /// `session_timeout`. `{hostname}`, `{plugin}` and the `[topics]` variables
-    /// are available; every host of a group needs its own (a pod name, say).
-    /// Empty: dynamic membership. A host stopped for good keeps its partitions
-    /// until `session_timeout` has passed.
+    /// `session_timeout`. `{host_id}` (see `host_id_file`), `{hostname}`,
+    /// `{plugin}` and the `[topics]` variables are available; every host of a
+    /// group needs its own. Empty: dynamic membership. A host stopped for good
+    /// keeps its partitions until `session_timeout` has passed.
     pub instance_id: String,
+    /// Where this host keeps its id (`{host_id}`), relative to weir.toml: created
+    /// once as `{hostname}-{random}`, kept across restarts, and locked while the
+    /// host runs, so a second host on the same directory refuses to start rather
+    /// than share the first one's static member ids.
+    pub host_id_file: PathBuf,
     /// A partition with lag and no progress for this long (not paused by an
     /// operator) is reported: logged, and `/health` turns `Degraded`. `0s`: never.
     #[serde(with = "humantime_serde")]
     pub stall_timeout: Duration,
     pub fetch_max_bytes: u32,
     pub max_partition_fetch_bytes: u32,
-    /// Longest a fetch waits for records (`fetch.wait.max.ms`). Kafka answers as
-    /// soon as records arrive, so a longer wait only saves idle requests; some
-    /// brokers (nisshi) hold every fetch for the whole wait, which is latency.
+    /// Longest a fetch waits for records (`fetch.wait.max.ms`). Kafka answers a
+    /// fetch as soon as records arrive, so while records flow the wait costs no
+    /// latency; when they do not, it bounds how many requests an idle consumer
+    /// makes (10 a second per broker at 100 ms) and how long a partition that was
+    /// just resumed (backpressure, an operator's resume) waits behind another
+    /// partition's long poll on the same broker.
     #[serde(with = "humantime_serde")]
     pub fetch_wait: Duration,
     /// How much librdkafka reads ahead per consumer (`queued.max.messages.kbytes`),
@@ -133,12 +144,13 @@ impl Default for ConsumerConfig {
             session_timeout: Duration::from_secs(45),
             max_poll_interval: Duration::from_secs(300),
             commit_interval: Duration::from_millis(100),
-            instance_id: "{hostname}-{plugin}".into(),
+            instance_id: "{host_id}-{plugin}".into(),
+            host_id_file: PathBuf::from("data/host-id"),
             stall_timeout: Duration::from_secs(60),
             fetch_max_bytes: 52_428_800,
             max_partition_fetch_bytes: 1_048_576,
             prefetch_max_bytes: bytesize::ByteSize::mib(8),
-            fetch_wait: Duration::from_millis(10),
+            fetch_wait: Duration::from_millis(100),
             lag_interval: Duration::from_secs(5),
         }
     }
@@ -577,6 +589,7 @@ impl Config {
             &mut config.plugins.cache_dir,
             &mut config.plugins.status_file,
             &mut config.storage.dir,
+            &mut config.kafka.consumer.host_id_file,
         ];
         if let Some(file) = &mut config.admin.token_file {
             paths.push(file);
@@ -648,7 +661,7 @@ impl Config {
         check_template(&self.dlq.template, "topic", &self.topics.vars)
             .map_err(|e| ("dlq.template".into(), e))?;
         check_template(
-            &self.kafka.consumer.instance_id,
+            &self.kafka.consumer.instance_id.replace("{host_id}", ""),
             "hostname",
             &self.topics.vars,
         )
@@ -777,9 +790,14 @@ impl Config {
         if template.is_empty() {
             return None;
         }
+        let host_id = self.host_id.as_deref().unwrap_or("{host_id}");
         Some(fill(
             template,
-            &[("plugin", plugin), ("hostname", &hostname())],
+            &[
+                ("plugin", plugin),
+                ("hostname", &hostname()),
+                ("host_id", host_id),
+            ],
             &self.topics.vars,
         ))
     }

@@ -73,11 +73,28 @@ pub async fn check(path: &Path) -> CheckReport {
         config.topics.template,
         namer.full_name("track-deletions")
     );
+    // The host id as `weir run` would use it: the file's, once a host created it.
+    let mut with_id = config.clone();
+    let id_file = &config.kafka.consumer.host_id_file;
+    let id_note = if !config.kafka.consumer.instance_id.contains("{host_id}") {
+        String::new()
+    } else {
+        match std::fs::read_to_string(id_file) {
+            Ok(text) if !text.trim().is_empty() => {
+                with_id.host_id = Some(text.trim().to_string());
+                format!(" (host id from {})", id_file.display())
+            }
+            _ => format!(
+                " (the host id is created at the first run in {})",
+                id_file.display()
+            ),
+        }
+    };
     let _ = writeln!(
         out,
-        "  consumers    group {}, static member id {}",
+        "  consumers    group {}, static member id {}{id_note}",
         config.group_for("{plugin}"),
-        config
+        with_id
             .instance_id_for("{plugin}")
             .unwrap_or_else(|| "none (dynamic membership)".into())
     );

@@ -386,6 +386,16 @@ impl Supervisor {
             )
             .await?;
             self.existing_topics.insert(topic.clone());
+        } else {
+            // A schedule topic that deletes old records would lose pending
+            // deletions; one that is neither compacted nor deleted grows for ever.
+            let policy =
+                crate::kafka::topic_setting(&self.config, &topic, "cleanup.policy").await?;
+            if let Some(policy) = policy.filter(|p| !p.split(',').any(|x| x.trim() == "compact")) {
+                return Err(format!(
+                    "the schedule topic {topic} has cleanup.policy={policy}: it must be compacted, or pending deletions are lost when old segments are deleted (set it: kafka-configs.sh --alter --entity-type topics --entity-name {topic} --add-config cleanup.policy=compact)"
+                ));
+            }
         }
         self.schedule_owner = Some(ScheduleOwner::start(
             &self.config,

@@ -63,10 +63,20 @@ pub const DEBOUNCE: Duration = Duration::from_millis(300);
 
 /// [`run`] with given capability backends (to share them with the caller).
 pub async fn run_with(
-    config: Config,
+    mut config: Config,
     backends: Backends,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunReport, String> {
+    // The static member ids are this host's own: its id file is held (locked)
+    // until the host stops.
+    let _host_id = if config.kafka.consumer.instance_id.contains("{host_id}") {
+        let id = crate::host_id::HostId::acquire(&config.kafka.consumer.host_id_file)?;
+        tracing::info!(host_id = %id.id(), file = %id.path().display(), "host id");
+        config.host_id = Some(id.id().to_string());
+        Some(id)
+    } else {
+        None
+    };
     // The admin API answers from the start: live at once, ready once running.
     let view = Arc::new(HostView::new(&config, &backends));
     let admin = if config.admin.enabled {

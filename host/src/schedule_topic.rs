@@ -5,9 +5,11 @@
 //! topic sent with the event's other outputs (key `{plugin}/{object key}`, the
 //! entry as JSON, a tombstone to cancel or once done). Every host joins the
 //! schedule group (`storage.schedule_group`) with one consumer: the owner of a
-//! partition reads it from its start (offsets are never committed), so it
-//! works on brokers that do not compact (on Kafka, the topic is created with
-//! `cleanup.policy=compact`). Once it has read the partition up to its end as
+//! partition reads it from its start (offsets are never committed). The topic is
+//! created with `cleanup.policy=compact` (a host refuses to start on a schedule
+//! topic that is not compacted): the broker's cleaner drops the entries that a
+//! later record of the same key replaced or a tombstone cancelled, so what is read
+//! is bounded by the pending deletions, not by history. Once it has read the partition up to its end as
 //! of the assignment, it carries out that partition's deletions when due and
 //! writes their tombstones. When a host dies, the group hands its partitions to
 //! a survivor, which reads them again and keeps the promises.
@@ -85,7 +87,10 @@ impl ScheduleOwner {
             .set("client.id", "weir-schedule")
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false")
+            // The end of a compacted partition may hold no record (the cleaner
+            // removed old tombstones; transaction markers): its EOF tells the
+            // owner it has read everything.
+            .set("enable.partition.eof", "true")
             .set(
                 "session.timeout.ms",
                 consumer_cfg.session_timeout.as_millis().to_string(),
@@ -154,6 +159,7 @@ fn follow(
         }
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => schedule.reached_end(p),
             Some(Err(e)) => tracing::warn!(topic, error = %e, "reading the schedule topic"),
             Some(Ok(m)) => {
                 let change = match ScheduleChange::from_record(m.key(), m.payload()) {

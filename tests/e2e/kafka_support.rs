@@ -1,4 +1,5 @@
-//! Harness for the pipeline tests: a real broker per test, topics, producing and
+//! Harness for the pipeline tests: a real Apache Kafka (one shared per test
+//! binary, or a test's own when it stops the broker), topics, producing and
 //! reading records, and hosts (in-process, or the real `weir` binary).
 
 use crate::support::wasm;
@@ -6,54 +7,128 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-use weir_devkit::{find_nisshi, BrokerStorage, DevBroker};
+use weir_devkit::{find_kafka, DevBroker, KafkaInstall};
 use weir_host::reload::{read_status_file, PluginStatus};
 
 /// Generous bound for waits, so a broken build fails instead of hanging.
 pub const PATIENCE: Duration = Duration::from_secs(90);
 
+/// A Kafka broker for a test: the one this test binary shares, or one of its own.
 pub struct TestBroker {
-    pub broker: DevBroker,
-    /// The broker's working directory, removed with it.
-    pub _dir: tempfile::TempDir,
+    bootstrap: String,
+    /// A broker of the test's own (it may stop or restart it); `None` when shared.
+    own: Option<DevBroker>,
+    /// The own broker's directory, removed with it.
+    _dir: Option<tempfile::TempDir>,
 }
 
-/// The nisshi binary, or `None` (the caller skips its test, and this says so) when
-/// it is not installed. Under CI (`CI=true`) a missing broker fails the test.
-pub fn nisshi() -> Option<PathBuf> {
+/// Java and Kafka's jars, or `None` (the caller skips its test, and this says so)
+/// when they are not installed. Under CI (`CI=true`) a missing broker fails the test.
+pub fn kafka() -> Option<KafkaInstall> {
+    let found = find_kafka();
     crate::support::required(
-        find_nisshi(),
-        "the nisshi broker",
-        "`just broker` installs it (see ../shared/broker.md)",
-    )
+        found.as_ref().map(|k| k.libs.clone()),
+        "Apache Kafka",
+        "`just kafka` installs it into ~/.cache/weir/kafka (tests/devkit/kafka/README.md)",
+    )?;
+    found
 }
 
-/// A broker for one test, or `None` (the test is skipped with a message) when nisshi
-/// is not installed. Under CI (`CI=true`) a missing broker fails the test.
+/// The single-node broker every test of this binary that does not stop the broker
+/// shares (each test uses its own topic prefix, hence its own topics and groups),
+/// or `None` when Kafka is not installed (see [`kafka`]). It is started by the
+/// first test that asks and dies with the test binary.
 pub fn broker() -> Option<TestBroker> {
-    let binary = nisshi()?;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let broker = DevBroker::start(&binary, &dir.path().join("broker"), BrokerStorage::Memory)
-        .unwrap_or_else(|e| panic!("{e}"));
-    Some(TestBroker { broker, _dir: dir })
+    static SHARED: OnceLock<Result<String, String>> = OnceLock::new();
+    static BROKER: OnceLock<std::sync::Mutex<DevBroker>> = OnceLock::new();
+    let install = kafka()?;
+    let bootstrap = SHARED.get_or_init(|| {
+        let dir = shared_broker_dir();
+        let broker = DevBroker::start(&install, &dir)?;
+        let bootstrap = broker.bootstrap();
+        let _ = BROKER.set(std::sync::Mutex::new(broker));
+        Ok(bootstrap)
+    });
+    let bootstrap = bootstrap.clone().unwrap_or_else(|e| panic!("{e}"));
+    Some(TestBroker {
+        bootstrap,
+        own: None,
+        _dir: None,
+    })
 }
 
-/// A broker keeping its data in SQLite, so it can be killed and restarted (see
-/// [`broker`] for when it is `None`).
-pub fn durable_broker() -> Option<TestBroker> {
-    let binary = nisshi()?;
+/// The shared broker's directory: one per test process, under the temp dir; the
+/// directories of earlier processes that are gone are removed.
+fn shared_broker_dir() -> PathBuf {
+    let tmp = std::env::temp_dir();
+    if let Ok(entries) = std::fs::read_dir(&tmp) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix("weir-e2e-kafka-") {
+                if !Path::new("/proc").join(pid).exists() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+    }
+    tmp.join(format!("weir-e2e-kafka-{}", std::process::id()))
+}
+
+/// A broker of the test's own, which it may kill and restart (its data survives a
+/// restart); see [`kafka`] for when it is `None`.
+pub fn own_broker() -> Option<TestBroker> {
+    let install = kafka()?;
     let dir = tempfile::tempdir().expect("temp dir");
-    let broker = DevBroker::start(&binary, dir.path(), BrokerStorage::Sqlite("weir.db".into()))
+    let broker =
+        DevBroker::start(&install, &dir.path().join("broker")).unwrap_or_else(|e| panic!("{e}"));
+    Some(TestBroker {
+        bootstrap: broker.bootstrap(),
+        own: Some(broker),
+        _dir: Some(dir),
+    })
+}
+
+/// A broker of the test's own started on `port` (where a host already looks).
+pub fn own_broker_on(port: u16) -> Option<TestBroker> {
+    let install = kafka()?;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = DevBroker::start_on(&install, &dir.path().join("broker"), port)
         .unwrap_or_else(|e| panic!("{e}"));
-    Some(TestBroker { broker, _dir: dir })
+    Some(TestBroker {
+        bootstrap: broker.bootstrap(),
+        own: Some(broker),
+        _dir: Some(dir),
+    })
 }
 
 impl TestBroker {
     pub fn bootstrap(&self) -> String {
-        self.broker.bootstrap()
+        self.bootstrap.clone()
+    }
+
+    fn own(&mut self) -> &mut DevBroker {
+        self.own
+            .as_mut()
+            .expect("the shared broker cannot be stopped: use own_broker()")
+    }
+
+    /// Kill the broker (SIGKILL) and start it again on its port and data.
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.own().restart()
+    }
+
+    /// Kill the broker (SIGKILL); its data stays.
+    pub fn stop(&mut self) {
+        self.own().stop();
+    }
+
+    /// Start a stopped broker again.
+    pub fn start_again(&mut self) -> Result<(), String> {
+        self.own().start_again()
     }
 
     fn client(&self) -> ClientConfig {
@@ -290,10 +365,15 @@ impl BinaryHost {
             .args(["run", "--config", files.config().to_str().unwrap()])
             .env("RUST_LOG", "info")
             // Several binaries may share one config: each gets its own admin port,
-            // and its own host name (the default static group membership id is
-            // "{hostname}-{plugin}", as it is for hosts on different machines).
+            // host name and host id file (the default static group membership id
+            // is "{host_id}-{plugin}", as it is for hosts on different machines);
+            // a host restarted under the same name keeps its id.
             .env("WEIR_ADMIN__LISTEN", "127.0.0.1:0")
             .env("HOSTNAME", name)
+            .env(
+                "WEIR_KAFKA__CONSUMER__HOST_ID_FILE",
+                files.dir.path().join(format!("hosts/{name}/host-id")),
+            )
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())

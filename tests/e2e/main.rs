@@ -20,6 +20,7 @@ mod redis_cache;
 mod reload;
 mod s3_storage;
 mod scale_out;
+mod schedule_topic;
 mod seed_plugins;
 mod soak;
 mod telemetry;

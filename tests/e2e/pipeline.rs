@@ -362,22 +362,16 @@ async fn two_hosts_share_a_group_and_the_survivor_takes_over() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_started_before_its_broker_waits_and_then_consumes() {
-    let Some(binary) = nisshi() else { return };
+    if kafka().is_none() {
+        return;
+    }
     let port = weir_devkit::free_port();
     let bootstrap = format!("127.0.0.1:{port}");
     let files = HostFiles::echo(&bootstrap, "late", "");
     let host = BinaryHost::start(&files, "host");
     host.wait_for_log("broker not reachable; retrying");
 
-    let dir = tempfile::tempdir().unwrap();
-    let broker = weir_devkit::DevBroker::start_on(
-        &binary,
-        dir.path(),
-        weir_devkit::BrokerStorage::Memory,
-        port,
-    )
-    .unwrap();
-    let b = TestBroker { broker, _dir: dir };
+    let b = own_broker_on(port).expect("Kafka is installed");
     host.wait_for_log("weir is running");
     let producer = b.producer();
     for i in 0..5 {
@@ -483,7 +477,7 @@ async fn dlq_replay_brings_dead_letters_back_to_their_topic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_host_recovers_when_the_broker_restarts() {
-    let Some(mut b) = durable_broker() else {
+    let Some(mut b) = own_broker() else {
         return;
     };
     topics(&b, "crash").await;
@@ -503,7 +497,7 @@ async fn the_host_recovers_when_the_broker_restarts() {
     drop(producer);
 
     // The broker dies and comes back on the same port and storage.
-    b.broker.restart().unwrap();
+    b.restart().unwrap();
     let producer = b.producer();
     for i in 20..40 {
         produce(
@@ -564,7 +558,7 @@ async fn a_producer_that_failed_fatally_is_replaced_and_later_sends_go_through()
 /// the broker is back, nothing is lost, and the duplicates are counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undelivered_outputs_rewind_their_partitions_and_nothing_is_lost() {
-    let Some(mut b) = durable_broker() else {
+    let Some(mut b) = own_broker() else {
         return;
     };
     topics(&b, "rewind").await;
@@ -590,9 +584,9 @@ async fn undelivered_outputs_rewind_their_partitions_and_nothing_is_lost() {
     });
     futures::future::join_all(sends).await;
     drop(producer);
-    b.broker.stop();
+    b.stop();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    b.broker.restart().unwrap();
+    b.start_again().unwrap();
 
     let out = b.read("rewind-out", n);
     let report = host.stop().await;

@@ -263,6 +263,20 @@ impl DeletionSchedule {
         }
     }
 
+    /// The consumer reached the end of an owned partition (librdkafka's
+    /// partition EOF, which counts offsets that hold no record for the consumer:
+    /// records the cleaner compacted away, transaction markers). Everything up to
+    /// its end as of assignment has been read.
+    pub fn reached_end(&self, partition: i32) {
+        if let Some(mut parts) = self.partitions() {
+            if let Some(p) = parts.get_mut(&partition) {
+                if let Some(end) = p.end {
+                    p.next = p.next.max(end);
+                }
+            }
+        }
+    }
+
     /// What this host holds of the schedule topic, partition by partition.
     pub fn owned(&self) -> Vec<PartitionStatus> {
         self.partitions()

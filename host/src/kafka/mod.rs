@@ -96,8 +96,8 @@ pub async fn ensure_topics(
 }
 
 /// [`ensure_topics`], creating the missing ones with these topic settings
-/// (`cleanup.policy`...). A broker that refuses a setting gets the topic without
-/// it, with a warning.
+/// (`cleanup.policy`...). A broker that refuses a setting is an error that names
+/// it: the topic is not created without it.
 pub async fn ensure_topics_with(
     config: &Config,
     existing: &BTreeSet<String>,
@@ -117,47 +117,73 @@ pub async fn ensure_topics_with(
     let admin: AdminClient<DefaultClientContext> = base_config(config)
         .create()
         .map_err(|e| format!("cannot create the admin client: {e}"))?;
-    let mut settings = settings;
-    loop {
-        let new: Vec<NewTopic> = missing
-            .iter()
-            .map(|t| {
-                settings.iter().fold(
-                    NewTopic::new(
-                        t,
-                        create.partitions,
-                        TopicReplication::Fixed(create.replication),
-                    ),
-                    |topic, (k, v)| topic.set(k, v),
-                )
-            })
-            .collect();
-        let results = admin
-            .create_topics(
-                &new,
-                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+    let new: Vec<NewTopic> = missing
+        .iter()
+        .map(|t| {
+            settings.iter().fold(
+                NewTopic::new(
+                    t,
+                    create.partitions,
+                    TopicReplication::Fixed(create.replication),
+                ),
+                |topic, (k, v)| topic.set(k, v),
             )
-            .await
-            .map_err(|e| format!("cannot create topics: {e}"))?;
-        let mut refused = None;
-        for r in results {
-            match r {
-                Ok(name) => {
-                    tracing::info!(topic = %name, partitions = create.partitions, settings = ?settings, "created topic")
-                }
-                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((name, code)) if !settings.is_empty() => refused = Some((name, code)),
-                Err((name, code)) => return Err(format!("cannot create topic {name}: {code}")),
+        })
+        .collect();
+    let results = admin
+        .create_topics(
+            &new,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .map_err(|e| format!("cannot create topics: {e}"))?;
+    for r in results {
+        match r {
+            Ok(name) => {
+                tracing::info!(topic = %name, partitions = create.partitions, settings = ?settings, "created topic")
             }
-        }
-        match refused {
-            None => return Ok(()),
-            Some((name, code)) => {
-                tracing::warn!(topic = %name, settings = ?settings, error = %code, "the broker refused the topic settings; creating it without them");
-                settings = &[];
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) if !settings.is_empty() => {
+                return Err(format!(
+                    "the broker refused to create topic {name} with {}: {code} (create it by hand with these settings, or use a broker that supports them)",
+                    settings
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
             }
+            Err((name, code)) => return Err(format!("cannot create topic {name}: {code}")),
         }
     }
+    Ok(())
+}
+
+/// The value of one setting of an existing topic (DescribeConfigs), or `None`
+/// when the broker does not report it.
+pub async fn topic_setting(
+    config: &Config,
+    topic: &str,
+    name: &str,
+) -> Result<Option<String>, String> {
+    use rdkafka::admin::ResourceSpecifier;
+    let admin: AdminClient<DefaultClientContext> = base_config(config)
+        .create()
+        .map_err(|e| format!("cannot create the admin client: {e}"))?;
+    let results = admin
+        .describe_configs(
+            &[ResourceSpecifier::Topic(topic)],
+            &AdminOptions::new().request_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .map_err(|e| format!("cannot read the settings of topic {topic}: {e}"))?;
+    for r in results {
+        let resource = r.map_err(|e| format!("cannot read the settings of topic {topic}: {e}"))?;
+        if let Some(entry) = resource.get(name) {
+            return Ok(entry.value.clone());
+        }
+    }
+    Ok(None)
 }
 
 /// Visit every record of `topic` up to its end as of now (all partitions, from
@@ -171,7 +197,9 @@ pub fn read_to_end(
 ) -> Result<u64, String> {
     cfg.set("group.id", group)
         .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false");
+        // A partition's last offsets may hold no record (compacted away, or
+        // transaction markers): its EOF ends it.
+        .set("enable.partition.eof", "true");
     let consumer: BaseConsumer = cfg.create().map_err(|e| e.to_string())?;
     let timeout = Duration::from_secs(10);
     let md = consumer
@@ -210,6 +238,10 @@ pub fn read_to_end(
         }
         match consumer.poll(Duration::from_millis(200)) {
             None => {}
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                progress = std::time::Instant::now();
+                ends.remove(&p);
+            }
             Some(Err(e)) => tracing::warn!(topic, error = %e, "reading to the end of the topic"),
             Some(Ok(m)) => {
                 progress = std::time::Instant::now();

@@ -1,8 +1,13 @@
-//! A local Kafka-protocol broker (nisshi) for the demo and the tests.
+//! Apache Kafka for the demo, the bench and the tests: a single KRaft node
+//! (broker and controller in one process) or a three-node cluster, on free
+//! loopback ports, its data in a directory of the caller's.
 //!
-//! It runs on a free loopback port, in its own working directory (nisshi reads a
-//! `.env` there), with in-memory storage or, for restart tests, SQLite. Dropping
-//! the [`DevBroker`] stops it.
+//! The broker's jars come from Maven Central: `just kafka` resolves
+//! `tests/devkit/kafka/pom.xml` into `~/.cache/weir/kafka/libs` (see
+//! `tests/devkit/kafka/README.md`). Each node runs as `java -cp LIBS/* kafka.Kafka`
+//! after `kafka.tools.StorageTool format`; it is ready once it has logged its start
+//! and answered a metadata request. Dropping a [`DevBroker`] or [`DevCluster`]
+//! kills its processes; its data stays in the caller's directory.
 
 use crate::process::DevProcess;
 use std::net::TcpListener;
@@ -10,35 +15,44 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// Where nisshi is looked for, in order: `$NISSHI_BIN`, `nisshi` on the `PATH`,
-/// `~/.cache/weir/nisshi/bin/nisshi` (where `just broker` installs it).
-pub fn find_nisshi() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("NISSHI_BIN").map(PathBuf::from) {
-        return p.is_file().then_some(p);
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let candidate = dir.join("nisshi");
-            if candidate.is_file() {
-                return Some(candidate);
-            }
-        }
-    }
-    let cached = PathBuf::from(std::env::var_os("HOME")?).join(".cache/weir/nisshi/bin/nisshi");
-    cached.is_file().then_some(cached)
-}
+/// The Kafka release the devkit runs (kept equal to `tests/devkit/kafka/pom.xml`).
+pub const KAFKA_VERSION: &str = "4.1.1";
 
-/// How the broker keeps its data.
+/// The log4j2 configuration written beside each node's `server.properties`.
+const LOG4J2: &str = include_str!("../kafka/log4j2.properties");
+
+/// What runs a broker: a Java 17+ `java` and the folder of Kafka's jars.
 #[derive(Debug, Clone)]
-pub enum BrokerStorage {
-    Memory,
-    /// A SQLite file in the broker's working directory: survives a restart.
-    Sqlite(String),
+pub struct KafkaInstall {
+    pub java: PathBuf,
+    pub libs: PathBuf,
 }
 
-pub struct DevBroker {
-    port: u16,
-    process: DevProcess,
+/// Where Kafka is looked for: the jars in `$WEIR_KAFKA_LIBS`, else
+/// `~/.cache/weir/kafka/libs` (where `just kafka` puts them); `java` from
+/// `$JAVA_HOME/bin`, else the `PATH`. `None` when either is missing.
+pub fn find_kafka() -> Option<KafkaInstall> {
+    let libs = match std::env::var_os("WEIR_KAFKA_LIBS") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(std::env::var_os("HOME")?).join(".cache/weir/kafka/libs"),
+    };
+    let has_broker = std::fs::read_dir(&libs).ok()?.flatten().any(|e| {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        name.starts_with("kafka_2.13-") && name.ends_with(".jar")
+    });
+    if !has_broker {
+        return None;
+    }
+    let java = std::env::var_os("JAVA_HOME")
+        .map(|home| PathBuf::from(home).join("bin/java"))
+        .filter(|j| j.is_file())
+        .or_else(|| {
+            std::env::split_paths(&std::env::var_os("PATH")?)
+                .map(|dir| dir.join("java"))
+                .find(|j| j.is_file())
+        })?;
+    Some(KafkaInstall { java, libs })
 }
 
 /// A free TCP port on 127.0.0.1.
@@ -49,187 +63,380 @@ pub fn free_port() -> u16 {
         .expect("bind an ephemeral port")
 }
 
-impl DevBroker {
-    /// Start a broker in `workdir` (created if needed) on a free port.
-    pub fn start(
-        binary: &Path,
-        workdir: &Path,
-        storage: BrokerStorage,
-    ) -> Result<DevBroker, String> {
-        Self::start_on(binary, workdir, storage, free_port())
-    }
+/// One KRaft node's place in its cluster.
+#[derive(Debug, Clone)]
+struct NodeSpec {
+    id: u32,
+    port: u16,
+    controller_port: u16,
+}
 
-    /// Start a broker on a given port (to bring one up where a host already looks).
-    pub fn start_on(
-        binary: &Path,
-        workdir: &Path,
-        storage: BrokerStorage,
-        port: u16,
-    ) -> Result<DevBroker, String> {
-        let url = format!("tcp://127.0.0.1:{port}");
-        let storage = match storage {
-            BrokerStorage::Memory => "memory://nisshi/".to_string(),
-            BrokerStorage::Sqlite(name) => format!("sqlite://{name}"),
-        };
-        let binary = binary.to_path_buf();
+/// The settings every node of a cluster of `nodes.len()` shares, for `me`.
+fn server_properties(me: &NodeSpec, nodes: &[NodeSpec], data: &Path) -> String {
+    let voters: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("{}@127.0.0.1:{}", n.id, n.controller_port))
+        .collect();
+    let replicas = nodes.len();
+    let min_isr = if replicas >= 3 { 2 } else { 1 };
+    format!(
+        "process.roles=broker,controller\n\
+         node.id={id}\n\
+         controller.quorum.voters={voters}\n\
+         listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}\n\
+         advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n\
+         controller.listener.names=CONTROLLER\n\
+         listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
+         inter.broker.listener.name=PLAINTEXT\n\
+         log.dirs={data}\n\
+         num.partitions=1\n\
+         default.replication.factor={replicas}\n\
+         min.insync.replicas={min_isr}\n\
+         offsets.topic.replication.factor={replicas}\n\
+         offsets.topic.num.partitions=10\n\
+         transaction.state.log.replication.factor={replicas}\n\
+         transaction.state.log.min.isr={min_isr}\n\
+         transaction.state.log.num.partitions=10\n\
+         share.coordinator.state.topic.replication.factor={replicas}\n\
+         share.coordinator.state.topic.min.isr={min_isr}\n\
+         # A group forms as soon as its first member joins (the default waits 3 s).\n\
+         group.initial.rebalance.delay.ms=0\n\
+         # Tests kill hosts: the new consumer protocol's sessions may be as short as the classic ones.\n\
+         group.consumer.min.session.timeout.ms=6000\n\
+         group.consumer.session.timeout.ms=10000\n\
+         # The compaction test waits for the cleaner: look for work every second.\n\
+         log.cleaner.backoff.ms=1000\n\
+         # A test restarts nodes: do not wait 5 minutes to move leaders back.\n\
+         leader.imbalance.check.interval.seconds=10\n",
+        id = me.id,
+        voters = voters.join(","),
+        port = me.port,
+        cport = me.controller_port,
+        data = data.display(),
+    )
+}
+
+/// The JVM's options: `$WEIR_KAFKA_JVM_OPTS`, else a heap fit for a 2-core,
+/// shared machine.
+fn jvm_options() -> Vec<String> {
+    match std::env::var("WEIR_KAFKA_JVM_OPTS") {
+        Ok(opts) if !opts.trim().is_empty() => {
+            opts.split_whitespace().map(str::to_string).collect()
+        }
+        _ => [
+            "-Xms256m",
+            "-Xmx1g",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-XX:+ExitOnOutOfMemoryError",
+            "-Djava.awt.headless=true",
+        ]
+        .map(str::to_string)
+        .to_vec(),
+    }
+}
+
+/// A `java` command on Kafka's class path with the node's logging config.
+fn java(install: &KafkaInstall, dir: &Path, main: &str) -> Command {
+    let mut c = Command::new(&install.java);
+    c.args(jvm_options())
+        .arg(format!(
+            "-Dlog4j2.configurationFile={}",
+            dir.join("log4j2.properties").display()
+        ))
+        .arg("-cp")
+        .arg(format!("{}/*", install.libs.display()))
+        .arg(main)
+        // The host's settings are not the broker's.
+        .env_remove("RUST_LOG")
+        .env_remove("KAFKA_OPTS");
+    c
+}
+
+/// A new cluster id (22 characters of URL-safe base64, as Kafka's own).
+fn cluster_id() -> String {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut id = String::new();
+    while id.len() < 22 {
+        let mut h = RandomState::new().build_hasher();
+        h.write_usize(id.len());
+        let mut bits = h.finish();
+        for _ in 0..10 {
+            if id.len() == 22 {
+                break;
+            }
+            id.push(ALPHABET[(bits & 63) as usize] as char);
+            bits >>= 6;
+        }
+    }
+    id
+}
+
+/// One running KRaft node.
+struct Node {
+    spec: NodeSpec,
+    process: DevProcess,
+}
+
+impl Node {
+    /// Write the node's config into `dir`, format its storage and start it.
+    fn start(
+        install: &KafkaInstall,
+        dir: &Path,
+        me: &NodeSpec,
+        nodes: &[NodeSpec],
+        cluster: &str,
+    ) -> Result<Node, String> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let props = dir.join("server.properties");
+        let data = dir.join("data");
+        std::fs::write(&props, server_properties(me, nodes, &data))
+            .and_then(|_| std::fs::write(dir.join("log4j2.properties"), LOG4J2))
+            .map_err(|e| format!("cannot write the broker's config in {}: {e}", dir.display()))?;
+        let format = java(install, dir, "kafka.tools.StorageTool")
+            .args(["format", "--ignore-formatted", "-t", cluster, "-c"])
+            .arg(&props)
+            .current_dir(dir)
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", install.java.display()))?;
+        if !format.status.success() {
+            return Err(format!(
+                "formatting the broker's storage in {} failed: {}{}",
+                data.display(),
+                String::from_utf8_lossy(&format.stdout),
+                String::from_utf8_lossy(&format.stderr)
+            ));
+        }
+        let (install, props_path, port) = (install.clone(), props.clone(), me.port);
+        let dir_for_command = dir.to_path_buf();
         let command = move || {
-            let mut c = Command::new(&binary);
-            c.args(["broker", "--listener-url", &url])
-                .args(["--advertised-listener-url", &url])
-                .args(["--storage-engine", &storage])
-                .args(["--group-initial-rebalance-delay", "0s"])
-                // The host's RUST_LOG is not the broker's: info-level broker logging
-                // slows it several times over. NISSHI_LOG sets the broker's own.
-                .env_remove("RUST_LOG")
-                .envs(std::env::var("NISSHI_LOG").map(|l| ("RUST_LOG", l)));
+            let mut c = java(&install, &dir_for_command, "kafka.Kafka");
+            c.arg(&props_path);
             c
         };
         let process = DevProcess::start(
-            "the broker",
-            workdir,
+            "the Kafka broker",
+            dir,
             "broker.log",
             command,
-            Box::new(|log| log.contains("ready in")),
-            Duration::from_secs(30),
+            Box::new(move |log| log.contains("Kafka Server started") && answers_metadata(port)),
+            Duration::from_secs(90),
         )?;
-        Ok(DevBroker { port, process })
+        Ok(Node {
+            spec: me.clone(),
+            process,
+        })
+    }
+}
+
+/// Whether a broker on `port` answers a metadata request.
+fn answers_metadata(port: u16) -> bool {
+    broker_count(&format!("127.0.0.1:{port}"), Duration::from_secs(2)).is_some_and(|n| n > 0)
+}
+
+/// How many brokers the cluster behind `bootstrap` lists.
+fn broker_count(bootstrap: &str, timeout: Duration) -> Option<usize> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("log_level", "0")
+        .create()
+        .ok()?;
+    let md = consumer.fetch_metadata(None, timeout).ok()?;
+    Some(md.brokers().len())
+}
+
+/// A single-node Kafka (broker and controller in one process).
+pub struct DevBroker {
+    install: KafkaInstall,
+    node: Node,
+}
+
+impl DevBroker {
+    /// Start a broker with its config, data and log in `workdir` (created if
+    /// needed), on free ports.
+    pub fn start(install: &KafkaInstall, workdir: &Path) -> Result<DevBroker, String> {
+        Self::start_on(install, workdir, free_port())
+    }
+
+    /// Start a broker listening on `port` (to bring one up where a host already looks).
+    pub fn start_on(
+        install: &KafkaInstall,
+        workdir: &Path,
+        port: u16,
+    ) -> Result<DevBroker, String> {
+        let spec = NodeSpec {
+            id: 1,
+            port,
+            controller_port: free_port(),
+        };
+        let node = Node::start(
+            install,
+            workdir,
+            &spec,
+            std::slice::from_ref(&spec),
+            &cluster_id(),
+        )?;
+        Ok(DevBroker {
+            install: install.clone(),
+            node,
+        })
     }
 
     /// `127.0.0.1:PORT`.
     pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("127.0.0.1:{}", self.node.spec.port)
     }
 
     pub fn port(&self) -> u16 {
-        self.port
+        self.node.spec.port
     }
 
-    /// Kill the broker (as a crash would) and start it again on the same port and
-    /// storage.
+    /// The broker's log.
+    pub fn log(&self) -> &Path {
+        self.node.process.log()
+    }
+
+    /// What runs it.
+    pub fn install(&self) -> &KafkaInstall {
+        &self.install
+    }
+
+    /// Kill the broker (SIGKILL, as a crash would) and start it again on the same
+    /// ports and data.
     pub fn restart(&mut self) -> Result<(), String> {
-        self.process.restart()
+        self.node.process.restart()
     }
 
+    /// Kill the broker (SIGKILL). Its data stays; [`DevBroker::start_again`] brings it back.
     pub fn stop(&mut self) {
-        self.process.stop();
+        self.node.process.stop();
+    }
+
+    /// Start a stopped broker again on its ports and data.
+    pub fn start_again(&mut self) -> Result<(), String> {
+        self.node.process.start_again()
     }
 }
 
-/// Create topics with `partitions` partitions (replication 1) on `bootstrap`.
-pub async fn create_topics(bootstrap: &str, names: &[&str], partitions: i32) -> Result<(), String> {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .map_err(|e| e.to_string())?;
-    let topics: Vec<NewTopic> = names
-        .iter()
-        .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))
-        .collect();
-    for r in admin
-        .create_topics(&topics, &AdminOptions::new())
-        .await
-        .map_err(|e| e.to_string())?
-    {
-        match r {
-            Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((t, e)) => return Err(format!("cannot create {t}: {e}")),
-        }
-    }
-    Ok(())
+/// A three-node KRaft cluster (each node a broker and a voter), replication
+/// factor 3 and `min.insync.replicas = 2` for every topic, the internal ones too.
+pub struct DevCluster {
+    nodes: Vec<Node>,
 }
 
-/// A record read back from a topic.
-#[derive(Debug, Clone)]
-pub struct TopicRecord {
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<String>,
-    pub payload: Vec<u8>,
-    pub headers: Vec<(String, String)>,
-}
-
-impl TopicRecord {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.payload).into_owned()
-    }
-}
-
-/// Every record of `topic` (all partitions, from the start, without a consumer
-/// group) once at least `min` are there and no more arrive, or whatever is there
-/// when `patience` runs out.
-pub fn read_topic(
-    bootstrap: &str,
-    topic: &str,
-    min: usize,
-    patience: Duration,
-) -> Result<Vec<TopicRecord>, String> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::message::Message;
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "weir-reader")
-        .set("enable.auto.commit", "false")
-        .create()
-        .map_err(|e| e.to_string())?;
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .map_err(|e| e.to_string())?;
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    for p in md
-        .topics()
-        .first()
-        .map(|t| t.partitions())
-        .unwrap_or_default()
-    {
-        tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning)
-            .map_err(|e| e.to_string())?;
-    }
-    consumer.assign(&tpl).map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    let deadline = Instant::now() + patience;
-    let mut quiet_since = Instant::now();
-    while Instant::now() < deadline {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                out.push(TopicRecord {
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                    payload: m.payload().unwrap_or_default().to_vec(),
-                    headers: text_headers(&m),
-                });
-                quiet_since = Instant::now();
-            }
-            Some(Err(e)) => tracing::debug!(topic, error = %e, "reader"),
-            None => {
-                if out.len() >= min && quiet_since.elapsed() > Duration::from_millis(500) {
-                    break;
-                }
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// A record's headers as text (a header without a value reads as empty).
-fn text_headers<M: rdkafka::Message>(m: &M) -> Vec<(String, String)> {
-    use rdkafka::message::Headers;
-    m.headers()
-        .map(|hs| {
-            hs.iter()
+impl DevCluster {
+    /// Start three nodes under `workdir` (`node-1`, `node-2`, `node-3`) and wait
+    /// until the cluster lists all three.
+    pub fn start(install: &KafkaInstall, workdir: &Path) -> Result<DevCluster, String> {
+        let specs: Vec<NodeSpec> = (1..=3)
+            .map(|id| NodeSpec {
+                id,
+                port: free_port(),
+                controller_port: free_port(),
+            })
+            .collect();
+        let cluster = cluster_id();
+        // A node's start waits for a controller quorum, which needs two of the
+        // three: start them side by side.
+        let nodes: Vec<Result<Node, String>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = specs
+                .iter()
+                .map(|spec| {
+                    let (specs, cluster) = (&specs, &cluster);
+                    let dir = workdir.join(format!("node-{}", spec.id));
+                    scope.spawn(move || Node::start(install, &dir, spec, specs, cluster))
+                })
+                .collect();
+            handles
+                .into_iter()
                 .map(|h| {
-                    let value = String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned();
-                    (h.key.to_string(), value)
+                    h.join()
+                        .unwrap_or_else(|_| Err("a node's start panicked".into()))
                 })
                 .collect()
-        })
-        .unwrap_or_default()
+        });
+        let nodes = nodes.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let cluster = DevCluster { nodes };
+        cluster.wait_for_brokers(3, Duration::from_secs(60))?;
+        Ok(cluster)
+    }
+
+    /// All three nodes' listeners.
+    pub fn bootstrap(&self) -> String {
+        let hosts: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.spec.port))
+            .collect();
+        hosts.join(",")
+    }
+
+    /// The node ids, 1 to 3.
+    pub fn ids(&self) -> Vec<u32> {
+        self.nodes.iter().map(|n| n.spec.id).collect()
+    }
+
+    fn node(&mut self, id: u32) -> &mut Node {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.spec.id == id)
+            .unwrap_or_else(|| panic!("no node {id} in the cluster"))
+    }
+
+    /// Kill node `id` (SIGKILL). Its data stays.
+    pub fn kill(&mut self, id: u32) {
+        self.node(id).process.stop();
+    }
+
+    /// Start node `id` again on its ports and data, and wait until it answers.
+    pub fn start_node(&mut self, id: u32) -> Result<(), String> {
+        self.node(id).process.start_again()
+    }
+
+    /// Kill node `id` and start it again.
+    pub fn restart(&mut self, id: u32) -> Result<(), String> {
+        self.node(id).process.restart()
+    }
+
+    /// The node leading `topic`'s partition `partition`, from the cluster's metadata.
+    pub fn leader_of(&self, topic: &str, partition: i32) -> Option<u32> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .create()
+            .ok()?;
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .ok()?;
+        let leader = md
+            .topics()
+            .first()?
+            .partitions()
+            .iter()
+            .find(|p| p.id() == partition)?
+            .leader();
+        u32::try_from(leader).ok()
+    }
+
+    /// Wait until the cluster's metadata lists `n` brokers.
+    pub fn wait_for_brokers(&self, n: usize, patience: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + patience;
+        loop {
+            let seen = broker_count(&self.bootstrap(), Duration::from_secs(2)).unwrap_or(0);
+            if seen >= n {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the cluster listed {seen} brokers of {n} after {} s",
+                    patience.as_secs()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
 }

@@ -1,0 +1,183 @@
+//! This host's identity: an id created once in the host's data directory
+//! (`kafka.consumer.host_id_file`, `data/host-id`), the `{host_id}` of the static
+//! group membership ids (`{host_id}-{plugin}` by default).
+//!
+//! Two hosts with one static member id fence each other and, between fences,
+//! both hand the same partitions' events to their plugins. Host names do not
+//! make ids unique (three processes on one machine share one), a file in the
+//! host's own directory does: it is created with the host name and random
+//! digits, kept across restarts (a restarted host gets its partitions back), and
+//! locked while the host runs, so a second host started on the same directory
+//! refuses to start instead of taking the first one's id.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// The id of this host, held (locked) until dropped.
+#[derive(Debug)]
+pub struct HostId {
+    id: String,
+    path: PathBuf,
+    /// The open, locked file: the lock goes when the process does, however it ends.
+    _file: File,
+}
+
+/// Longest host id accepted from the file (a group.instance.id is at most 249
+/// bytes, and the plugin name is appended).
+const MAX_LEN: usize = 128;
+
+impl HostId {
+    /// Read the id in `path` (created with a new id if missing) and lock it for
+    /// this process. Fails when another process holds it.
+    pub fn acquire(path: &Path) -> Result<HostId, String> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                format!(
+                    "cannot create {} for the host id: {e} (kafka.consumer.host_id_file)",
+                    dir.display()
+                )
+            })?;
+        }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| {
+                format!(
+                    "cannot open the host id file {}: {e} (kafka.consumer.host_id_file)",
+                    path.display()
+                )
+            })?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(format!(
+                    "another weir host is running with the host id file {}: two hosts on one data directory would share their static group membership ids and fence each other. Give each host its own directory (kafka.consumer.host_id_file, or WEIR_KAFKA__CONSUMER__HOST_ID_FILE)",
+                    path.display()
+                ))
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(format!("cannot lock the host id file {}: {e}", path.display()))
+            }
+        }
+        let mut text = String::new();
+        file.read_to_string(&mut text)
+            .map_err(|e| format!("cannot read the host id file {}: {e}", path.display()))?;
+        let id = match text.trim() {
+            "" => {
+                let id = new_id(&crate::config::hostname());
+                file.set_len(0)
+                    .and_then(|_| file.seek(SeekFrom::Start(0)))
+                    .and_then(|_| writeln!(file, "{id}"))
+                    .and_then(|_| file.sync_all())
+                    .map_err(|e| {
+                        format!("cannot write the host id file {}: {e}", path.display())
+                    })?;
+                tracing::info!(file = %path.display(), host_id = %id, "created this host's id");
+                id
+            }
+            id => {
+                check(id).map_err(|why| {
+                    format!(
+                        "the host id file {} holds {id:?}: {why} (delete the file to get a new id)",
+                        path.display()
+                    )
+                })?;
+                id.to_string()
+            }
+        };
+        Ok(HostId {
+            id,
+            path: path.to_path_buf(),
+            _file: file,
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// `{hostname}-{8 hex digits}`, the host name cut to characters Kafka ids and
+/// log readers like.
+fn new_id(hostname: &str) -> String {
+    let name: String = hostname
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    let name = if name.is_empty() { "weir".into() } else { name };
+    format!("{name}-{:08x}", rand::random::<u32>())
+}
+
+fn check(id: &str) -> Result<(), String> {
+    if id.len() > MAX_LEN {
+        return Err(format!("longer than {MAX_LEN} bytes"));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(format!(
+            "{c:?} is not allowed (letters, digits, '-', '_', '.')"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_id_is_created_once_kept_and_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data/host-id");
+        let first = HostId::acquire(&path).unwrap();
+        assert!(first.id().len() > 9, "{}", first.id());
+        let err = HostId::acquire(&path).unwrap_err();
+        assert!(err.contains("another weir host"), "{err}");
+        let id = first.id().to_string();
+        drop(first);
+        assert_eq!(
+            HostId::acquire(&path).unwrap().id(),
+            id,
+            "kept across restarts"
+        );
+    }
+
+    #[test]
+    fn ids_are_unique_and_clean() {
+        let a = new_id("my host/1");
+        let b = new_id("my host/1");
+        assert_ne!(a, b);
+        assert!(a.starts_with("my-host-1-"), "{a}");
+        assert!(check(&a).is_ok());
+        assert!(check("x y").is_err());
+    }
+
+    #[test]
+    fn a_bad_id_in_the_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("host-id");
+        std::fs::write(&path, "bad id\n").unwrap();
+        let err = HostId::acquire(&path).unwrap_err();
+        assert!(
+            err.contains("not allowed") && err.contains("delete the file"),
+            "{err}"
+        );
+    }
+}
