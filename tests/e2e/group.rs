@@ -122,3 +122,102 @@ async fn partitions_handed_back_after_a_rebalance_under_backpressure_flow_to_the
     );
     assert_key_order(&out);
 }
+
+/// Static membership on Kafka: a host SIGKILLed and restarted under the same
+/// host id (its `data/host-id` file) gets its partitions back without a
+/// rebalance (the other host keeps its own, untouched), measured from the
+/// restart; nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_restarted_with_its_id_gets_its_partitions_back_without_a_rebalance() {
+    let Some(b) = broker() else { return };
+    b.create_topics(&["static-in", "static-out", "static-in.dlq"], 4)
+        .await;
+    let files = HostFiles::echo(&b.bootstrap(), "static", "");
+    let mut a = BinaryHost::start(&files, "a");
+    a.wait_for_log("partitions assigned");
+    let other = BinaryHost::start(&files, "b");
+    other.wait_for_log("partitions assigned");
+    // Both hosts hold partitions once a's share shrank.
+    let deadline = Instant::now() + PATIENCE;
+    while a.log_text().matches("partitions revoked").count() == 0 {
+        assert!(Instant::now() < deadline, "a never gave partitions to b");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let producer = b.producer();
+    for i in 0..200 {
+        let key = format!("k{}", i % 20);
+        produce(&producer, "static-in", &key, json!({"seq": i, "key": key})).await;
+    }
+    assert!(b.read("static-out", 200).len() >= 200);
+    let assigned_to_b = other.log_text().matches("partitions assigned").count();
+
+    a.signal("KILL");
+    a.wait();
+    let restarted = Instant::now();
+    let a2 = BinaryHost::start(&files, "a");
+    a2.wait_for_log("partitions assigned");
+    let back = restarted.elapsed();
+    for i in 200..400 {
+        let key = format!("k{}", i % 20);
+        produce(&producer, "static-in", &key, json!({"seq": i, "key": key})).await;
+    }
+    let out = b.read("static-out", 400);
+    let handled = restarted.elapsed();
+    let other_log = other.log_text();
+    let a_log = a2.log_text();
+    drop(a2);
+    drop(other);
+    let (seen, duplicates) = seqs(&out);
+    println!(
+        "static membership: the restarted host had its partitions back {:.1} s after its restart (events handled {:.1} s after), {duplicates} duplicates, {} missing",
+        back.as_secs_f64(),
+        handled.as_secs_f64(),
+        400 - seen.len()
+    );
+    assert_eq!(seen.len(), 400, "nothing lost");
+    assert_eq!(
+        other_log.matches("partitions assigned").count(),
+        assigned_to_b,
+        "the other host saw no rebalance:\n{other_log}"
+    );
+    assert!(
+        !other_log.contains("partitions revoked") && !a_log.contains("Fenced"),
+        "no partition moved and nobody was fenced:\n{other_log}\n---\n{a_log}"
+    );
+    assert_key_order(&out);
+}
+
+/// Two hosts started on one data directory would share their static member ids
+/// and fence each other: the second refuses to start and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_host_on_the_same_host_id_refuses_to_start() {
+    let Some(b) = broker() else { return };
+    let files = HostFiles::echo(&b.bootstrap(), "twin", "");
+    let id_file = files.dir.path().join("data/host-id");
+    let id_file = id_file.to_str().unwrap();
+    let first = BinaryHost::start_with(
+        &files,
+        "first",
+        &[("WEIR_KAFKA__CONSUMER__HOST_ID_FILE", id_file)],
+    );
+    first.wait_for_log("weir is running");
+    let mut second = BinaryHost::start_with(
+        &files,
+        "second",
+        &[("WEIR_KAFKA__CONSUMER__HOST_ID_FILE", id_file)],
+    );
+    let code = second.wait();
+    let log = second.log_text();
+    assert_ne!(code, Some(0), "{log}");
+    assert!(
+        log.contains("another weir host is running with the host id file")
+            && log.contains("host_id_file"),
+        "{log}"
+    );
+    let id = std::fs::read_to_string(id_file).unwrap();
+    assert!(
+        first.log_text().contains(id.trim()),
+        "the first host logs its id"
+    );
+    drop(first);
+}
