@@ -161,6 +161,10 @@ bench *args: plugins kafka
 soak events="100000" kills="5": plugins kafka
     SOAK_EVENTS={{ events }} SOAK_KILLS={{ kills }} cargo test -p weir-host --test e2e soak -- --nocapture
 
+# Broker faults on a three-node Kafka cluster: 100 000 keyed events through echo, two leaders SIGKILLed, a rolling restart (a few minutes; `just test` runs 20 000 events)
+broker-faults events="100000": plugins kafka
+    WEIR_FAULT_EVENTS={{ events }} cargo test -p weir-host --test e2e broker_faults -- --nocapture
+
 # The local Debian base image weir-base:bookworm (debootstrap, once, about 1 min): no registry needed
 base:
     #!/usr/bin/env bash

@@ -7,6 +7,7 @@ mod support;
 mod admin;
 mod authoring;
 mod batch;
+mod broker_faults;
 mod compose;
 mod config_check;
 mod container;

@@ -402,6 +402,14 @@ impl DevCluster {
         self.node(id).process.restart()
     }
 
+    /// Stop node `id` as an operator would (SIGTERM: a controlled shutdown
+    /// that moves its leaderships first), then start it again on its data.
+    pub fn restart_gracefully(&mut self, id: u32) -> Result<(), String> {
+        let node = self.node(id);
+        node.process.terminate(Duration::from_secs(60));
+        node.process.start_again()
+    }
+
     /// The node leading `topic`'s partition `partition`, from the cluster's metadata.
     pub fn leader_of(&self, topic: &str, partition: i32) -> Option<u32> {
         use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -420,6 +428,46 @@ impl DevCluster {
             .find(|p| p.id() == partition)?
             .leader();
         u32::try_from(leader).ok()
+    }
+
+    /// Wait until every partition of `topics` has all its replicas in sync (a
+    /// restarted node has caught up), so the next node may go.
+    pub fn wait_in_sync(&self, topics: &[&str], patience: Duration) -> Result<(), String> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .set("log_level", "0")
+            .create()
+            .map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + patience;
+        loop {
+            let mut behind = Vec::new();
+            for topic in topics {
+                match consumer.fetch_metadata(Some(topic), Duration::from_secs(2)) {
+                    Ok(md) => {
+                        for t in md.topics() {
+                            for p in t.partitions() {
+                                if p.isr().len() < p.replicas().len() || p.leader() < 0 {
+                                    behind.push(format!("{}[{}]", t.name(), p.id()));
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => behind.push(format!("{topic} ({e})")),
+                }
+            }
+            if behind.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "replicas still out of sync after {} s: {}",
+                    patience.as_secs(),
+                    behind.join(", ")
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// Wait until the cluster's metadata lists `n` brokers.

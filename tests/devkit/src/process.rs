@@ -169,6 +169,28 @@ impl DevProcess {
         self.spawn()
     }
 
+    /// Ask it to stop (SIGTERM) and wait up to `patience` for it to exit, then
+    /// kill it.
+    pub fn terminate(&mut self, patience: Duration) {
+        if let Some(mut child) = self.child.take() {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                // SAFETY: kill(2) on our own child's pid.
+                unsafe {
+                    libc::kill(pid, libc::SIGTERM);
+                }
+            }
+            let deadline = Instant::now() + patience;
+            while Instant::now() < deadline {
+                if child.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Kill it (as a crash would) and start it again.
     pub fn restart(&mut self) -> Result<(), String> {
         self.stop();
