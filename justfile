@@ -147,7 +147,7 @@ invoke-demo: plugins host
 
 # Run every test: unit, and end-to-end with real components, the real binary and a real broker
 test: plugins kafka redis s3 python chromium
-    cargo test -p weir-host
+    cargo test -p weir-host -- --include-ignored --skip compose:: --skip container::
 
 # Benchmarks: Weir beside a hand-written rdkafka consumer on one broker (first build: about 20 min; a run: a few minutes)
 bench *args: plugins kafka
@@ -159,11 +159,11 @@ bench *args: plugins kafka
 
 # The crash soak: 100 000 events through echo, the host SIGKILLed at 5 random moments (a few minutes)
 soak events="100000" kills="5": plugins kafka
-    SOAK_EVENTS={{ events }} SOAK_KILLS={{ kills }} cargo test -p weir-host --test e2e soak -- --nocapture
+    SOAK_EVENTS={{ events }} SOAK_KILLS={{ kills }} cargo test -p weir-host --test e2e soak -- --include-ignored --nocapture
 
 # Broker faults on a three-node Kafka cluster: 100 000 keyed events through echo, two leaders SIGKILLed, a rolling restart (a few minutes; `just test` runs 20 000 events)
 broker-faults events="100000": plugins kafka
-    WEIR_FAULT_EVENTS={{ events }} cargo test -p weir-host --test e2e broker_faults -- --nocapture
+    WEIR_FAULT_EVENTS={{ events }} cargo test -p weir-host --test e2e broker_faults -- --include-ignored --nocapture
 
 # The local Debian base image weir-base:bookworm (debootstrap, once, about 1 min): no registry needed
 base:
@@ -220,11 +220,11 @@ compose-images: image
 
 # compose.yaml for real: 3 hosts, a broker, Redis and S3 in containers; one host killed, one stopped mid-stream
 compose-test: compose-images
-    TEST_COMPOSE=1 cargo test -p weir-host --test e2e compose -- --nocapture
+    TEST_COMPOSE=1 cargo test -p weir-host --test e2e compose -- --ignored --nocapture
 
 # Run the container image against a local broker: events handled, clean stop on SIGTERM
 image-test: image kafka
-    TEST_IMAGE=weir:dev cargo test -p weir-host --test e2e container -- --nocapture
+    TEST_IMAGE=weir:dev cargo test -p weir-host --test e2e container -- --ignored --nocapture
 
 # Formatting and lints, as CI checks them
 lint:

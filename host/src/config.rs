@@ -1149,13 +1149,32 @@ mod tests {
         );
     }
 
+    /// Through `Config::load` and its `env_overrides`, with real variables (in
+    /// figment's jail: a temp directory, the environment restored afterwards).
     #[test]
     fn environment_overrides_win() {
-        let figment = Figment::new()
-            .merge(Toml::string("[kafka]\nbootstrap_servers = \"file:9092\"\n"))
-            .merge(Serialized::default("kafka.bootstrap_servers", "env:9092"));
-        let c = Config::from_figment(figment, Path::new("weir.toml")).unwrap();
-        assert_eq!(c.kafka.bootstrap_servers, "env:9092");
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "weir.toml",
+                "[kafka]\nbootstrap_servers = \"file:9092\"\n[kafka.consumer]\nfetch_wait = \"1s\"\n",
+            )?;
+            jail.set_env("WEIR_KAFKA__BOOTSTRAP_SERVERS", "env:9092");
+            jail.set_env("WEIR_KAFKA__CONSUMER__FETCH_WAIT", "250ms");
+            jail.set_env("WEIR_TOPICS__PREFIX", "staging");
+            // Not Weir's (a Kubernetes Service named weir): ignored.
+            jail.set_env("WEIR_PORT", "tcp://10.0.0.1:9464");
+            let c = Config::load(Path::new("weir.toml")).expect("loads");
+            assert_eq!(c.kafka.bootstrap_servers, "env:9092");
+            assert_eq!(c.kafka.consumer.fetch_wait, Duration::from_millis(250));
+            assert_eq!(c.group_for("p"), "staging-p");
+            // A misspelt key of a known section stops the host, naming it.
+            jail.set_env("WEIR_KAFKA__BOOTSTRAP_SERVER", "typo:9092");
+            let e = Config::load(Path::new("weir.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("bootstrap_server"), "{e}");
+            Ok(())
+        });
     }
 
     #[test]

@@ -49,6 +49,7 @@ fn authoring_target() -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs Apache Kafka (`just kafka`), componentize-py (`just python`); `just test` installs it and runs the ignored tests"]
 async fn a_new_plugin_is_built_tested_and_handles_an_event_from_a_topic() {
     let Some(broker) = broker() else { return };
     let Some(_) = componentize_py() else { return };
@@ -120,6 +121,7 @@ async fn a_new_plugin_is_built_tested_and_handles_an_event_from_a_topic() {
 }
 
 #[test]
+#[ignore = "needs componentize-py (`just python`); `just test` installs it and runs the ignored tests"]
 fn a_wrong_expectation_fails_with_a_diff_naming_the_event_and_the_field() {
     let Some(_) = componentize_py() else { return };
     let work = tempfile::tempdir().unwrap();
@@ -265,6 +267,7 @@ fn recording(component: &Path, events: &str) -> Vec<serde_json::Value> {
 }
 
 #[test]
+#[ignore = "needs componentize-py (`just python`); `just test` installs it and runs the ignored tests"]
 fn rust_and_python_track_deletions_make_the_same_calls_and_pass_the_same_expectations() {
     let Some(_) = componentize_py() else { return };
     let python = python_track_deletions();

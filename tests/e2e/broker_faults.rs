@@ -75,6 +75,7 @@ impl Samples {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Apache Kafka (`just kafka`); `just test` installs it and runs the ignored tests"]
 async fn leader_failovers_and_a_rolling_restart_lose_nothing_and_keep_key_order() {
     let Some(kafka) = kafka() else { return };
     let n: usize = std::env::var("WEIR_FAULT_EVENTS")

@@ -215,6 +215,7 @@ impl Drop for Browser {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Apache Kafka (`just kafka`), chromium and chromedriver (`just chromium`); `just test` installs it and runs the ignored tests"]
 async fn the_dashboard_shows_the_plugins_and_pauses_and_resumes_one_with_a_click() {
     let Some(broker) = broker() else { return };
     let Some((driver, chromium)) = browser() else {
@@ -280,8 +281,8 @@ async fn the_dashboard_shows_the_plugins_and_pauses_and_resumes_one_with_a_click
     }
     assert_eq!(b.read("dash-out2", 30).len(), 30, "other stopped too");
     // A fetch under way when the pause lands may still hand over its record:
-    // at most one past the 10 before the pause.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // at most one past the 10 before the pause. (other, on the same events,
+    // has handled all 30: echo had the same chance.)
     let handled = b.count("dash-out");
     assert!(handled <= 11, "echo kept handling while paused: {handled}");
     browser

@@ -40,6 +40,7 @@ fn positions(b: &TestBroker, group: &str, topic: &str) -> Vec<(i64, i64)> {
 /// Issue 10, item 6: a host under backpressure gives partitions away in a
 /// rebalance and keeps one; every partition must flow to its end afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Apache Kafka (`just kafka`); `just test` installs it and runs the ignored tests"]
 async fn partitions_handed_back_after_a_rebalance_under_backpressure_flow_to_the_end() {
     let Some(b) = broker() else { return };
     let names = ["grp-in", "grp-out", "grp-in.dlq"];
@@ -128,6 +129,7 @@ async fn partitions_handed_back_after_a_rebalance_under_backpressure_flow_to_the
 /// rebalance (the other host keeps its own, untouched), measured from the
 /// restart; nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Apache Kafka (`just kafka`); `just test` installs it and runs the ignored tests"]
 async fn a_host_restarted_with_its_id_gets_its_partitions_back_without_a_rebalance() {
     let Some(b) = broker() else { return };
     b.create_topics(&["static-in", "static-out", "static-in.dlq"], 4)
@@ -200,6 +202,7 @@ async fn a_host_restarted_with_its_id_gets_its_partitions_back_without_a_rebalan
 /// Two hosts started on one data directory would share their static member ids
 /// and fence each other: the second refuses to start and says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Apache Kafka (`just kafka`); `just test` installs it and runs the ignored tests"]
 async fn a_second_host_on_the_same_host_id_refuses_to_start() {
     let Some(b) = broker() else { return };
     let files = HostFiles::echo(&b.bootstrap(), "twin", "");

@@ -156,6 +156,19 @@ impl TestBroker {
             .unwrap_or_else(|e| panic!("reading {topic}: {e}"))
     }
 
+    /// Wait until `topic` holds at least `n` records (a stream is under way).
+    pub async fn wait_count(&self, topic: &str, n: i64) {
+        let deadline = Instant::now() + PATIENCE;
+        while self.count(topic) < n {
+            assert!(
+                Instant::now() < deadline,
+                "{topic} never held {n} records (it holds {})",
+                self.count(topic)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// How many records `topic` holds (sum of high watermarks).
     pub fn count(&self, topic: &str) -> i64 {
         let consumer: BaseConsumer = self.client().create().unwrap();

@@ -44,6 +44,7 @@ fn yaml(python: &Path, file: &str) -> Vec<Value> {
 }
 
 #[test]
+#[ignore = "needs kubernetes-validate (`just python`); `just test` installs it and runs the ignored tests"]
 fn the_manifests_are_valid_kubernetes_and_their_config_passes_weir_config_check() {
     let Some(validate) = required(
         python_tool("kubernetes-validate"),

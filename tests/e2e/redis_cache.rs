@@ -32,6 +32,7 @@ async fn until_answered(cache: &RedisCache) {
 }
 
 #[tokio::test]
+#[ignore = "needs redis-server (`just redis`); `just test` installs it and runs the ignored tests"]
 async fn the_redis_backend_stores_expires_and_deletes_by_prefix() {
     let Some(r) = redis() else { return };
     let url = r.server.url();
@@ -90,6 +91,7 @@ async fn the_redis_backend_stores_expires_and_deletes_by_prefix() {
 }
 
 #[tokio::test]
+#[ignore = "needs redis-server (`just redis`); `just test` installs it and runs the ignored tests"]
 async fn calls_are_unavailable_while_redis_is_down_and_work_again_when_it_is_back() {
     // Nothing listens on this port yet: the host can start without Redis.
     let port = free_port();
@@ -129,6 +131,7 @@ const DELETED: &str = r#"{"SchemaVersion": 2, "TrackId": "T1", "UserId": "user-4
   "Timestamp": "2026-11-20T10:00:00.1234567+00:00"}"#;
 
 #[tokio::test]
+#[ignore = "needs redis-server (`just redis`); `just test` installs it and runs the ignored tests"]
 async fn track_deletions_invalidates_entries_another_service_wrote_to_redis() {
     let Some(mut r) = redis() else { return };
     let url = r.server.url();
@@ -202,6 +205,7 @@ fn track_deleted(i: usize) -> (String, serde_json::Value) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Apache Kafka (`just kafka`), redis-server (`just redis`); `just test` installs it and runs the ignored tests"]
 async fn the_pipeline_rides_out_a_redis_outage_without_losing_or_dead_lettering_events() {
     let Some(b) = broker() else { return };
     if crate::support::redis_server().is_none() {

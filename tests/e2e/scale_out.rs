@@ -46,6 +46,7 @@ async fn remaining(bucket: &dyn ObjectStore, keys: &[String]) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Apache Kafka (`just kafka`), redis-server (`just redis`), the moto S3 server (`just s3`); `just test` installs it and runs the ignored tests"]
 async fn three_hosts_lose_nothing_to_a_sigkill_and_a_sigterm_and_keep_the_killed_hosts_promises() {
     let Some(b) = broker() else { return };
     let Some(r) = redis() else { return };

@@ -93,6 +93,7 @@ impl ScheduleHost {
 /// deletions and the carried-out ones are gone from the log, and a host that
 /// reads it afresh has exactly the pending deletions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Apache Kafka (`just kafka`); `just test` installs it and runs the ignored tests"]
 async fn the_schedule_is_rebuilt_from_a_compacted_topic() {
     let Some(b) = broker() else { return };
     let files = HostFiles::new(&b.bootstrap(), "compact");
@@ -215,6 +216,7 @@ async fn the_schedule_is_rebuilt_from_a_compacted_topic() {
 /// A schedule topic that deletes old records (not compacted) would lose pending
 /// deletions: the host refuses to start and says how to fix it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Apache Kafka (`just kafka`); `just test` installs it and runs the ignored tests"]
 async fn a_schedule_topic_that_is_not_compacted_stops_the_host() {
     let Some(b) = broker() else { return };
     let files = HostFiles::new(&b.bootstrap(), "notcompact");

@@ -68,6 +68,7 @@ fn attribute(span: &Span, key: &str) -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Apache Kafka (`just kafka`); `just test` installs it and runs the ignored tests"]
 async fn a_trace_continues_through_two_plugins_and_their_capability_calls() {
     let Some(broker) = broker() else { return };
     let (otlp_port, received) = receiver().await;
