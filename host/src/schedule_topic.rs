@@ -91,14 +91,16 @@ impl ScheduleOwner {
             // removed old tombstones; transaction markers): its EOF tells the
             // owner it has read everything.
             .set("enable.partition.eof", "true")
-            .set(
-                "session.timeout.ms",
-                consumer_cfg.session_timeout.as_millis().to_string(),
-            )
             // Schedule records are not urgent (due times are minutes away): a
             // long fetch wait keeps an idle schedule consumer from costing the
             // broker a request every few milliseconds on every host.
             .set("fetch.wait.max.ms", "500");
+        if !crate::kafka::consumer_protocol(config) {
+            cfg.set(
+                "session.timeout.ms",
+                consumer_cfg.session_timeout.as_millis().to_string(),
+            );
+        }
         if let Some(id) = config.instance_id_for("weir-schedule") {
             cfg.set("group.instance.id", id);
         }

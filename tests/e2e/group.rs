@@ -234,3 +234,110 @@ async fn a_second_host_on_the_same_host_id_refuses_to_start() {
     );
     drop(first);
 }
+
+/// Three hosts join one group while keyed events flow, then one leaves
+/// (SIGTERM): every event handled, order per key kept, whatever the group
+/// protocol. Returns the hosts' logs.
+async fn three_hosts_with(prefix: &str, properties: &str) -> Vec<String> {
+    let b = broker().expect("Kafka is installed");
+    let names: Vec<String> = ["in", "out", "in.dlq"]
+        .iter()
+        .map(|t| format!("{prefix}-{t}"))
+        .collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    b.create_topics(&refs, 6).await;
+    let files = HostFiles::echo(&b.bootstrap(), prefix, "");
+    files.write_config(
+        &b.bootstrap(),
+        prefix,
+        &format!("[kafka.properties]\n{properties}\n"),
+    );
+    let n = 6_000;
+    let producer = b.producer();
+    let input = names[0].clone();
+    let stream = tokio::spawn(async move {
+        for chunk in 0..n / 100 {
+            let sends = (chunk * 100..(chunk + 1) * 100).map(|i| {
+                let (producer, input) = (producer.clone(), input.clone());
+                async move {
+                    let key = format!("k{}", i % 60);
+                    produce(&producer, &input, &key, json!({"seq": i, "key": key})).await
+                }
+            });
+            futures::future::join_all(sends).await;
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    });
+    let output = names[1].clone();
+    let a = BinaryHost::start(&files, "a");
+    a.wait_for_log("partitions assigned");
+    b.wait_count(&output, 500).await;
+    let bh = BinaryHost::start(&files, "b");
+    bh.wait_for_log("partitions assigned");
+    b.wait_count(&output, 2_000).await;
+    let mut c = BinaryHost::start(&files, "c");
+    c.wait_for_log("partitions assigned");
+    b.wait_count(&output, 3_500).await;
+    c.signal("TERM");
+    assert_eq!(c.wait(), Some(0), "c stops cleanly:\n{}", c.log_text());
+    stream.await.unwrap();
+    let out = b.read(&output, n);
+    let logs: Vec<String> = [&a, &bh, &c].iter().map(|h| h.log_text()).collect();
+    drop((a, bh));
+    let (seen, duplicates) = seqs(&out);
+    println!(
+        "{prefix} ({properties}): {n} events, 3 hosts, {} outputs, {duplicates} duplicates, {} missing",
+        out.len(),
+        n - seen.len()
+    );
+    assert_eq!(seen.len(), n, "nothing lost:\n{}", logs.join("\n---\n"));
+    assert_key_order(&out);
+    for log in &logs {
+        assert!(
+            !log.contains("Fenced") && !log.contains("panicked"),
+            "{log}"
+        );
+    }
+    logs
+}
+
+/// The partitions a host's log says were revoked, one line per rebalance.
+fn revocations(log: &str) -> Vec<usize> {
+    log.lines()
+        .filter(|l| l.contains("partitions revoked"))
+        .map(|l| l.matches("-in/").count())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Apache Kafka (`just kafka`); `just test` installs it and runs the ignored tests"]
+async fn three_hosts_with_an_eager_assignor_lose_nothing() {
+    let logs = three_hosts_with("eager", "\"partition.assignment.strategy\" = \"range\"").await;
+    // Eager: every rebalance takes all of a host's partitions away first.
+    let a = revocations(&logs[0]);
+    println!("eager: host a's revocations (partitions each): {a:?}");
+    assert!(a.first().is_some_and(|n| *n == 6), "{a:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Apache Kafka (`just kafka`); `just test` installs it and runs the ignored tests"]
+async fn three_hosts_with_cooperative_sticky_move_only_the_moved_partitions() {
+    let logs = three_hosts_with(
+        "coop",
+        "\"partition.assignment.strategy\" = \"cooperative-sticky\"",
+    )
+    .await;
+    // Incremental: when b joins, a gives up only the partitions b gets (3 of 6).
+    let a = revocations(&logs[0]);
+    println!("cooperative-sticky: host a's revocations (partitions each): {a:?}");
+    assert!(a.first().is_some_and(|n| *n < 6), "{a:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Apache Kafka (`just kafka`); `just test` installs it and runs the ignored tests"]
+async fn three_hosts_with_the_kip_848_consumer_protocol_lose_nothing() {
+    let logs = three_hosts_with("kip848", "\"group.protocol\" = \"consumer\"").await;
+    let a = revocations(&logs[0]);
+    println!("group.protocol=consumer: host a's revocations (partitions each): {a:?}");
+    assert!(a.first().is_some_and(|n| *n < 6), "{a:?}");
+}

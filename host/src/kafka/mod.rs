@@ -34,6 +34,18 @@ pub fn base_config(config: &Config) -> ClientConfig {
     c
 }
 
+/// Whether the consumers use the KIP-848 consumer group protocol
+/// (`group.protocol = "consumer"` in `[kafka.properties]`): the broker then owns
+/// the session timeout, heartbeats and assignment, and librdkafka refuses
+/// `session.timeout.ms`.
+pub fn consumer_protocol(config: &Config) -> bool {
+    config
+        .kafka
+        .properties
+        .get("group.protocol")
+        .is_some_and(|p| p.trim().eq_ignore_ascii_case("consumer"))
+}
+
 /// The broker's topic names, asked with a bounded timeout, retried with backoff
 /// as `[kafka.connect]` says, logging each failed attempt.
 pub async fn wait_for_broker(config: &Config) -> Result<BTreeSet<String>, String> {

@@ -340,10 +340,6 @@ impl Fetch {
             )
             .set("auto.offset.reset", &consumer_cfg.auto_offset_reset)
             .set(
-                "session.timeout.ms",
-                consumer_cfg.session_timeout.as_millis().to_string(),
-            )
-            .set(
                 "max.poll.interval.ms",
                 consumer_cfg.max_poll_interval.as_millis().to_string(),
             )
@@ -362,6 +358,14 @@ impl Fetch {
             "fetch.wait.max.ms",
             consumer_cfg.fetch_wait.as_millis().max(1).to_string(),
         );
+        // With the KIP-848 protocol the broker sets the session timeout
+        // (group.consumer.session.timeout.ms).
+        if !crate::kafka::consumer_protocol(config) {
+            c.set(
+                "session.timeout.ms",
+                consumer_cfg.session_timeout.as_millis().to_string(),
+            );
+        }
         // librdkafka waits this long before fetching again once its prefetch queue
         // was full (1 s by default: a stall after every burst). kafka.properties
         // may set it otherwise.
