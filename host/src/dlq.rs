@@ -4,8 +4,10 @@
 //! the replay (records dead-lettered meanwhile wait for the next replay), keeps
 //! those matching the filters, and publishes each to its `weir-original-topic`
 //! with its original key, payload and headers (the `weir-*` headers removed, and
-//! `weir-replayed-from` added). Filtering by time uses the `weir-failed-at`
-//! header, not broker timestamps. Every publish is acknowledged before the replay
+//! `weir-replayed-from` added). `--since` starts each partition at the first
+//! dead letter written at or after that time (ListOffsets by time), so a long
+//! dead-letter topic is not read from its start; the `weir-failed-at` header
+//! then decides exactly. Every publish is acknowledged before the replay
 //! reports success. The dead-letter topic itself is left untouched.
 
 use crate::config::Config;
@@ -80,8 +82,8 @@ pub async fn replay(config: &Config, filter: &ReplayFilter) -> Result<ReplayRepo
         }
         let letters = {
             let cfg = crate::kafka::base_config(config);
-            let topic = topic.clone();
-            tokio::task::spawn_blocking(move || read_to_end(cfg, &topic))
+            let (topic, since) = (topic.clone(), filter.since);
+            tokio::task::spawn_blocking(move || read_to_end(cfg, &topic, since))
                 .await
                 .map_err(|e| e.to_string())??
         };
@@ -165,10 +167,16 @@ impl Letter {
     }
 }
 
-/// Every record of `topic` up to its end as of now.
-fn read_to_end(cfg: rdkafka::ClientConfig, topic: &str) -> Result<Vec<Letter>, String> {
+/// Every record of `topic` up to its end as of now; with `since`, from the first
+/// record of each partition written at or after it (a dead letter is written
+/// after it failed, so none that failed since then is before it).
+fn read_to_end(
+    cfg: rdkafka::ClientConfig,
+    topic: &str,
+    since: Option<SystemTime>,
+) -> Result<Vec<Letter>, String> {
     let mut out = Vec::new();
-    crate::kafka::read_to_end(cfg, topic, "weir-dlq-replay", |m| {
+    crate::kafka::read_to_end_since(cfg, topic, "weir-dlq-replay", since, |m| {
         out.push(Letter {
             partition: m.partition(),
             offset: m.offset(),

@@ -437,8 +437,9 @@ async fn dlq_replay_brings_dead_letters_back_to_their_topic() {
         "{}",
         String::from_utf8_lossy(&later.stderr)
     );
+    // ListOffsets by time finds no dead letter written since: none is even read.
     assert!(String::from_utf8_lossy(&later.stdout)
-        .contains("replayed 0 of 1 dead letter(s) (1 skipped by the filters)"));
+        .contains("replayed 0 of 0 dead letter(s) (0 skipped by the filters)"));
     assert_eq!(b.count("replay-in"), 2);
 
     let out = weir(&[
@@ -484,6 +485,59 @@ async fn dlq_replay_brings_dead_letters_back_to_their_topic() {
     let (seen, duplicates) = seqs(&out);
     assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec![0, 1]);
     assert_eq!(duplicates, 0);
+
+    // --since starts at the first dead letter written since (ListOffsets by
+    // time): of two letters written in 2021 and 2022, a replay since 2022 reads
+    // only the second.
+    b.create_topics(&["replay-old.dlq"], 1).await;
+    for (seq, at) in [(10, "2021-01-01T00:00:00Z"), (11, "2022-06-01T00:00:00Z")] {
+        let ms = humantime::parse_rfc3339(at)
+            .unwrap()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let headers = rdkafka::message::OwnedHeaders::new()
+            .insert(rdkafka::message::Header {
+                key: "weir-original-topic",
+                value: Some("replay-in"),
+            })
+            .insert(rdkafka::message::Header {
+                key: "weir-plugin",
+                value: Some("echo"),
+            })
+            .insert(rdkafka::message::Header {
+                key: "weir-failed-at",
+                value: Some(at),
+            });
+        let payload = json!({"seq": seq}).to_string();
+        producer
+            .send(
+                rdkafka::producer::FutureRecord::to("replay-old.dlq")
+                    .key("old")
+                    .payload(&payload)
+                    .timestamp(ms)
+                    .headers(headers),
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap();
+    }
+    let since = weir(&[
+        "dlq",
+        "replay",
+        "--config",
+        config,
+        "--topic",
+        "replay-old.dlq",
+        "--since",
+        "2022-01-01T00:00:00Z",
+    ]);
+    let text = String::from_utf8_lossy(&since.stdout);
+    assert!(
+        text.contains("replayed 1 of 1 dead letter(s) (0 skipped by the filters)"),
+        "{text}{}",
+        String::from_utf8_lossy(&since.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -202,9 +202,21 @@ pub async fn topic_setting(
 /// their start, without joining a group). Fails if the reading stops making
 /// progress for 30 s.
 pub fn read_to_end(
+    cfg: ClientConfig,
+    topic: &str,
+    group: &str,
+    visit: impl FnMut(&BorrowedMessage<'_>),
+) -> Result<u64, String> {
+    read_to_end_since(cfg, topic, group, None, visit)
+}
+
+/// [`read_to_end`] from the first record of each partition whose timestamp is
+/// at or after `since` (ListOffsets by time); partitions with none are skipped.
+pub fn read_to_end_since(
     mut cfg: ClientConfig,
     topic: &str,
     group: &str,
+    since: Option<std::time::SystemTime>,
     mut visit: impl FnMut(&BorrowedMessage<'_>),
 ) -> Result<u64, String> {
     cfg.set("group.id", group)
@@ -232,6 +244,35 @@ pub fn read_to_end(
             ends.insert(p.id(), hi);
             tpl.add_partition_offset(topic, p.id(), Offset::Offset(lo))
                 .map_err(|e| e.to_string())?;
+        }
+    }
+    if let Some(since) = since.filter(|_| !ends.is_empty()) {
+        let ms = since
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let mut by_time = TopicPartitionList::new();
+        for p in ends.keys() {
+            by_time
+                .add_partition_offset(topic, *p, Offset::Offset(ms))
+                .map_err(|e| e.to_string())?;
+        }
+        let starts = consumer
+            .offsets_for_times(by_time, timeout)
+            .map_err(|e| format!("cannot look up {topic}'s offsets by time: {e}"))?;
+        tpl = TopicPartitionList::new();
+        for e in starts.elements() {
+            let end = ends.get(&e.partition()).copied().unwrap_or(0);
+            match e.offset() {
+                Offset::Offset(start) if start < end => {
+                    tpl.add_partition_offset(topic, e.partition(), Offset::Offset(start))
+                        .map_err(|e| e.to_string())?;
+                }
+                // No record at or after the time (End), or past the end as of now.
+                _ => {
+                    ends.remove(&e.partition());
+                }
+            }
         }
     }
     let mut read = 0;
