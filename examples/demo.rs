@@ -34,15 +34,27 @@ const PRESIGNED: &[&str] = &[
     "novatune:presigned:user-42:01HXKTRACK0099",
 ];
 
-#[tokio::main]
-async fn main() {
-    if let Err(e) = demo().await {
-        eprintln!("demo failed: {e}");
-        std::process::exit(1);
+fn main() {
+    let runtime = tokio::runtime::Runtime::new().expect("start the async runtime");
+    let result = runtime.block_on(demo());
+    // The runtime goes first: its tasks (and the Kafka clients they hold) end
+    // before the broker does, so none logs that its broker went away.
+    drop(runtime);
+    match result {
+        Ok(broker) => {
+            drop(broker);
+            let _ = std::fs::remove_dir_all(work_dir());
+            println!("done.");
+        }
+        Err(e) => {
+            eprintln!("demo failed: {e}");
+            std::process::exit(1);
+        }
     }
 }
 
-async fn demo() -> Result<(), String> {
+/// The demo; the broker it started, to stop once every client is gone.
+async fn demo() -> Result<Option<DevBroker>, String> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -53,7 +65,7 @@ async fn demo() -> Result<(), String> {
         .init();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     std::env::set_current_dir(&root).map_err(|e| e.to_string())?;
-    let work = std::env::temp_dir().join(format!("weir-demo-{}", std::process::id()));
+    let work = work_dir();
 
     println!("== Weir demo ==");
     let given = std::env::var("WEIR_KAFKA__BOOTSTRAP_SERVERS").ok();
@@ -234,13 +246,12 @@ async fn demo() -> Result<(), String> {
             s.handled, s.dead_lettered, s.retries, s.published
         );
     }
-    // Every client goes before the broker, so none logs that its broker went away.
-    drop(sink);
-    drop(backends);
-    drop(_broker);
-    let _ = std::fs::remove_dir_all(&work);
-    println!("done.");
-    Ok(())
+    Ok(_broker)
+}
+
+/// The demo's scratch directory (the broker's data, the storage).
+fn work_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("weir-demo-{}", std::process::id()))
 }
 
 /// What an operator sees through the admin API (and `weir plugins` / `weir pause`).

@@ -37,6 +37,13 @@ struct OwnerContext {
 }
 
 impl ClientContext for OwnerContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        // A partition's end is how the owner knows it has read everything.
+        if !crate::kafka::is_partition_end(&error) {
+            tracing::warn!(topic = %self.topic, error = %error, "librdkafka (schedule): {reason}");
+        }
+    }
+
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
         use rdkafka::config::RDKafkaLogLevel as L;
         match level {

@@ -19,7 +19,7 @@ use weir_devkit::DevCluster;
 fn ends_of(bootstrap: &str, topic: &str) -> Vec<Option<i64>> {
     let Ok(c) = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        .set("log_level", "0")
+        .set_log_level(rdkafka::config::RDKafkaLogLevel::Emerg)
         .create::<BaseConsumer>()
     else {
         return vec![None; 3];

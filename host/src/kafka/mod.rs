@@ -198,6 +198,29 @@ pub async fn topic_setting(
     Ok(None)
 }
 
+/// A reader's client context: a partition's end (EOF, asked for with
+/// `enable.partition.eof`) is how reading stops, not an error to log.
+struct EndAware;
+
+impl rdkafka::ClientContext for EndAware {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if !is_partition_end(&error) {
+            tracing::warn!(error = %error, "librdkafka: {reason}");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for EndAware {}
+
+/// Whether an error a client reported is a partition's end (not worth a log line).
+pub fn is_partition_end(error: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::error::KafkaError;
+    matches!(
+        error,
+        KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+    )
+}
+
 /// Visit every record of `topic` up to its end as of now (all partitions, from
 /// their start, without joining a group). Fails if the reading stops making
 /// progress for 30 s.
@@ -224,7 +247,9 @@ pub fn read_to_end_since(
         // A partition's last offsets may hold no record (compacted away, or
         // transaction markers): its EOF ends it.
         .set("enable.partition.eof", "true");
-    let consumer: BaseConsumer = cfg.create().map_err(|e| e.to_string())?;
+    let consumer: BaseConsumer<EndAware> = cfg
+        .create_with_context(EndAware)
+        .map_err(|e| e.to_string())?;
     let timeout = Duration::from_secs(10);
     let md = consumer
         .fetch_metadata(Some(topic), timeout)

@@ -242,11 +242,31 @@ fn broker_count(bootstrap: &str, timeout: Duration) -> Option<usize> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        .set("log_level", "0")
+        .set_log_level(rdkafka::config::RDKafkaLogLevel::Emerg)
         .create()
         .ok()?;
     let md = consumer.fetch_metadata(None, timeout).ok()?;
     Some(md.brokers().len())
+}
+
+/// Have the broker create its transaction coordinator's topic now: an idempotent
+/// producer's first send asks it for a producer id, and on a new broker that
+/// first answer is "coordinator load in progress" (librdkafka warns and
+/// retries). Better here than in the first test's or the demo's output.
+fn warm_up(bootstrap: &str) -> Result<(), String> {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set_log_level(rdkafka::config::RDKafkaLogLevel::Emerg)
+        .create()
+        .map_err(|e| e.to_string())?;
+    producer
+        .send(BaseRecord::<(), [u8]>::to("weir-devkit-warm-up").payload(b"1"))
+        .map_err(|(e, _)| format!("warming up the broker: {e}"))?;
+    producer
+        .flush(Duration::from_secs(60))
+        .map_err(|e| format!("warming up the broker: {e}"))
 }
 
 /// A single-node Kafka (broker and controller in one process).
@@ -280,6 +300,7 @@ impl DevBroker {
             std::slice::from_ref(&spec),
             &cluster_id(),
         )?;
+        warm_up(&format!("127.0.0.1:{port}"))?;
         Ok(DevBroker {
             install: install.clone(),
             node,
@@ -362,6 +383,7 @@ impl DevCluster {
         let nodes = nodes.into_iter().collect::<Result<Vec<_>, _>>()?;
         let cluster = DevCluster { nodes };
         cluster.wait_for_brokers(3, Duration::from_secs(60))?;
+        warm_up(&cluster.bootstrap())?;
         Ok(cluster)
     }
 
@@ -436,7 +458,7 @@ impl DevCluster {
         use rdkafka::consumer::{BaseConsumer, Consumer};
         let consumer: BaseConsumer = rdkafka::ClientConfig::new()
             .set("bootstrap.servers", self.bootstrap())
-            .set("log_level", "0")
+            .set_log_level(rdkafka::config::RDKafkaLogLevel::Emerg)
             .create()
             .map_err(|e| e.to_string())?;
         let deadline = Instant::now() + patience;
