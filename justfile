@@ -47,8 +47,8 @@ kafka:
     echo "One-time, about 1 minute; the demo, the tests and the bench start brokers from it."
     started=$SECONDS
     rm -rf "$libs.partial"
-    mvn -q -B -f tests/devkit/kafka/pom.xml dependency:copy-dependencies \
-      -DincludeScope=runtime -DoutputDirectory="$libs.partial"
+    mvn -q -B -Dstyle.color=never -f tests/devkit/kafka/pom.xml dependency:copy-dependencies \
+      -DincludeScope=runtime -DoutputDirectory="$libs.partial" 2>&1 | sed -e 's/\x1b\[[0-9;]*m//g'
     rm -rf "$libs" && mv "$libs.partial" "$libs"
     echo "Apache Kafka $version installed in $((SECONDS - started)) s: $(ls "$libs" | wc -l) jars in $libs"
 
@@ -152,6 +152,9 @@ test: plugins kafka redis s3 python chromium
 # Benchmarks: Weir beside a hand-written rdkafka consumer on one broker (first build: about 20 min; a run: a few minutes)
 bench *args: plugins kafka
     cargo build -q --profile dist -p weir-host --bin weir --example bench
+    @# (j), the JVM anchor (skipped without Maven).
+    @if command -v mvn >/dev/null; then mvn -q -B -Dstyle.color=never -f examples/jvm-republish/pom.xml package -Dweir.build.dir="{{ target_dir }}/jvm-republish" 2>&1 | sed -e 's/\x1b\[[0-9;]*m//g' \
+      || echo "(examples/jvm-republish did not build: the bench's (j) row is skipped)"; else echo "(mvn not found: the bench's (j) row is skipped)"; fi
     @# The Python track-deletions, for the per-language row (skipped without componentize-py).
     @{{ target_dir }}/dist/weir build plugins/track-deletions-py >/dev/null 2>&1 \
       || echo "(componentize-py not found: the bench's Python row is skipped; \`just python\` installs it)"

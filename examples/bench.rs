@@ -264,6 +264,16 @@ impl Bench {
         let [a, b, c, d, e] = rates[..] else {
             unreachable!("five runs")
         };
+        let j = match jvm_republish_dir(&self.weir) {
+            Some(_) => {
+                eprintln!("(j)...");
+                Some(self.throughput(&bootstrap, 'j', n)?)
+            }
+            None => {
+                eprintln!("(j) skipped: examples/jvm-republish is not built (`just bench` builds it; it needs Maven)");
+                None
+            }
+        };
         eprintln!("(g), and (d) again, each on a fresh broker...");
         let scale = self.scale_out(&rt, n, plan.pairs)?;
         let (d1, g, g_rss, g_errors) = (
@@ -323,6 +333,14 @@ impl Bench {
             fmt_rate(e),
             e.per_second / a.per_second
         );
+        if let Some((j, j_rss)) = j {
+            println!(
+                "| (j) JVM consume → republish → commit (kafka-clients 4.1.1, flush + commit every 100 ms; highest RSS {:.0} MiB) | {} | d/j = {:.2} |",
+                mib(j_rss),
+                fmt_rate(j),
+                d.per_second / j.per_second
+            );
+        }
         println!(
             "| (d') weir + echo, on a fresh broker | {} | |",
             fmt_rate(d1)
@@ -391,7 +409,7 @@ impl Bench {
                 "bench-out-p",
                 "bench-out-q",
                 "bench-in.dlq",
-                "bench-weir-schedule",
+                "bench-out-j",
                 "bench-lat-in",
                 "bench-lat-out",
                 "bench-lat-in.dlq",
@@ -399,6 +417,13 @@ impl Bench {
                 "bench-idle.dlq",
             ],
             PARTITIONS,
+        ))?;
+        // The schedule topic as a host would create it: compacted.
+        rt.block_on(weir_devkit::create_topics_with(
+            &bootstrap,
+            &["bench-weir-schedule"],
+            PARTITIONS,
+            &[("cleanup.policy", "compact")],
         ))?;
         eprintln!("producing {n} events of {PAYLOAD} bytes over {KEYS} keys...");
         let started = Instant::now();
@@ -491,7 +516,8 @@ impl Bench {
                 n,
                 "[capabilities.cache]\nnamespace = \"novatune\"\n[capabilities.storage]\nprefixes = [\"audio/\", \"waveforms/\"]\n",
             ),
-            other => Err(format!("no run ({other}): use a to e, or g")),
+            'j' => self.jvm_republish(bootstrap, "bench-j", n),
+            other => Err(format!("no run ({other}): use a to e, j, or g")),
         }
     }
 
@@ -541,6 +567,53 @@ impl Bench {
             })
             .collect();
         (rate, errors)
+    }
+
+    /// (j): the JVM anchor, `examples/jvm-republish` (kafka-clients: consume →
+    /// republish → flush → commit every 100 ms), built by `just bench` into
+    /// `$CARGO_TARGET_DIR/jvm-republish`; its rate and highest RSS (KiB).
+    fn jvm_republish(&self, bootstrap: &str, group: &str, n: usize) -> Result<(Rate, u64), String> {
+        let built = jvm_republish_dir(&self.weir)
+            .ok_or("examples/jvm-republish is not built (`just bench` builds it with Maven)")?;
+        let log = self.work.join(format!("{group}.log"));
+        let out = std::fs::File::create(&log).map_err(|e| e.to_string())?;
+        let observer = Observer::start(bootstrap, group, "bench-in", n);
+        let mut child = Command::new(std::env::var_os("JAVA").unwrap_or_else(|| "java".into()))
+            .arg("-cp")
+            .arg(format!(
+                "{}:{}/lib/*",
+                built.join("jvm-republish-1.jar").display(),
+                built.display()
+            ))
+            .args([
+                "dev.weir.bench.Republish",
+                bootstrap,
+                "bench-in",
+                "bench-out-j",
+                group,
+            ])
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().map_err(|e| e.to_string())?)
+            .stderr(out)
+            .spawn()
+            .map_err(|e| format!("cannot start java: {e}"))?;
+        let mut rss = 0;
+        let rate = loop {
+            rss = rss.max(rss_of(child.id()));
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "the JVM loop exited ({status}); log: {}",
+                    log.display()
+                ));
+            }
+            if let Some(rate) = observer.poll() {
+                break rate;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        Ok((rate?, rss))
     }
 
     /// (b), (d), (e): `weir run` as an operator runs it; its rate and highest RSS (KiB).
@@ -1238,6 +1311,26 @@ fn observe(bootstrap: &str, group: &str, topic: &str, n: usize) -> Result<Rate, 
 }
 
 /// `weir run` in its own directory, its log in `weir.log` there.
+/// A process's resident set (KiB), 0 once it is gone.
+fn rss_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Where `just bench` built examples/jvm-republish, beside the `weir` it runs
+/// (`$CARGO_TARGET_DIR/jvm-republish`), if it did.
+fn jvm_republish_dir(weir: &Path) -> Option<PathBuf> {
+    let dir = weir.parent()?.parent()?.join("jvm-republish");
+    dir.join("jvm-republish-1.jar").is_file().then_some(dir)
+}
+
 struct WeirProcess {
     child: Child,
     log: PathBuf,
@@ -1280,15 +1373,7 @@ impl WeirProcess {
     }
 
     fn rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|v| v.parse().ok())
-            })
-            .unwrap_or(0)
+        rss_of(self.child.id())
     }
 
     fn exited(&mut self) -> Option<std::process::ExitStatus> {
