@@ -232,5 +232,5 @@ image-test: image kafka
 # Formatting and lints, as CI checks them
 lint:
     cargo fmt --all -- --check
-    cargo clippy -p weir-host --all-targets -- -D warnings
+    cargo clippy -p weir-host -p weir-devkit --all-targets -- -D warnings
     cargo clippy --target wasm32-wasip2 {{ prepend("-p ", "weir-sdk " + example_plugins + " " + test_plugins) }} -- -D warnings

@@ -930,7 +930,6 @@ fn describe_error(err: &figment::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use figment::providers::Serialized;
 
     fn load(toml: &str) -> Result<Config, ConfigError> {
         Config::from_figment(
@@ -1152,6 +1151,7 @@ mod tests {
     /// Through `Config::load` and its `env_overrides`, with real variables (in
     /// figment's jail: a temp directory, the environment restored afterwards).
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail closure returns its own error type
     fn environment_overrides_win() {
         figment::Jail::expect_with(|jail| {
             jail.create_file(

@@ -35,7 +35,10 @@ fn ends_of(bootstrap: &str, topic: &str) -> Vec<Option<i64>> {
 
 /// The output partitions' ends, sampled every 100 ms while the test runs.
 #[derive(Clone, Default)]
-struct Samples(Arc<std::sync::Mutex<Vec<(Instant, Vec<Option<i64>>)>>>);
+struct Samples(Arc<std::sync::Mutex<Vec<Sample>>>);
+
+/// When, and each output partition's end (`None`: its leader did not answer).
+type Sample = (Instant, Vec<Option<i64>>);
 
 impl Samples {
     fn start(&self, bootstrap: &str, topic: &str) -> tokio::task::JoinHandle<()> {
