@@ -397,7 +397,10 @@ impl Bench {
     ) -> Result<(DevBroker, Duration), String> {
         let kafka =
             weir_devkit::find_kafka().ok_or("Apache Kafka is not installed: `just kafka`")?;
-        let broker = DevBroker::start(&kafka, &self.work.join(name))?;
+        // A fresh broker each time: no data of an earlier run under this name.
+        let dir = self.work.join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        let broker = DevBroker::start(&kafka, &dir)?;
         let bootstrap = broker.bootstrap();
         rt.block_on(weir_devkit::create_topics(
             &bootstrap,

@@ -174,6 +174,22 @@ fn cluster_id() -> String {
     id
 }
 
+/// The cluster id kept in `workdir/cluster-id`, created there the first time: a
+/// broker started again on the same directory (`just broker-up`) keeps its data.
+fn cluster_id_in(workdir: &Path) -> Result<String, String> {
+    let file = workdir.join("cluster-id");
+    if let Ok(id) = std::fs::read_to_string(&file) {
+        if !id.trim().is_empty() {
+            return Ok(id.trim().to_string());
+        }
+    }
+    let id = cluster_id();
+    std::fs::create_dir_all(workdir)
+        .and_then(|_| std::fs::write(&file, &id))
+        .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+    Ok(id)
+}
+
 /// One running KRaft node.
 struct Node {
     spec: NodeSpec,
@@ -277,7 +293,8 @@ pub struct DevBroker {
 
 impl DevBroker {
     /// Start a broker with its config, data and log in `workdir` (created if
-    /// needed), on free ports.
+    /// needed), on free ports. A directory that held a broker before keeps its
+    /// data (the same cluster id); a fresh broker needs a fresh directory.
     pub fn start(install: &KafkaInstall, workdir: &Path) -> Result<DevBroker, String> {
         Self::start_on(install, workdir, free_port())
     }
@@ -298,7 +315,7 @@ impl DevBroker {
             workdir,
             &spec,
             std::slice::from_ref(&spec),
-            &cluster_id(),
+            &cluster_id_in(workdir)?,
         )?;
         warm_up(&format!("127.0.0.1:{port}"))?;
         Ok(DevBroker {
