@@ -168,44 +168,26 @@ soak events="100000" kills="5": plugins kafka
 broker-faults events="100000": plugins kafka
     WEIR_FAULT_EVENTS={{ events }} cargo test -p weir-host --test e2e broker_faults -- --include-ignored --nocapture
 
-# The local Debian base image weir-base:bookworm (debootstrap, once, about 1 min): no registry needed
-base:
-    #!/usr/bin/env bash
-    set -euo pipefail
-    base=weir-base:bookworm
-    if ! docker image inspect "$base" >/dev/null 2>&1; then
-      echo "Building the base image $base: a Debian bookworm rootfs from debootstrap (one-time, about 1 min)..."
-      sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
-      command -v debootstrap >/dev/null || $sudo apt-get install -y -qq debootstrap >/dev/null
-      root=$(mktemp -d)
-      $sudo debootstrap --variant=minbase bookworm "$root" http://deb.debian.org/debian >/dev/null
-      # Documentation, locales and package caches are not needed to run weir.
-      $sudo rm -rf "$root"/usr/share/{doc,man,info,locale}/* "$root"/var/cache/apt/* "$root"/var/lib/apt/lists/*
-      $sudo tar -C "$root" -c . | docker import - "$base" >/dev/null
-      $sudo rm -rf "$root"
-    fi
+# The container image weir:dev without a Docker engine (examples/container/build-image.sh): an OCI layout
+# built with umoci on a debootstrap base (cached), and a docker-archive for `docker load` (first time: the dist build, about 15 min)
+image: plugins
+    cargo build -q --profile dist -p weir-host --bin weir
+    bash examples/container/build-image.sh "{{ target_dir }}"
 
-# The container image weir:dev (examples/container): the local Debian base, the
-# host built with the dist profile (first time about 15 min)
-image: plugins base
-    #!/usr/bin/env bash
-    set -euo pipefail
-    cargo build --profile dist -p weir-host --bin weir
-    ctx="{{ target_dir }}/image-context"
-    rm -rf "$ctx" && mkdir -p "$ctx/plugins"
-    cp "{{ target_dir }}/dist/weir" examples/container/Dockerfile examples/container/weir.toml "$ctx/"
-    cp examples/plugins/*.wasm examples/plugins/*.toml "$ctx/plugins/"
-    # (The legacy builder's deprecation notice is noise here: shown only on failure.)
-    docker build -q -t weir:dev "$ctx" 2>"$ctx/build.log" || { cat "$ctx/build.log"; exit 1; }
-    echo "image weir:dev: $(docker image inspect weir:dev --format '{{{{.Size}}') bytes"
+# Load the image into Docker as weir:dev (needs a Docker engine; examples/container/Dockerfile builds the same image with `docker build`)
+image-docker: image
+    docker load -i "{{ target_dir }}/image/weir-dev.tar"
 
 # The images compose.yaml builds: weir:dev, and Redis and S3 on the same base (first time a few minutes); Kafka is the official apache/kafka image
-compose-images: image
+compose-images: image-docker
     #!/usr/bin/env bash
     set -euo pipefail
     ctx="{{ target_dir }}/compose-context"
     rm -rf "$ctx" && mkdir -p "$ctx"
     cp examples/compose/* "$ctx/"
+    # The Dockerfiles' base: the rootfs `just image` made with debootstrap.
+    docker image inspect weir-base:bookworm >/dev/null 2>&1 \
+      || tar -C "$HOME/.cache/weir/image/rootfs-bookworm" -c . | docker import - weir-base:bookworm >/dev/null
     mkdir -p "$ctx/wheels"
     for svc in redis:weir-redis s3:weir-s3; do
       name=${svc%%:*} tag=${svc##*:}:dev
@@ -225,9 +207,10 @@ compose-images: image
 compose-test: compose-images
     TEST_COMPOSE=1 cargo test -p weir-host --test e2e compose -- --ignored --nocapture
 
-# Run the container image against a local broker: events handled, clean stop on SIGTERM
+# The image checked (entrypoint, user, port, size) and run under bubblewrap against a local broker: events handled, clean stop on SIGTERM
 image-test: image kafka
-    TEST_IMAGE=weir:dev cargo test -p weir-host --test e2e container -- --ignored --nocapture
+    @command -v bwrap >/dev/null || { sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"; $sudo apt-get install -y -qq bubblewrap >/dev/null; }
+    TEST_OCI="{{ target_dir }}/image/oci" cargo test -p weir-host --test e2e container:: -- --ignored --nocapture
 
 # Formatting and lints, as CI checks them
 lint:

@@ -7,7 +7,6 @@
 //! Runs only when `TEST_COMPOSE` is set: building the images is too slow for
 //! every `just test`.
 
-use crate::container::docker;
 use crate::kafka_support::{wait_ready, JsonPayload, PATIENCE};
 use crate::support::workspace_root;
 use object_store::{path::Path as StorePath, ObjectStore, PutPayload};
@@ -264,4 +263,18 @@ fn assert_key_order_by_track(jobs: &[crate::kafka_support::Record]) {
         let p = *partitions.entry(key.clone()).or_insert(j.partition);
         assert_eq!(p, j.partition, "key {key} spread over partitions");
     }
+}
+
+/// Run `docker args`; its output. Fails the test if docker fails.
+pub fn docker(args: &[&str]) -> String {
+    let out = std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .expect("run docker");
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
