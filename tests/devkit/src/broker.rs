@@ -154,6 +154,7 @@ fn java(install: &KafkaInstall, dir: &Path, main: &str) -> Command {
 }
 
 /// A new cluster id (22 characters of URL-safe base64, as Kafka's own).
+/// (Random enough for a dev broker: a fresh `RandomState` per 10 characters.)
 fn cluster_id() -> String {
     use std::collections::hash_map::RandomState;
     use std::hash::{BuildHasher, Hasher};
@@ -167,7 +168,11 @@ fn cluster_id() -> String {
             if id.len() == 22 {
                 break;
             }
-            id.push(ALPHABET[(bits & 63) as usize] as char);
+            let c = ALPHABET[(bits & 63) as usize] as char;
+            // Like Kafka's own ids, never one that begins with '-'.
+            if !(id.is_empty() && c == '-') {
+                id.push(c);
+            }
             bits >>= 6;
         }
     }
@@ -213,7 +218,11 @@ impl Node {
             .and_then(|_| std::fs::write(dir.join("log4j2.properties"), LOG4J2))
             .map_err(|e| format!("cannot write the broker's config in {}: {e}", dir.display()))?;
         let format = java(install, dir, "kafka.tools.StorageTool")
-            .args(["format", "--ignore-formatted", "-t", cluster, "-c"])
+            .args(["format", "--ignore-formatted"])
+            // `--cluster-id=ID`: an id may begin with '-', which the tool would
+            // otherwise read as an option.
+            .arg(format!("--cluster-id={cluster}"))
+            .arg("-c")
             .arg(&props)
             .current_dir(dir)
             .output()
