@@ -79,12 +79,12 @@ pub async fn check(path: &Path) -> CheckReport {
     let id_note = if !config.kafka.consumer.instance_id.contains("{host_id}") {
         String::new()
     } else {
-        match std::fs::read_to_string(id_file) {
-            Ok(text) if !text.trim().is_empty() => {
-                with_id.host_id = Some(text.trim().to_string());
+        match crate::host_id::HostId::peek(id_file) {
+            Some(id) => {
+                with_id.host_id = Some(id);
                 format!(" (host id from {})", id_file.display())
             }
-            _ => format!(
+            None => format!(
                 " (the host id is created at the first run in {})",
                 id_file.display()
             ),

@@ -10,6 +10,7 @@
 //! locked while the host runs, so a second host started on the same directory
 //! refuses to start instead of taking the first one's id.
 
+use crate::manifest::is_kafka_name_char;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -26,6 +27,9 @@ pub struct HostId {
 /// Longest host id accepted from the file (a group.instance.id is at most 249
 /// bytes, and the plugin name is appended).
 const MAX_LEN: usize = 128;
+
+/// How much of the id file is read (past MAX_LEN it is refused anyway).
+const READ_LIMIT: u64 = 4096;
 
 impl HostId {
     /// Read the id in `path` (created with a new id if missing) and lock it for
@@ -63,8 +67,11 @@ impl HostId {
                 return Err(format!("cannot lock the host id file {}: {e}", path.display()))
             }
         }
+        // Bounded: an id is short, whatever the file holds.
         let mut text = String::new();
-        file.read_to_string(&mut text)
+        Read::by_ref(&mut file)
+            .take(READ_LIMIT)
+            .read_to_string(&mut text)
             .map_err(|e| format!("cannot read the host id file {}: {e}", path.display()))?;
         let id = match text.trim() {
             "" => {
@@ -96,6 +103,19 @@ impl HostId {
         })
     }
 
+    /// The id in `path` if a host created one there, without locking it (for
+    /// `weir config check`).
+    pub fn peek(path: &Path) -> Option<String> {
+        let mut text = String::new();
+        File::open(path)
+            .ok()?
+            .take(READ_LIMIT)
+            .read_to_string(&mut text)
+            .ok()?;
+        let id = text.trim();
+        (check(id).is_ok() && !id.is_empty()).then(|| id.to_string())
+    }
+
     pub fn id(&self) -> &str {
         &self.id
     }
@@ -110,13 +130,7 @@ impl HostId {
 fn new_id(hostname: &str) -> String {
     let name: String = hostname
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
-                c
-            } else {
-                '-'
-            }
-        })
+        .map(|c| if is_kafka_name_char(c) { c } else { '-' })
         .take(64)
         .collect();
     let name = if name.is_empty() { "weir".into() } else { name };
@@ -127,10 +141,7 @@ fn check(id: &str) -> Result<(), String> {
     if id.len() > MAX_LEN {
         return Err(format!("longer than {MAX_LEN} bytes"));
     }
-    if let Some(c) = id
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-    {
+    if let Some(c) = id.chars().find(|c| !is_kafka_name_char(*c)) {
         return Err(format!(
             "{c:?} is not allowed (letters, digits, '-', '_', '.')"
         ));
@@ -167,6 +178,16 @@ mod tests {
         assert!(a.starts_with("my-host-1-"), "{a}");
         assert!(check(&a).is_ok());
         assert!(check("x y").is_err());
+    }
+
+    #[test]
+    fn an_oversized_id_file_is_refused_without_reading_it_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("host-id");
+        std::fs::write(&path, "a".repeat(10 << 20)).unwrap();
+        let err = HostId::acquire(&path).unwrap_err();
+        assert!(err.contains("longer than 128 bytes"), "{err}");
+        assert_eq!(HostId::peek(&path), None);
     }
 
     #[test]

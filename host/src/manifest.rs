@@ -384,6 +384,12 @@ fn is_name(s: &str) -> bool {
         && s.len() <= 64
 }
 
+/// Whether `c` may appear in a Kafka name (a topic, a client or member id that
+/// stays readable): `[a-zA-Z0-9._-]`.
+pub fn is_kafka_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}
+
 /// Kafka's rules for topic names: 1 to 249 of `[a-zA-Z0-9._-]`.
 pub fn check_topic(t: &str) -> Result<(), String> {
     if t.is_empty() || t.len() > 249 {
@@ -391,10 +397,7 @@ pub fn check_topic(t: &str) -> Result<(), String> {
             "{t:?} is not a valid topic: use 1 to 249 characters"
         ));
     }
-    if let Some(c) = t
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
+    if let Some(c) = t.chars().find(|c| !is_kafka_name_char(*c)) {
         return Err(format!(
             "{t:?} is not a valid topic: {c:?} is not allowed (use letters, digits, `.`, `_`, `-`)"
         ));

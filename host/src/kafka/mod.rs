@@ -46,6 +46,13 @@ pub fn consumer_protocol(config: &Config) -> bool {
         .is_some_and(|p| p.trim().eq_ignore_ascii_case("consumer"))
 }
 
+/// An admin client for the configured brokers.
+fn admin_client(config: &Config) -> Result<AdminClient<DefaultClientContext>, String> {
+    base_config(config)
+        .create()
+        .map_err(|e| format!("cannot create the admin client: {e}"))
+}
+
 /// The broker's topic names, asked with a bounded timeout, retried with backoff
 /// as `[kafka.connect]` says, logging each failed attempt.
 pub async fn wait_for_broker(config: &Config) -> Result<BTreeSet<String>, String> {
@@ -126,9 +133,7 @@ pub async fn ensure_topics_with(
             missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
         ));
     };
-    let admin: AdminClient<DefaultClientContext> = base_config(config)
-        .create()
-        .map_err(|e| format!("cannot create the admin client: {e}"))?;
+    let admin = admin_client(config)?;
     let new: Vec<NewTopic> = missing
         .iter()
         .map(|t| {
@@ -179,9 +184,7 @@ pub async fn topic_setting(
     name: &str,
 ) -> Result<Option<String>, String> {
     use rdkafka::admin::ResourceSpecifier;
-    let admin: AdminClient<DefaultClientContext> = base_config(config)
-        .create()
-        .map_err(|e| format!("cannot create the admin client: {e}"))?;
+    let admin = admin_client(config)?;
     let results = admin
         .describe_configs(
             &[ResourceSpecifier::Topic(topic)],
