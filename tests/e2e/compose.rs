@@ -266,15 +266,6 @@ fn assert_key_order_by_track(jobs: &[crate::kafka_support::Record]) {
 }
 
 /// Run `docker args`; its output. Fails the test if docker fails.
-pub fn docker(args: &[&str]) -> String {
-    let out = std::process::Command::new("docker")
-        .args(args)
-        .output()
-        .expect("run docker");
-    assert!(
-        out.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+fn docker(args: &[&str]) -> String {
+    crate::container::run("docker", args).trim().to_string()
 }

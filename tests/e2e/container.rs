@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Run a tool; its standard output. Fails the test if it fails.
-fn run(tool: &str, args: &[&str]) -> String {
+pub fn run(tool: &str, args: &[&str]) -> String {
     let out = Command::new(tool)
         .args(args)
         .output()

@@ -81,15 +81,7 @@ fn shared_broker_dir() -> PathBuf {
 /// A broker of the test's own, which it may kill and restart (its data survives a
 /// restart); see [`kafka`] for when it is `None`.
 pub fn own_broker() -> Option<TestBroker> {
-    let install = kafka()?;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let broker =
-        DevBroker::start(&install, &dir.path().join("broker")).unwrap_or_else(|e| panic!("{e}"));
-    Some(TestBroker {
-        bootstrap: broker.bootstrap(),
-        own: Some(broker),
-        _dir: Some(dir),
-    })
+    own_broker_on(weir_devkit::free_port())
 }
 
 /// A broker of the test's own started on `port` (where a host already looks).

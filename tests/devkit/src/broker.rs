@@ -262,15 +262,22 @@ fn answers_metadata(port: u16) -> bool {
     broker_count(&format!("127.0.0.1:{port}"), Duration::from_secs(2)).is_some_and(|n| n > 0)
 }
 
-/// How many brokers the cluster behind `bootstrap` lists.
-fn broker_count(bootstrap: &str, timeout: Duration) -> Option<usize> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+/// A client for metadata requests to `bootstrap`, silent while brokers come and go.
+fn metadata_client(bootstrap: &str) -> Result<rdkafka::consumer::BaseConsumer, String> {
+    rdkafka::ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set_log_level(rdkafka::config::RDKafkaLogLevel::Emerg)
         .create()
+        .map_err(|e| e.to_string())
+}
+
+/// How many brokers the cluster behind `bootstrap` lists.
+fn broker_count(bootstrap: &str, timeout: Duration) -> Option<usize> {
+    use rdkafka::consumer::Consumer;
+    let md = metadata_client(bootstrap)
+        .ok()?
+        .fetch_metadata(None, timeout)
         .ok()?;
-    let md = consumer.fetch_metadata(None, timeout).ok()?;
     Some(md.brokers().len())
 }
 
@@ -460,12 +467,9 @@ impl DevCluster {
 
     /// The node leading `topic`'s partition `partition`, from the cluster's metadata.
     pub fn leader_of(&self, topic: &str, partition: i32) -> Option<u32> {
-        use rdkafka::consumer::{BaseConsumer, Consumer};
-        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", self.bootstrap())
-            .create()
-            .ok()?;
-        let md = consumer
+        use rdkafka::consumer::Consumer;
+        let md = metadata_client(&self.bootstrap())
+            .ok()?
             .fetch_metadata(Some(topic), Duration::from_secs(10))
             .ok()?;
         let leader = md
@@ -481,12 +485,8 @@ impl DevCluster {
     /// Wait until every partition of `topics` has all its replicas in sync (a
     /// restarted node has caught up), so the next node may go.
     pub fn wait_in_sync(&self, topics: &[&str], patience: Duration) -> Result<(), String> {
-        use rdkafka::consumer::{BaseConsumer, Consumer};
-        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", self.bootstrap())
-            .set_log_level(rdkafka::config::RDKafkaLogLevel::Emerg)
-            .create()
-            .map_err(|e| e.to_string())?;
+        use rdkafka::consumer::Consumer;
+        let consumer = metadata_client(&self.bootstrap())?;
         let deadline = Instant::now() + patience;
         loop {
             let mut behind = Vec::new();
