@@ -303,7 +303,6 @@ fn warm_up(bootstrap: &str) -> Result<(), String> {
 
 /// A single-node Kafka (broker and controller in one process).
 pub struct DevBroker {
-    install: KafkaInstall,
     node: Node,
 }
 
@@ -334,10 +333,7 @@ impl DevBroker {
             &cluster_id_in(workdir)?,
         )?;
         warm_up(&format!("127.0.0.1:{port}"))?;
-        Ok(DevBroker {
-            install: install.clone(),
-            node,
-        })
+        Ok(DevBroker { node })
     }
 
     /// `127.0.0.1:PORT`.
@@ -352,11 +348,6 @@ impl DevBroker {
     /// The broker's log.
     pub fn log(&self) -> &Path {
         self.node.process.log()
-    }
-
-    /// What runs it.
-    pub fn install(&self) -> &KafkaInstall {
-        &self.install
     }
 
     /// Kill the broker (SIGKILL, as a crash would) and start it again on the same
