@@ -235,6 +235,133 @@ async fn a_second_host_on_the_same_host_id_refuses_to_start() {
     drop(first);
 }
 
+/// The time a log line was written (its leading RFC 3339 timestamp), in
+/// milliseconds since the epoch.
+fn logged_at_ms(line: &str) -> i64 {
+    let stamp = line.split_whitespace().next().unwrap_or_default();
+    let at = humantime::parse_rfc3339_weak(stamp)
+        .unwrap_or_else(|e| panic!("no timestamp in {line:?}: {e}"));
+    at.duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Two hosts given the same static member id by hand (on different data
+/// directories, which no lock can catch): the second fences the first. The
+/// moment the first learns of it, it drops the partitions it held: none of its
+/// events in flight sends a record after that (among them events waiting for a
+/// retry, which would otherwise be handled seconds later), and the second
+/// handles everything from the last commit. Nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Apache Kafka (`just kafka`); `just test` installs it and runs the ignored tests"]
+async fn a_fenced_host_sends_nothing_more_for_the_partitions_it_held() {
+    let Some(b) = broker() else { return };
+    let names = ["fence-in", "fence-out", "fence-in.dlq"];
+    b.create_topics(&names, 3).await;
+    // Each host tags its outputs with its name; a retried event waits 2 s.
+    let manifest = |who: &str| {
+        format!(
+            "[retry]\ninitial_backoff = \"2s\"\nmax_backoff = \"2s\"\n[config]\nversion = \"{who}\""
+        )
+    };
+    let files_a = HostFiles::echo(&b.bootstrap(), "fence", &manifest("a"));
+    let files_b = HostFiles::echo(&b.bootstrap(), "fence", &manifest("b"));
+    let same_id = [("WEIR_KAFKA__CONSUMER__INSTANCE_ID", "twin-{plugin}")];
+    let a = BinaryHost::start_with(&files_a, "a", &same_id);
+    a.wait_for_log("partitions assigned");
+
+    // Keyed events over about 4 s; one in 97 (over every key: 97 and 50 are
+    // coprime) fails twice before it is handled.
+    let n = 3_000;
+    let producer = b.producer();
+    let stream = tokio::spawn(async move {
+        for chunk in 0..n / 100 {
+            let sends = (chunk * 100..(chunk + 1) * 100).map(|i| {
+                let producer = producer.clone();
+                async move {
+                    let key = format!("k{}", i % 50);
+                    let mode = if i % 97 == 3 { "fail-twice" } else { "ok" };
+                    produce(
+                        &producer,
+                        "fence-in",
+                        &key,
+                        json!({"seq": i, "key": key, "mode": mode}),
+                    )
+                    .await
+                }
+            });
+            futures::future::join_all(sends).await;
+            tokio::time::sleep(Duration::from_millis(130)).await;
+        }
+    });
+    b.wait_count("fence-out", 300).await;
+    let bh = BinaryHost::start_with(&files_b, "b", &same_id);
+    a.wait_for_log("the consumer failed for good");
+    stream.await.unwrap();
+    // Duplicates count too: read until every event has its output.
+    let deadline = Instant::now() + PATIENCE;
+    let out = loop {
+        let out = b.read("fence-out", n);
+        if seqs(&out).0.len() == n || Instant::now() > deadline {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (a_log, b_log) = (a.log_text(), bh.log_text());
+    drop((a, bh));
+
+    let fenced_line = a_log
+        .lines()
+        .find(|l| l.contains("the consumer failed for good"))
+        .unwrap();
+    let fenced_at = logged_at_ms(fenced_line);
+    // Fenced at the broker when b joined with the id; a rejoins as a dynamic
+    // member later and may then be given partitions again.
+    let joined_at = logged_at_ms(
+        b_log
+            .lines()
+            .find(|l| l.contains("partitions assigned"))
+            .unwrap(),
+    );
+    let back_at = a_log
+        .lines()
+        .filter(|l| l.contains("partitions assigned"))
+        .map(logged_at_ms)
+        .find(|&at| at > fenced_at)
+        .unwrap_or(i64::MAX);
+    let by_a_at = |from: i64, to: i64| {
+        out.iter()
+            .filter(|r| r.json()["by"] == "a")
+            .filter(|r| r.timestamp_ms.is_some_and(|t| t > from && t < to))
+            .count()
+    };
+    let before_it_knew = by_a_at(joined_at, fenced_at + 1);
+    let after_it_knew = by_a_at(fenced_at, back_at);
+    let (seen, duplicates) = seqs(&out);
+    println!(
+        "fence: a learned of it {} ms after b joined with its id and dropped its partitions ({}); \
+         a sent {before_it_knew} outputs in between and {after_it_knew} after; {} outputs, \
+         {duplicates} duplicates, {} missing",
+        fenced_at - joined_at,
+        fenced_line
+            .split("events_dropped=")
+            .nth(1)
+            .map(|s| format!(
+                "{} events in flight dropped",
+                s.split_whitespace().next().unwrap()
+            ))
+            .unwrap_or_default(),
+        out.len(),
+        n - seen.len()
+    );
+    assert_eq!(
+        after_it_knew, 0,
+        "a sent records for its fenced partitions after the fence:\n{a_log}"
+    );
+    assert_eq!(seen.len(), n, "nothing lost:\n{a_log}\n---\n{b_log}");
+    assert_key_order(&out);
+}
+
 /// Three hosts join one group while keyed events flow, then one leaves
 /// (SIGTERM): every event handled, order per key kept, whatever the group
 /// protocol. Returns how many partitions the first host gave up at each of its

@@ -75,6 +75,8 @@ pub struct EventAck {
     remaining: AtomicU32,
     state: AtomicU8,
     partition: Arc<PartitionSignal>,
+    /// The partition's generation when the event was fetched.
+    generation: u64,
 }
 
 impl EventAck {
@@ -84,6 +86,7 @@ impl EventAck {
             bytes,
             remaining: AtomicU32::new(1),
             state: AtomicU8::new(PENDING),
+            generation: partition.generation(),
             partition,
         })
     }
@@ -140,6 +143,12 @@ impl EventAck {
         }
     }
 
+    /// Its partition was rewound or revoked since it was fetched: nothing of it
+    /// may be sent any more (the partition's next owner handles it again).
+    pub fn is_stale(&self) -> bool {
+        self.partition.generation() != self.generation
+    }
+
     pub fn is_finished(&self) -> bool {
         self.state.load(Ordering::Acquire) == FINISHED
     }
@@ -156,8 +165,6 @@ pub struct Ticket {
     pub event: EventRecord,
     pub ack: Arc<EventAck>,
     pub partition: Arc<PartitionSignal>,
-    /// The partition's generation when the event was fetched.
-    pub generation: u64,
     /// Attempts made so far.
     pub attempts: u32,
     /// Hash of (partition, key): events with equal lanes are handled in order.
@@ -171,7 +178,7 @@ pub struct Ticket {
 impl Ticket {
     /// Its partition was rewound or revoked since: drop it.
     pub fn is_stale(&self) -> bool {
-        self.partition.generation() != self.generation
+        self.ack.is_stale()
     }
 }
 
@@ -215,7 +222,6 @@ mod tests {
             event: EventRecord::for_test("t", 0, 0),
             ack: EventAck::new(0, 0, p.clone()),
             partition: p.clone(),
-            generation: p.generation(),
             attempts: 0,
             lane: 0,
             delivery_failures: 0,
@@ -223,6 +229,6 @@ mod tests {
         };
         assert!(!ticket.is_stale());
         p.bump();
-        assert!(ticket.is_stale());
+        assert!(ticket.is_stale() && ticket.ack.is_stale());
     }
 }

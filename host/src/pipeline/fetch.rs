@@ -67,6 +67,8 @@ struct State {
     lag: BTreeMap<Tp, i64>,
     /// Partitions with lag and no progress, with what is known of why.
     stalled: BTreeMap<Tp, String>,
+    /// Partitions the consumer was told to pause (operator, or a rewind's backoff).
+    paused: BTreeSet<Tp>,
     /// The consumer failed for good (fenced by another member with its instance id).
     fatal: Option<String>,
 }
@@ -81,6 +83,10 @@ pub struct PartitionView {
     /// Set when the partition has lag and made no progress for `stall_timeout`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stalled: Option<String>,
+    /// Not fetched now: paused by the operator (applied, not just asked for),
+    /// or backing off after a failed delivery.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 impl Shared {
@@ -104,6 +110,7 @@ impl Shared {
                 partition: tp.1,
                 lag: state.lag.get(tp).copied(),
                 stalled: state.stalled.get(tp).cloned(),
+                paused: state.paused.contains(tp),
             })
             .collect()
     }
@@ -219,6 +226,7 @@ impl ConsumerContext for FetchContext {
                 state.assigned.remove(tp);
                 state.lag.remove(tp);
                 state.stalled.remove(tp);
+                state.paused.remove(tp);
                 paused.remove(tp);
             }
             drop(state);
@@ -242,8 +250,10 @@ impl ConsumerContext for FetchContext {
                     state.assigned.insert(tp.clone());
                     if self.operator.load(Ordering::SeqCst) {
                         paused.insert(tp.clone());
+                        state.paused.insert(tp.clone());
                     } else {
                         paused.remove(tp);
+                        state.paused.remove(tp);
                     }
                 }
                 drop(state);
@@ -660,6 +670,9 @@ impl Fetcher {
                 _ => {}
             }
         }
+        if pause.is_empty() && resume.is_empty() {
+            return;
+        }
         if !pause.is_empty() {
             match self.consumer.pause(&tpl_of(&pause)) {
                 Ok(()) => paused.extend(pause.into_iter().cloned()),
@@ -680,6 +693,11 @@ impl Fetcher {
                 }
             }
         }
+        let mut state = self.shared.lock();
+        state.paused = assigned
+            .into_iter()
+            .filter(|tp| paused.contains(tp))
+            .collect();
     }
 
     /// Report partitions with lag that made no progress for `stall_timeout`.
@@ -793,7 +811,6 @@ impl Fetcher {
         };
         Some(Ticket {
             lane: lane_of(&event),
-            generation: signal.generation(),
             partition: signal,
             ack,
             attempts: 0,
@@ -821,31 +838,42 @@ impl Fetcher {
     }
 
     /// The consumer failed for good: most likely another member of the group
-    /// took over its `group.instance.id` (fenced). Its events in flight become
-    /// stale, and a new consumer joins as a dynamic member, so this host keeps
+    /// took over its `group.instance.id` (fenced). Its partitions are dropped at
+    /// once: every event in flight becomes stale, so none of them sends another
+    /// record (the partitions' new owner handles them from the last commit).
+    /// Then a new consumer joins as a dynamic member, so this host keeps
     /// consuming; the problem stays on `/health` until the ids are fixed.
     fn replace_fatal(&mut self, reason: String) {
+        let (dropped, partitions) = {
+            let ctx = self.consumer.context();
+            let mut book = ctx.book.lock().expect("book lock");
+            let all: Vec<Tp> = book.assigned().cloned().collect();
+            let dropped = book.unsettled(None);
+            book.revoke(&all);
+            (dropped, all)
+        };
         let text = match &self.settings.instance_id {
             Some(id) => format!(
                 "the consumer failed for good ({reason}): another member of group {} probably uses \
-                 group.instance.id {id:?}. This host goes on as a dynamic member; give each host its \
-                 own kafka.consumer.instance_id (default \"{{hostname}}-{{plugin}}\": distinct host names)",
+                 group.instance.id {id:?}. This host dropped its partitions and goes on as a dynamic \
+                 member; give each host its own kafka.consumer.instance_id (the default, \
+                 \"{{host_id}}-{{plugin}}\", is unique per data directory)",
                 self.settings.group
             ),
             None => format!("the consumer failed for good ({reason}); a new one is created"),
         };
-        tracing::error!(plugin = %self.settings.plugin, "{text}");
-        {
-            let ctx = self.consumer.context();
-            let mut book = ctx.book.lock().expect("book lock");
-            let all: Vec<Tp> = book.assigned().cloned().collect();
-            book.revoke(&all);
-        }
+        tracing::error!(
+            plugin = %self.settings.plugin,
+            partitions = %describe(&partitions),
+            events_dropped = dropped,
+            "{text}"
+        );
         {
             let mut state = self.shared.lock();
             state.assigned.clear();
             state.lag.clear();
             state.stalled.clear();
+            state.paused.clear();
             state.fatal = Some(text);
         }
         match self.recipe.create(&self.settings, None) {

@@ -278,6 +278,12 @@ impl Worker {
                         self.finish(ticket);
                         return;
                     }
+                    Err(_) if ticket.is_stale() => {
+                        // Revoked or fenced while its outputs were handed over:
+                        // the rest of them were not sent; the next owner has it.
+                        self.lanes.dropped(&ticket);
+                        return;
+                    }
                     Err(e) => Outcome::Retry(e),
                 }
             }
@@ -363,6 +369,7 @@ impl Worker {
                     .fetch_add(1, Ordering::Relaxed);
                 self.finish(ticket);
             }
+            Err(_) if ticket.is_stale() => self.lanes.dropped(&ticket),
             Err(e) => {
                 // The offset must not move before the dead letter is safe: the
                 // event is tried again later (and dead-lettered again).

@@ -230,7 +230,6 @@ mod tests {
         Ticket {
             lane: lane_of(&event),
             ack: EventAck::new(offset, 10, p.clone()),
-            generation: p.generation(),
             partition: p,
             attempts: 0,
             delivery_failures: 0,

@@ -37,6 +37,9 @@ pub const PROPAGATED_HEADERS: &[&str] = &[
 ];
 
 /// Dead-letter headers (besides the original ones).
+/// Why a stale event's record is refused.
+const STALE: &str = "its partition was revoked or rewound since it was read; not sent";
+
 pub const H_ERROR: &str = "weir-error";
 pub const H_PLUGIN: &str = "weir-plugin";
 pub const H_TOPIC: &str = "weir-original-topic";
@@ -207,12 +210,19 @@ impl Outputs {
         Ok(())
     }
 
-    /// Hand a record of an event to the producer, counted on `ack`.
+    /// Hand a record of an event to the producer, counted on `ack`; refused
+    /// once the event is stale.
     pub async fn enqueue_counted(
         &self,
         record: Record<'_>,
         ack: &Arc<EventAck>,
     ) -> Result<(), String> {
+        if ack.is_stale() {
+            // Its partition was revoked (or fenced) or rewound while the event
+            // was handed over: the next owner handles it again, and nothing of
+            // it may be sent from here any more.
+            return Err(STALE.into());
+        }
         ack.expect(1);
         let delivery = Delivery::Event { ack: ack.clone() };
         self.enqueue(record, delivery).await.inspect_err(|_| {

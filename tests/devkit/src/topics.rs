@@ -47,6 +47,8 @@ pub async fn create_topics_with(
 pub struct TopicRecord {
     pub partition: i32,
     pub offset: i64,
+    /// The record's timestamp (milliseconds since the epoch), if it has one.
+    pub timestamp_ms: Option<i64>,
     pub key: Option<String>,
     pub payload: Vec<u8>,
     pub headers: Vec<(String, String)>,
@@ -105,6 +107,7 @@ pub fn read_topic(
                 out.push(TopicRecord {
                     partition: m.partition(),
                     offset: m.offset(),
+                    timestamp_ms: m.timestamp().to_millis(),
                     key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
                     payload: m.payload().unwrap_or_default().to_vec(),
                     headers: text_headers(&m),
