@@ -40,6 +40,24 @@ async fn wait_json(port: u16, path: &str, what: &str, ok: impl Fn(u16, &Value) -
     }
 }
 
+/// A POST as a web page on another site sends it to the host
+/// (`fetch(url, {method: "POST", mode: "no-cors", body: "x"})`, a "simple"
+/// request that needs no preflight): the raw answer.
+async fn page_post(port: u16, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: http://evil.example\r\n\
+         Content-Type: text/plain\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx"
+    );
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
 /// `weir <args> --config <the host's weir.toml>`: exit code and stdout + stderr.
 async fn weir(files: &HostFiles, args: &[&str]) -> (Option<i32>, String) {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_weir"))
@@ -109,9 +127,21 @@ async fn health_metrics_status_and_pause_resume_through_the_admin_api() {
     );
     let (_, paused) = get_json(port, "/plugins/echo").await;
     assert_eq!(paused["paused"], true);
-    // The source applies the pause on its next poll (within 100 ms); events
-    // produced after this are not handled until the resume.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A web page cannot resume it (issue 20: it could, on a tokenless loopback API).
+    let answer = page_post(port, "/plugins/echo/resume").await;
+    assert!(
+        answer.starts_with("HTTP/1.1 403") && answer.contains("cross-origin"),
+        "{answer}"
+    );
+    assert_eq!(get_json(port, "/plugins/echo").await.1["paused"], true);
+    // The source applies the pause on its next poll and shows it per partition;
+    // events produced after that are not handled until the resume.
+    wait_json(port, "/plugins/echo", "every partition paused", |_, v| {
+        v["partitions"]
+            .as_array()
+            .is_some_and(|ps| ps.len() == 3 && ps.iter().all(|p| p["paused"] == true))
+    })
+    .await;
     for seq in 30..50 {
         produce(
             &producer,

@@ -25,6 +25,10 @@ pub type RouteLabels = Vec<(String, String)>;
 pub struct Auth {
     token: Option<String>,
     open: BTreeSet<String>,
+    /// `allow_unauthenticated`: without a token, state-changing requests are
+    /// accepted whatever their `Host` (the operator accepted that anyone
+    /// reaching the port may send them).
+    any_host: bool,
     /// Refused requests per route group.
     pub refused: Family<RouteLabels, Counter>,
 }
@@ -55,6 +59,7 @@ impl Auth {
         Ok(Auth {
             token,
             open: admin.open.iter().cloned().collect(),
+            any_host: admin.allow_unauthenticated,
             refused: Family::default(),
         })
     }
@@ -117,9 +122,101 @@ fn is_loopback(listen: &str) -> bool {
     }
 }
 
-/// The middleware: pass, or `401` with `WWW-Authenticate: Bearer`, counted.
+/// The header every state-changing request must carry when the API has no
+/// token (`weir pause`/`resume` and the dashboard send it). A web page cannot
+/// add it to a cross-origin request without a CORS preflight, which this API
+/// never grants.
+pub const REQUEST_HEADER: &str = "x-weir-request";
+
+/// Why a state-changing request looks forged by a web page (cross-site request
+/// forgery, DNS rebinding), if it does: an `Origin` that is not the API's own
+/// `Host`; and, without a token, a missing [`REQUEST_HEADER`] or (unless
+/// `any_host`) a `Host` that is not a loopback name. Reads (`GET`, `HEAD`) are
+/// not checked.
+pub fn forged(
+    method: &axum::http::Method,
+    headers: &axum::http::HeaderMap,
+    has_token: bool,
+    any_host: bool,
+) -> Option<String> {
+    use axum::http::Method;
+    if method == Method::GET || method == Method::HEAD {
+        return None;
+    }
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        let authority = origin.split_once("://").map_or("", |(_, rest)| rest);
+        if host.is_none_or(|h| !h.eq_ignore_ascii_case(authority)) {
+            return Some(format!(
+                "cross-origin request refused: Origin {:?} is not this API's host {:?}",
+                bounded(origin),
+                bounded(host.unwrap_or(""))
+            ));
+        }
+    }
+    if has_token {
+        // The bearer token itself is the proof: a page cannot know it, nor send
+        // `Authorization` cross-origin without a preflight.
+        return None;
+    }
+    if !any_host && !host.is_some_and(is_loopback_host) {
+        return Some(format!(
+            "refused: without an admin token, state-changing requests are accepted only for a \
+             loopback Host (localhost, 127.0.0.1, [::1]), not {:?}; set an admin token to use \
+             another name",
+            bounded(host.unwrap_or(""))
+        ));
+    }
+    if !headers.contains_key(REQUEST_HEADER) {
+        return Some(
+            "refused: without an admin token, state-changing requests need the header \
+             `X-Weir-Request: 1` (weir pause/resume and the dashboard send it), so that no web \
+             page can send them"
+                .to_string(),
+        );
+    }
+    None
+}
+
+/// At most 100 characters of a header value, for an error message.
+fn bounded(value: &str) -> String {
+    value.chars().take(100).collect()
+}
+
+/// `localhost`, `127.0.0.1`, `[::1]` (with or without a port).
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The middleware: pass, or `401` with `WWW-Authenticate: Bearer`, counted;
+/// `403` for a state-changing request that looks forged by a web page.
 pub async fn layer(State(auth): State<Arc<Auth>>, request: Request, next: Next) -> Response {
     let path = request.uri().path().to_string();
+    if let Some(why) = forged(
+        request.method(),
+        request.headers(),
+        auth.has_token(),
+        auth.any_host,
+    ) {
+        let group = route_group(&path);
+        auth.refused
+            .get_or_create(&vec![("route".to_string(), group.to_string())])
+            .inc();
+        tracing::warn!(path, "admin API request refused: {why}");
+        return (
+            StatusCode::FORBIDDEN,
+            Json(serde_json::json!({ "error": why })),
+        )
+            .into_response();
+    }
     let authorization = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -186,6 +283,76 @@ mod tests {
         let closed = auth(Some("s3cret"), &[], "127.0.0.1:1").unwrap();
         assert!(!closed.allows("/metrics", None));
         assert!(closed.allows("/metrics", Some("Bearer s3cret")));
+    }
+
+    fn request(pairs: &[(&str, &str)]) -> axum::http::HeaderMap {
+        let mut h = axum::http::HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(
+                axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    /// Issue 20: a web page's `fetch(..., {mode: 'no-cors'})` paused a plugin.
+    #[test]
+    fn state_changing_requests_a_web_page_could_forge_are_refused() {
+        use axum::http::Method;
+        let post = Method::POST;
+        let ours = [("host", "127.0.0.1:9464"), ("x-weir-request", "1")];
+        assert_eq!(forged(&post, &request(&ours), false, false), None);
+        assert_eq!(
+            forged(
+                &Method::GET,
+                &request(&[("host", "evil.example")]),
+                false,
+                false
+            ),
+            None
+        );
+        // The attack: a simple cross-origin POST.
+        let page = [
+            ("host", "127.0.0.1:9464"),
+            ("origin", "http://evil.example"),
+            ("content-type", "text/plain"),
+        ];
+        assert!(forged(&post, &request(&page), false, false)
+            .unwrap()
+            .contains("cross-origin"));
+        assert!(
+            forged(&post, &request(&page), true, false).is_some(),
+            "a token does not excuse a foreign Origin"
+        );
+        // Same origin (the dashboard), with the header.
+        let dashboard = [
+            ("host", "localhost:9464"),
+            ("origin", "http://localhost:9464"),
+            ("x-weir-request", "1"),
+        ];
+        assert_eq!(forged(&post, &request(&dashboard), false, false), None);
+        // No Origin (an old browser, a form), no header: refused without a token.
+        let form = [("host", "127.0.0.1:9464")];
+        assert!(forged(&post, &request(&form), false, false)
+            .unwrap()
+            .contains("X-Weir-Request"));
+        assert_eq!(forged(&post, &request(&form), true, false), None);
+        // DNS rebinding: a page's own name resolved to 127.0.0.1.
+        let rebound = [("host", "evil.example:9464"), ("x-weir-request", "1")];
+        assert!(forged(&post, &request(&rebound), false, false)
+            .unwrap()
+            .contains("loopback Host"));
+        assert!(forged(
+            &post,
+            &request(&[("host", "[::1]:9464"), ("x-weir-request", "1")]),
+            false,
+            false
+        )
+        .is_none());
+        // allow_unauthenticated on another address: any Host, the header still needed.
+        assert_eq!(forged(&post, &request(&rebound), false, true), None);
+        assert!(forged(&post, &request(&[("host", "10.0.0.5:9464")]), false, true).is_some());
     }
 
     #[test]

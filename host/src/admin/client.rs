@@ -66,7 +66,8 @@ async fn request(
     let mut request = Request::builder()
         .method(method)
         .uri(path)
-        .header(hyper::header::HOST, addr);
+        .header(hyper::header::HOST, addr)
+        .header(super::auth::REQUEST_HEADER, "1");
     if let Some(token) = token {
         request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
     }
