@@ -107,6 +107,11 @@ pub async fn run(opts: &InvokeOptions, out: &mut dyn Write) -> Result<Summary, I
         }
     };
     let backends = Backends::local(&storage_dir).map_err(InvokeError)?;
+    // The sweep below carries out this plugin's deletions within its grants.
+    backends.deletions.allow(
+        &manifest.name,
+        crate::capabilities::Grants::from_manifest(&manifest).storage_prefixes,
+    );
     // A kept storage directory may hold deletions scheduled by an earlier run:
     // carry out the ones now due, as a running host would.
     let swept = match &opts.storage_dir {

@@ -14,6 +14,7 @@ mod container;
 mod dashboard;
 mod faults;
 mod group;
+mod hostile;
 mod invoke_cli;
 mod kubernetes;
 mod pipeline;

@@ -2,6 +2,7 @@
 //! cleaner leaves; a schedule topic that is not compacted stops the host.
 
 use crate::kafka_support::*;
+use crate::support::wasm;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -35,6 +36,20 @@ async fn write(producer: &FutureProducer, topic: &str, change: &ScheduleChange) 
         .send(record, Duration::from_secs(30))
         .await
         .unwrap_or_else(|(e, _)| panic!("write to {topic}: {e}"));
+}
+
+/// Install the plugin the schedule's entries belong to (the sweeper carries
+/// out a plugin's deletions only within its storage grants), granted `prefixes`.
+fn install_sched(files: &HostFiles, prefixes: &[&str]) {
+    let prefixes: Vec<String> = prefixes.iter().map(|p| format!("{p:?}")).collect();
+    files.install(
+        PLUGIN,
+        &wasm("noop"),
+        &format!(
+            "name = \"{PLUGIN}\"\ntopics = [\"idle\"]\n[capabilities.storage]\nprefixes = [{}]\n",
+            prefixes.join(", ")
+        ),
+    );
 }
 
 fn far_future() -> i64 {
@@ -102,6 +117,7 @@ async fn the_schedule_is_rebuilt_from_a_compacted_topic() {
         "compact",
         "[storage]\nsweep_interval = \"200ms\"\n",
     );
+    install_sched(&files, &["kept/", "cancelled/", "due/", "filler/"]);
     let config = files.load();
     let topic = config.schedule_topic().unwrap();
     weir_devkit::create_topics_with(
@@ -146,11 +162,17 @@ async fn the_schedule_is_rebuilt_from_a_compacted_topic() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let keys = host.ready_keys().await;
-    assert_eq!(
-        keys,
-        BTreeSet::from(["kept/a".to_string(), "kept/d".to_string()])
-    );
+    // The object goes first, the entry once its tombstone is acknowledged.
+    let expected = BTreeSet::from(["kept/a".to_string(), "kept/d".to_string()]);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let keys = host.ready_keys().await;
+        if keys == expected {
+            break;
+        }
+        assert!(Instant::now() < deadline, "pending: {keys:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     host.stop().await;
 
     // Wait for the cleaner: a new segment is rolled with each filler entry, and
@@ -210,6 +232,91 @@ async fn the_schedule_is_rebuilt_from_a_compacted_topic() {
     assert!(
         storage.join("cancelled/b").exists(),
         "a cancelled deletion is never carried out"
+    );
+}
+
+/// Anyone who can write to the schedule topic can name any (plugin, key) in a
+/// record: the sweeper carries out only what the plugin's storage grants allow,
+/// and holds the entries of a plugin this host never loaded (issue 20: one
+/// forged record deleted `private/secret.txt` for a plugin granted `audio/`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Apache Kafka (`just kafka`); `just test` installs it and runs the ignored tests"]
+async fn a_forged_schedule_record_deletes_nothing_outside_the_plugins_grants() {
+    let Some(b) = broker() else { return };
+    let files = HostFiles::new(&b.bootstrap(), "forged");
+    files.write_config(
+        &b.bootstrap(),
+        "forged",
+        "[storage]\nsweep_interval = \"100ms\"\n",
+    );
+    install_sched(&files, &["audio/"]);
+    let config = files.load();
+    let topic = config.schedule_topic().unwrap();
+    weir_devkit::create_topics_with(
+        &b.bootstrap(),
+        &[&topic],
+        1,
+        &[("cleanup.policy", "compact")],
+    )
+    .await
+    .unwrap();
+    let storage = config.storage.dir.clone();
+    for key in ["private/secret.txt", "audio/a.mp3", "audio/b.mp3"] {
+        let path = storage.join(key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"x").unwrap();
+    }
+    let producer = b.producer();
+    // Forged: outside the grants, a traversal, and a plugin not loaded here.
+    write(&producer, &topic, &entry("private/secret.txt", 0, 0)).await;
+    write(
+        &producer,
+        &topic,
+        &entry("audio/../private/secret.txt", 0, 0),
+    )
+    .await;
+    let stranger = ScheduleChange::Schedule(ScheduledDeletion {
+        plugin: "stranger".into(),
+        key: "audio/b.mp3".into(),
+        due_ms: 0,
+        scheduled_at_ms: 0,
+    });
+    write(&producer, &topic, &stranger).await;
+    // And one the plugin could have asked for, carried out.
+    write(&producer, &topic, &entry("audio/a.mp3", 0, 0)).await;
+
+    let host = ScheduleHost::start(&files).await;
+    let deadline = Instant::now() + PATIENCE;
+    while storage.join("audio/a.mp3").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the granted deletion was not carried out"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Swept in due order with the granted one: the refused ones are dropped.
+    let deadline = Instant::now() + PATIENCE;
+    let pending = loop {
+        let keys = host.ready_keys().await;
+        if keys.len() == 1 {
+            break keys;
+        }
+        assert!(Instant::now() < deadline, "still pending: {keys:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    host.stop().await;
+    assert!(
+        storage.join("private/secret.txt").exists(),
+        "nothing outside the grants is deleted"
+    );
+    assert!(
+        storage.join("audio/b.mp3").exists(),
+        "a plugin never loaded here deletes nothing"
+    );
+    assert_eq!(
+        pending,
+        BTreeSet::from(["audio/b.mp3".to_string()]),
+        "the stranger's entry is held"
     );
 }
 

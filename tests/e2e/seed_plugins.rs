@@ -210,6 +210,13 @@ async fn scheduled_deletions_survive_a_restart_and_are_carried_out_when_due() {
     // A new host over the same storage (the old one is gone) finds the schedule and
     // carries it out.
     let restarted = weir_host::capabilities::Backends::local(&dir_path).unwrap();
+    // It loads the plugin again: its deletions are carried out within its grants.
+    let manifest =
+        weir_host::manifest::Manifest::load(&example_manifest("track-deletions")).unwrap();
+    restarted.deletions.allow(
+        "track-deletions",
+        weir_host::capabilities::Grants::from_manifest(&manifest).storage_prefixes,
+    );
     let swept = restarted
         .deletions
         .sweep(weir_host::capabilities::storage::now_ms())

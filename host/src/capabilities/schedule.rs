@@ -99,6 +99,12 @@ impl ScheduleChange {
 pub struct SweepReport {
     pub deleted: Vec<ScheduledDeletion>,
     pub failed: Vec<(ScheduledDeletion, String)>,
+    /// Due, but its plugin was never loaded on this host: kept, not carried out.
+    pub held: usize,
+    /// Dropped without deleting anything: the key is not one the plugin's
+    /// storage grants allow (a forged record on the schedule topic, or grants
+    /// narrowed since), with why.
+    pub refused: Vec<(ScheduledDeletion, String)>,
     pub pending: usize,
 }
 
@@ -138,6 +144,19 @@ pub struct PartitionStatus {
 #[derive(Clone)]
 pub struct DeletionSchedule {
     kind: Arc<Kind>,
+    /// The storage prefixes of each plugin loaded on this host (its latest
+    /// version's; `None`: storage not granted). A deletion is carried out only
+    /// within them: anyone who can write the schedule topic can name any
+    /// (plugin, key), so an entry is no proof of a grant.
+    grants: Arc<Mutex<HashMap<String, Option<Vec<String>>>>>,
+}
+
+/// Whether a due deletion may be carried out here.
+enum Authority {
+    Granted,
+    /// The plugin was never loaded on this host.
+    Unknown,
+    Refused(String),
 }
 
 enum Kind {
@@ -190,6 +209,7 @@ impl DeletionSchedule {
     pub fn in_store(store: Arc<dyn ObjectStore>) -> Self {
         DeletionSchedule {
             kind: Arc::new(Kind::Store(store)),
+            grants: Default::default(),
         }
     }
 
@@ -198,6 +218,31 @@ impl DeletionSchedule {
     pub fn in_topic() -> Self {
         DeletionSchedule {
             kind: Arc::new(Kind::Topic(Mutex::new(BTreeMap::new()))),
+            grants: Default::default(),
+        }
+    }
+
+    /// `plugin` was loaded with these storage prefixes (`None`: no storage):
+    /// its due deletions are carried out within them from now on.
+    pub fn allow(&self, plugin: &str, prefixes: Option<Vec<String>>) {
+        self.grants
+            .lock()
+            .expect("grants lock")
+            .insert(plugin.to_string(), prefixes);
+    }
+
+    fn authority(&self, entry: &ScheduledDeletion) -> Authority {
+        let grants = self.grants.lock().expect("grants lock");
+        let Some(prefixes) = grants.get(&entry.plugin) else {
+            return Authority::Unknown;
+        };
+        let Some(prefixes) = prefixes else {
+            return Authority::Refused(format!("plugin {} is not granted storage", entry.plugin));
+        };
+        match crate::storage_key::authorize(&entry.key, prefixes) {
+            Ok(()) => Authority::Granted,
+            Err(crate::storage_key::KeyError::Invalid(why))
+            | Err(crate::storage_key::KeyError::Denied(why)) => Authority::Refused(why),
         }
     }
 
@@ -440,15 +485,36 @@ impl DeletionSchedule {
                 report.pending += 1;
                 continue;
             }
+            let change = ScheduleChange::Cancel {
+                plugin: entry.plugin.clone(),
+                key: entry.key.clone(),
+            };
+            match self.authority(&entry) {
+                Authority::Granted => {}
+                Authority::Unknown => {
+                    report.held += 1;
+                    report.pending += 1;
+                    continue;
+                }
+                Authority::Refused(why) => {
+                    if let Err(e) = forget(change).await {
+                        report.failed.push((entry, e));
+                        continue;
+                    }
+                    self.forget(&entry);
+                    tracing::error!(
+                        plugin = %entry.plugin,
+                        key = %entry.key,
+                        "scheduled deletion refused and dropped, nothing deleted: {why} \
+                         (a record on the schedule topic that this plugin did not write?)"
+                    );
+                    report.refused.push((entry, why));
+                    continue;
+                }
+            }
             let target = StorePath::from(entry.key.as_str());
             let done = match delete_quietly(storage, &target).await {
-                Ok(()) => {
-                    let change = ScheduleChange::Cancel {
-                        plugin: entry.plugin.clone(),
-                        key: entry.key.clone(),
-                    };
-                    forget(change).await
-                }
+                Ok(()) => forget(change).await,
                 Err(e) => Err(e),
             };
             match done {
@@ -532,6 +598,7 @@ mod tests {
 
         // A new schedule over the same directory (a restarted host) sees both.
         let restarted = DeletionSchedule::in_store(local_store(dir.path()).unwrap());
+        restarted.allow("p", Some(vec!["audio/".into()]));
         let pending = restarted.list().await.unwrap();
         assert_eq!(
             pending,
@@ -586,6 +653,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = local_store(dir.path()).unwrap();
         let schedule = DeletionSchedule::in_topic();
+        schedule.allow("p", Some(vec!["audio/".into()]));
         schedule.assign(2);
         schedule.apply_at(
             2,
@@ -613,5 +681,71 @@ mod tests {
         schedule.revoke(2);
         assert!(schedule.owned().is_empty());
         assert!(schedule.list().await.unwrap().is_empty());
+    }
+
+    /// Issue 20: one record written to the schedule topic by anyone made the
+    /// host delete `private/secret.txt` for a plugin granted only `audio/`.
+    #[tokio::test]
+    async fn the_sweeper_deletes_only_within_the_plugins_grants() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = local_store(dir.path()).unwrap();
+        for key in ["private/secret.txt", "audio/a.mp3", "other/x"] {
+            store
+                .put(&StorePath::from(key), PutPayload::from(vec![1u8]))
+                .await
+                .unwrap();
+        }
+        let schedule = DeletionSchedule::in_topic();
+        schedule.assign(0);
+        schedule.set_end(0, 0, 4);
+        let forged = |plugin: &str, key: &str| {
+            ScheduleChange::Schedule(ScheduledDeletion {
+                plugin: plugin.into(),
+                ..entry(key, 0)
+            })
+        };
+        schedule.apply_at(0, 0, Some(&forged("p", "private/secret.txt")));
+        schedule.apply_at(0, 1, Some(&forged("p", "audio/a.mp3")));
+        schedule.apply_at(0, 2, Some(&forged("nostorage", "audio/a.mp3")));
+        schedule.apply_at(0, 3, Some(&forged("absent", "other/x")));
+        schedule.allow("p", Some(vec!["audio/".into()]));
+        schedule.allow("nostorage", None);
+        let forgotten = Mutex::new(Vec::new());
+        let report = schedule
+            .sweep_with(&*store, 10, |c| {
+                forgotten.lock().unwrap().push(c);
+                async { Ok::<(), String>(()) }
+            })
+            .await
+            .unwrap();
+        assert_eq!(report.deleted, vec![entry("audio/a.mp3", 0)]);
+        let refused: Vec<(&str, &str)> = report
+            .refused
+            .iter()
+            .map(|(e, _)| (e.plugin.as_str(), e.key.as_str()))
+            .collect();
+        assert_eq!(
+            refused,
+            [("nostorage", "audio/a.mp3"), ("p", "private/secret.txt")]
+        );
+        assert!(report
+            .refused
+            .iter()
+            .any(|(_, why)| why.contains("not granted storage")));
+        assert_eq!(
+            (report.held, report.pending),
+            (1, 1),
+            "a plugin never loaded here waits"
+        );
+        assert!(store
+            .head(&StorePath::from("private/secret.txt"))
+            .await
+            .is_ok());
+        assert!(store.head(&StorePath::from("other/x")).await.is_ok());
+        assert_eq!(
+            forgotten.lock().unwrap().len(),
+            3,
+            "refused entries are tombstoned too"
+        );
     }
 }

@@ -254,16 +254,18 @@ impl Host for Ctx<'_> {
             DeletionTime::AfterMs(after) => now.saturating_add(after.min(i64::MAX as u64) as i64),
         };
         let plugin = self.grants.plugin.clone();
-        let result = self.object_path(&key).map(|_| {
-            self.effects()
-                .schedule
-                .push(ScheduleChange::Schedule(ScheduledDeletion {
-                    plugin,
-                    key: key.clone(),
-                    due_ms,
-                    scheduled_at_ms: now,
-                }));
-        });
+        let result = check_due(due_ms, when)
+            .and_then(|()| self.object_path(&key))
+            .map(|_| {
+                self.effects()
+                    .schedule
+                    .push(ScheduleChange::Schedule(ScheduledDeletion {
+                        plugin,
+                        key: key.clone(),
+                        due_ms,
+                        scheduled_at_ms: now,
+                    }));
+            });
         self.record_storage(
             "schedule-deletion",
             &key,
@@ -356,8 +358,50 @@ async fn list_objects(
     Ok(out)
 }
 
-/// Milliseconds since the epoch as RFC 3339, for reports.
+/// The latest due time a deletion may have: the last millisecond of the year
+/// 9999 (RFC 3339 has four-digit years).
+pub const MAX_DUE_MS: i64 = 253_402_300_799_999;
+
+/// A due time the schedule can keep, or why not (a guest-chosen number).
+fn check_due(due_ms: i64, when: DeletionTime) -> Result<(), CapabilityError> {
+    if due_ms <= MAX_DUE_MS {
+        return Ok(());
+    }
+    Err(CapabilityError::Invalid(match when {
+        DeletionTime::AtMs(at) => format!(
+            "schedule-deletion: at-ms {at} is after the year 9999; give milliseconds since the Unix epoch"
+        ),
+        DeletionTime::AfterMs(after) => format!(
+            "schedule-deletion: after-ms {after} ends after the year 9999; give a grace period in milliseconds"
+        ),
+    }))
+}
+
+/// Milliseconds since the epoch as RFC 3339, for reports; a time outside
+/// 1970 – 9999 is shown as the nearest end of that range.
 pub fn rfc3339(ms: i64) -> String {
-    let t = UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    let t = UNIX_EPOCH + std::time::Duration::from_millis(ms.clamp(0, MAX_DUE_MS) as u64);
     humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 20: a due time past the year 9999 panicked the host when shown.
+    #[test]
+    fn due_times_past_the_year_9999_are_refused_and_never_panic_when_shown() {
+        assert!(check_due(MAX_DUE_MS, DeletionTime::AtMs(MAX_DUE_MS)).is_ok());
+        let far = 900_000_000_000_000;
+        match check_due(far, DeletionTime::AtMs(far)) {
+            Err(CapabilityError::Invalid(m)) => assert!(m.contains("year 9999"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            check_due(i64::MAX, DeletionTime::AfterMs(u64::MAX)),
+            Err(CapabilityError::Invalid(_))
+        ));
+        assert_eq!(rfc3339(i64::MAX), "9999-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339(i64::MIN), "1970-01-01T00:00:00.000Z");
+    }
 }

@@ -13,15 +13,44 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 /// A record's headers as (key, value); a header without a value reads as empty.
-pub fn headers_of<M: rdkafka::Message>(m: &M) -> Vec<(String, Vec<u8>)> {
-    use rdkafka::message::Headers;
-    m.headers()
-        .map(|hs| {
-            hs.iter()
-                .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                .collect()
-        })
-        .unwrap_or_default()
+///
+/// Keys are read as bytes, a key that is not UTF-8 with its invalid bytes
+/// replaced (U+FFFD): rdkafka's own iterator unwraps each key as UTF-8 and
+/// panics on such a record (rdkafka 0.39, `BorrowedHeaders::try_get`), which
+/// anyone who can write to a topic could send.
+pub fn headers_of(m: &BorrowedMessage<'_>) -> Vec<(String, Vec<u8>)> {
+    use rdkafka::bindings as rd;
+    let mut headers: *mut rd::rd_kafka_headers_t = std::ptr::null_mut();
+    // SAFETY: `m.ptr()` is a live message for as long as `m` is borrowed; the
+    // headers it returns are owned by the message and only read here.
+    let err = unsafe { rd::rd_kafka_message_headers(m.ptr(), &mut headers) };
+    if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || headers.is_null() {
+        return Vec::new();
+    }
+    // SAFETY: `headers` is the message's header list (checked non-null above).
+    let count = unsafe { rd::rd_kafka_header_cnt(headers) };
+    let mut out = Vec::with_capacity(count);
+    for idx in 0..count {
+        let (mut name, mut value, mut size) = (std::ptr::null(), std::ptr::null(), 0usize);
+        // SAFETY: `idx` is below the count; librdkafka hands back pointers into
+        // the header list: a NUL-terminated name and `size` bytes of value (or
+        // a null value), valid while the message lives.
+        let err =
+            unsafe { rd::rd_kafka_header_get_all(headers, idx, &mut name, &mut value, &mut size) };
+        if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || name.is_null() {
+            continue;
+        }
+        // SAFETY: as above; both are copied before the next call.
+        let key = unsafe { std::ffi::CStr::from_ptr(name) }.to_bytes();
+        let value = if value.is_null() {
+            Vec::new()
+        } else {
+            // SAFETY: as above.
+            unsafe { std::slice::from_raw_parts(value.cast::<u8>(), size) }.to_vec()
+        };
+        out.push((String::from_utf8_lossy(key).into_owned(), value));
+    }
+    out
 }
 
 /// Settings every client shares: bootstrap servers and the pass-through properties.

@@ -128,10 +128,15 @@ impl Runtime {
             .instantiate_pre(&component)
             .map_err(|e| LoadError::new(wasm, LoadErrorKind::WrongWorld, load::chain(&e)))?;
         let hash = load::content_hash(&bytes);
+        let grants = Grants::from_manifest(&manifest);
+        // Its scheduled deletions are carried out within these prefixes only.
+        backends
+            .deletions
+            .allow(&manifest.name, grants.storage_prefixes.clone());
         let mut plugin = Plugin {
             name: manifest.name.clone(),
             hash,
-            grants: Arc::new(Grants::from_manifest(&manifest)),
+            grants: Arc::new(grants),
             manifest: Arc::new(manifest),
             backends,
             pre,
@@ -269,7 +274,36 @@ pub enum Outcome {
     Unavailable(String),
 }
 
+/// The longest reject or retry reason kept, in bytes: it travels in a
+/// dead letter's `weir-error` header, the log and `/plugins`, and a plugin
+/// chooses it.
+pub const MAX_REASON_LEN: usize = 4096;
+
+/// `reason` cut to [`MAX_REASON_LEN`] bytes (on a character boundary), saying so.
+pub fn bounded_reason(mut reason: String) -> String {
+    if reason.len() <= MAX_REASON_LEN {
+        return reason;
+    }
+    let total = reason.len();
+    let mut end = MAX_REASON_LEN;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason.truncate(end);
+    reason.push_str(&format!("… (cut at {MAX_REASON_LEN} of {total} bytes)"));
+    reason
+}
+
 impl Outcome {
+    /// What the handler returned, its reason bounded.
+    fn of_handler(result: Result<(), HandleError>) -> Outcome {
+        match result {
+            Ok(()) => Outcome::Handled,
+            Err(HandleError::Retry(r)) => Outcome::Retry(bounded_reason(r)),
+            Err(HandleError::Reject(r)) => Outcome::Reject(bounded_reason(r)),
+        }
+    }
+
     pub fn is_handled(&self) -> bool {
         matches!(self, Outcome::Handled)
     }
@@ -499,9 +533,7 @@ impl Plugin {
         let mut effects = live.store.data_mut().end_call();
         let effects = effects.pop().unwrap_or_default();
         let outcome = match result {
-            Ok((Ok(()),)) => Outcome::Handled,
-            Ok((Err(HandleError::Retry(r)),)) => Outcome::Retry(r),
-            Ok((Err(HandleError::Reject(r)),)) => Outcome::Reject(r),
+            Ok((result,)) => Outcome::of_handler(result),
             Err(e) => self.trapped(&e, timeout, effects.panic.as_deref()),
         };
         let duration_us = started.elapsed().as_micros() as u64;
@@ -549,11 +581,7 @@ impl Plugin {
             Ok((results,)) if results.len() == n && in_order => {
                 let mut reports = Vec::with_capacity(n);
                 for (result, effects) in results.into_iter().zip(effects) {
-                    let outcome = match result {
-                        Ok(()) => Outcome::Handled,
-                        Err(HandleError::Retry(r)) => Outcome::Retry(r),
-                        Err(HandleError::Reject(r)) => Outcome::Reject(r),
-                    };
+                    let outcome = Outcome::of_handler(result);
                     let report = if effects.schedule.is_empty() {
                         finish_report(outcome, effects, each_us)
                     } else {
@@ -693,4 +721,26 @@ fn classify(
         None => load::chain(err),
     };
     (Outcome::Trap(why.clone()), why)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 20: a 2 MB reject reason made a dead letter that could never be written.
+    #[test]
+    fn reasons_are_cut_to_a_bound_on_a_character_boundary() {
+        assert_eq!(bounded_reason("short".into()), "short");
+        let long = "é".repeat(MAX_REASON_LEN); // two bytes each
+        let cut = bounded_reason(long);
+        assert!(cut.len() < MAX_REASON_LEN + 64, "{}", cut.len());
+        assert!(cut.ends_with(&format!(
+            "(cut at {MAX_REASON_LEN} of {} bytes)",
+            2 * MAX_REASON_LEN
+        )));
+        match Outcome::of_handler(Err(HandleError::Reject("x".repeat(2_000_000)))) {
+            Outcome::Reject(r) => assert!(r.len() < MAX_REASON_LEN + 64),
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -7,6 +7,9 @@
 //! - `storage-get:<key>`: reads `<key>`, rejecting with the error if refused
 //! - `cache-set:<key>=<value>` / `cache-get:<key>`: uses the cache
 //! - `print:<text>`: writes `<text>` to stdout
+//! - `reject-long:<n>`: rejects with a reason of `n` bytes
+//! - `schedule-at:<ms>`: schedules the deletion of `audio/x` at `<ms>` since the
+//!   epoch, rejecting with the error if refused
 
 use weir_sdk::{cache, describe, publish::Message, reject, retry, storage, Event, Handler};
 
@@ -51,6 +54,11 @@ impl Handler for Faulty {
             "print" => {
                 println!("{arg}");
                 Ok(())
+            }
+            "reject-long" => Err(reject("x".repeat(arg.parse().unwrap_or(0)))),
+            "schedule-at" => {
+                let at: i64 = arg.parse().map_err(|_| reject("not a number"))?;
+                storage::schedule_deletion_at("audio/x", at).map_err(|e| reject(describe(&e)))
             }
             other => Err(reject(format!("unknown command {other:?}"))),
         }
