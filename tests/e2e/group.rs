@@ -2,40 +2,8 @@
 //! visible.
 
 use crate::kafka_support::*;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde_json::json;
 use std::time::{Duration, Instant};
-
-/// The group's committed offset and the high watermark, per partition.
-fn positions(b: &TestBroker, group: &str, topic: &str) -> Vec<(i64, i64)> {
-    let c: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", b.bootstrap())
-        .set("group.id", group)
-        .create()
-        .unwrap();
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    for p in 0..3 {
-        tpl.add_partition(topic, p);
-    }
-    let committed = c
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .unwrap_or_default();
-    (0..3)
-        .map(|p| {
-            let at = committed
-                .find_partition(topic, p)
-                .and_then(|e| match e.offset() {
-                    rdkafka::Offset::Offset(o) => Some(o),
-                    _ => None,
-                })
-                .unwrap_or(0);
-            let (_, high) = c
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .unwrap();
-            (at, high)
-        })
-        .collect()
-}
 
 /// Issue 10, item 6: a host under backpressure gives partitions away in a
 /// rebalance and keeps one; every partition must flow to its end afterwards.
@@ -81,7 +49,7 @@ async fn partitions_handed_back_after_a_rebalance_under_backpressure_flow_to_the
     let out = b.read("grp-out", n);
     let deadline = Instant::now() + PATIENCE;
     let settled = loop {
-        let now = positions(&b, "grp-echo", "grp-in");
+        let now = b.positions("grp-echo", "grp-in", 3);
         if now.iter().all(|(at, high)| at == high) || Instant::now() > deadline {
             break now;
         }

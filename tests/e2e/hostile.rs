@@ -4,7 +4,6 @@
 
 use crate::kafka_support::*;
 use crate::support::wasm;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedHeaders, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use std::time::{Duration, Instant};
@@ -35,24 +34,6 @@ fn headers_with_a_binary_key() -> OwnedHeaders {
         rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
     );
     headers
-}
-
-/// The group's committed offset on partition 0 of `topic` (0 if none).
-fn committed(b: &TestBroker, group: &str, topic: &str) -> i64 {
-    let c: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", b.bootstrap())
-        .set("group.id", group)
-        .create()
-        .unwrap();
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    tpl.add_partition(topic, 0);
-    let Ok(list) = c.committed_offsets(tpl, Duration::from_secs(10)) else {
-        return 0;
-    };
-    match list.find_partition(topic, 0).map(|e| e.offset()) {
-        Some(rdkafka::Offset::Offset(o)) => o,
-        _ => 0,
-    }
 }
 
 /// A record whose header key is not UTF-8 (it panicked the fetch thread inside
@@ -98,11 +79,12 @@ async fn hostile_records_and_guest_values_cost_only_their_event() {
 
     let letters = b.read("hostile-in.dlq", 2);
     let deadline = Instant::now() + PATIENCE;
-    while committed(&b, "hostile-faulty", "hostile-in") < 4 {
+    let committed = || b.positions("hostile-faulty", "hostile-in", 1)[0].0;
+    while committed() < 4 {
         assert!(
             Instant::now() < deadline,
             "the partition did not flow to its end (committed {}):\n{}",
-            committed(&b, "hostile-faulty", "hostile-in"),
+            committed(),
             host.log_text()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -161,6 +161,31 @@ impl TestBroker {
         }
     }
 
+    /// `group`'s committed offset (0 if none) and the high watermark of each of
+    /// `topic`'s first `partitions` partitions.
+    pub fn positions(&self, group: &str, topic: &str, partitions: i32) -> Vec<(i64, i64)> {
+        let c: BaseConsumer = self.client().set("group.id", group).create().unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition(topic, p);
+        }
+        let committed = c
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .unwrap_or_default();
+        (0..partitions)
+            .map(|p| {
+                let at = match committed.find_partition(topic, p).map(|e| e.offset()) {
+                    Some(rdkafka::Offset::Offset(o)) => o,
+                    _ => 0,
+                };
+                let (_, high) = c
+                    .fetch_watermarks(topic, p, Duration::from_secs(10))
+                    .unwrap();
+                (at, high)
+            })
+            .collect()
+    }
+
     /// How many records `topic` holds (sum of high watermarks).
     pub fn count(&self, topic: &str) -> i64 {
         let consumer: BaseConsumer = self.client().create().unwrap();

@@ -97,6 +97,20 @@ impl ScheduleHost {
         }
     }
 
+    /// Wait until the pending keys (every owned partition read to its end)
+    /// satisfy `done`; them.
+    async fn wait_pending(&self, done: impl Fn(&BTreeSet<String>) -> bool) -> BTreeSet<String> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let keys = self.ready_keys().await;
+            if done(&keys) {
+                return keys;
+            }
+            assert!(Instant::now() < deadline, "still pending: {keys:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn stop(self) {
         let _ = self.stop.send(());
         self.host.await.unwrap().unwrap();
@@ -164,15 +178,7 @@ async fn the_schedule_is_rebuilt_from_a_compacted_topic() {
     }
     // The object goes first, the entry once its tombstone is acknowledged.
     let expected = BTreeSet::from(["kept/a".to_string(), "kept/d".to_string()]);
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let keys = host.ready_keys().await;
-        if keys == expected {
-            break;
-        }
-        assert!(Instant::now() < deadline, "pending: {keys:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    host.wait_pending(|keys| *keys == expected).await;
     host.stop().await;
 
     // Wait for the cleaner: a new segment is rolled with each filler entry, and
@@ -295,15 +301,7 @@ async fn a_forged_schedule_record_deletes_nothing_outside_the_plugins_grants() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Swept in due order with the granted one: the refused ones are dropped.
-    let deadline = Instant::now() + PATIENCE;
-    let pending = loop {
-        let keys = host.ready_keys().await;
-        if keys.len() == 1 {
-            break keys;
-        }
-        assert!(Instant::now() < deadline, "still pending: {keys:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let pending = host.wait_pending(|keys| keys.len() == 1).await;
     host.stop().await;
     assert!(
         storage.join("private/secret.txt").exists(),

@@ -69,6 +69,13 @@ impl Auth {
         Auth::default()
     }
 
+    /// Count a refused request for `path` under its route group.
+    fn count_refusal(&self, path: &str) {
+        self.refused
+            .get_or_create(&vec![("route".to_string(), route_group(path).to_string())])
+            .inc();
+    }
+
     pub fn has_token(&self) -> bool {
         self.token.is_some()
     }
@@ -112,16 +119,6 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// `127.0.0.1:9464`, `[::1]:9464` and `localhost:9464` are loopback.
-fn is_loopback(listen: &str) -> bool {
-    match listen.parse::<std::net::SocketAddr>() {
-        Ok(addr) => addr.ip().is_loopback(),
-        Err(_) => listen
-            .rsplit_once(':')
-            .is_some_and(|(host, _)| host == "localhost"),
-    }
-}
-
 /// The header every state-changing request must carry when the API has no
 /// token (`weir pause`/`resume` and the dashboard send it). A web page cannot
 /// add it to a cross-origin request without a CORS preflight, which this API
@@ -160,7 +157,7 @@ pub fn forged(
         // `Authorization` cross-origin without a preflight.
         return None;
     }
-    if !any_host && !host.is_some_and(is_loopback_host) {
+    if !any_host && !host.is_some_and(is_loopback) {
         return Some(format!(
             "refused: without an admin token, state-changing requests are accepted only for a \
              loopback Host (localhost, 127.0.0.1, [::1]), not {:?}; set an admin token to use \
@@ -184,8 +181,9 @@ fn bounded(value: &str) -> String {
     value.chars().take(100).collect()
 }
 
-/// `localhost`, `127.0.0.1`, `[::1]` (with or without a port).
-fn is_loopback_host(host: &str) -> bool {
+/// `localhost`, `127.0.0.1`, `[::1]`, with or without a port: an
+/// `admin.listen` address or a request's `Host`.
+fn is_loopback(host: &str) -> bool {
     let name = match host.strip_prefix('[') {
         Some(rest) => rest.split(']').next().unwrap_or(""),
         None => host.rsplit_once(':').map_or(host, |(name, _)| name),
@@ -206,10 +204,7 @@ pub async fn layer(State(auth): State<Arc<Auth>>, request: Request, next: Next) 
         auth.has_token(),
         auth.any_host,
     ) {
-        let group = route_group(&path);
-        auth.refused
-            .get_or_create(&vec![("route".to_string(), group.to_string())])
-            .inc();
+        auth.count_refusal(&path);
         tracing::warn!(path, "admin API request refused: {why}");
         return (
             StatusCode::FORBIDDEN,
@@ -224,10 +219,7 @@ pub async fn layer(State(auth): State<Arc<Auth>>, request: Request, next: Next) 
     if auth.allows(&path, authorization) {
         return next.run(request).await;
     }
-    let group = route_group(&path);
-    auth.refused
-        .get_or_create(&vec![("route".to_string(), group.to_string())])
-        .inc();
+    auth.count_refusal(&path);
     tracing::warn!(
         path,
         "admin API request refused: missing or wrong bearer token"
