@@ -169,6 +169,11 @@ pub struct ProducerConfig {
     pub linger: Duration,
     /// librdkafka's `compression.type`: `none`, `gzip`, `snappy`, `lz4`, `zstd`.
     pub compression: String,
+    /// The largest record the host writes (librdkafka's `message.max.bytes`):
+    /// a plugin's published message must fit with the headers the host adds,
+    /// and a dead letter whose input does not fit goes out without its payload.
+    /// Keep it at most the broker's `message.max.bytes` (topic `max.message.bytes`).
+    pub message_max_bytes: bytesize::ByteSize,
 }
 
 impl Default for ProducerConfig {
@@ -177,6 +182,7 @@ impl Default for ProducerConfig {
             message_timeout: Duration::from_secs(30),
             linger: Duration::from_millis(5),
             compression: "none".into(),
+            message_max_bytes: bytesize::ByteSize::b(1_000_000),
         }
     }
 }
@@ -674,6 +680,16 @@ impl Config {
                 format!(
                     "{:?}: use \"none\", \"gzip\", \"snappy\", \"lz4\" or \"zstd\"",
                     self.kafka.producer.compression
+                ),
+            ));
+        }
+        let max = self.kafka.producer.message_max_bytes.as_u64();
+        if !(64 * 1024..=1_000_000_000).contains(&max) {
+            return Err((
+                "kafka.producer.message_max_bytes".into(),
+                format!(
+                    "{} is out of range: use 64 KiB to 1 GB (librdkafka's bounds), at most the broker's message.max.bytes",
+                    self.kafka.producer.message_max_bytes
                 ),
             ));
         }

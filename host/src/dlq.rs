@@ -9,10 +9,16 @@
 //! dead-letter topic is not read from its start; the `weir-failed-at` header
 //! then decides exactly. Every publish is acknowledged before the replay
 //! reports success. The dead-letter topic itself is left untouched.
+//!
+//! Anyone who can write a dead-letter topic can put any `weir-original-topic`
+//! there, so a letter goes back only to an input topic of a plugin in the
+//! plugin directory (never the schedule topic, another plugin's dead-letter
+//! topic or any other): the rest are skipped with a warning. So is a letter
+//! written without its payload (`weir-omitted`: it did not fit).
 
 use crate::config::Config;
 use crate::manifest::Manifest;
-use crate::pipeline::outputs::{Outputs, H_FAILED_AT, H_PLUGIN, H_TOPIC};
+use crate::pipeline::outputs::{Outputs, H_FAILED_AT, H_OMITTED, H_PLUGIN, H_TOPIC};
 use rdkafka::message::Message;
 use std::collections::BTreeSet;
 use std::time::SystemTime;
@@ -40,6 +46,18 @@ pub struct ReplayReport {
 
 /// The dead-letter topics of the plugins in the configured directory.
 pub fn dlq_topics(config: &Config, plugin: Option<&str>) -> Result<BTreeSet<String>, String> {
+    Ok(input_topics(config, plugin)?
+        .into_iter()
+        .map(|(topic, plugin)| config.dlq_topic(&topic, &plugin))
+        .collect())
+}
+
+/// The input topics (full names) of the plugins in the configured directory,
+/// each with its plugin's name.
+fn input_topics(
+    config: &Config,
+    plugin: Option<&str>,
+) -> Result<BTreeSet<(String, String)>, String> {
     let namer = config.namer()?;
     let mut topics = BTreeSet::new();
     for files in crate::plugin_dir::discover(&config.plugins.dir)? {
@@ -48,7 +66,7 @@ pub fn dlq_topics(config: &Config, plugin: Option<&str>) -> Result<BTreeSet<Stri
         }
         let m = Manifest::load(&files.manifest).map_err(|e| e.to_string())?;
         for t in &m.topics {
-            topics.insert(config.dlq_topic(&namer.full_name(t), &m.name));
+            topics.insert((namer.full_name(t), m.name.clone()));
         }
     }
     Ok(topics)
@@ -72,6 +90,12 @@ pub async fn replay(config: &Config, filter: &ReplayFilter) -> Result<ReplayRepo
             ),
         });
     }
+    // Where a letter may go back to: an input topic of a plugin here.
+    let inputs: BTreeSet<String> = input_topics(config, None)?
+        .into_iter()
+        .map(|(topic, _)| topic)
+        .filter(|t| config.schedule_topic().map_or(true, |s| &s != t))
+        .collect();
     let existing = crate::kafka::wait_for_broker(config).await?;
     let sink = Outputs::new(config)?;
     let mut report = ReplayReport::default();
@@ -95,6 +119,16 @@ pub async fn replay(config: &Config, filter: &ReplayFilter) -> Result<ReplayRepo
                 continue;
             };
             if !filter.matches(&letter) {
+                report.skipped += 1;
+                continue;
+            }
+            if !inputs.contains(&target) {
+                tracing::warn!(topic = %topic, offset = letter.offset, target = %target, "{H_TOPIC} is not an input topic of a plugin in {}: skipped", config.plugins.dir.display());
+                report.skipped += 1;
+                continue;
+            }
+            if let Some(why) = letter.header(H_OMITTED) {
+                tracing::warn!(topic = %topic, offset = letter.offset, "the dead letter was written without its {why}: skipped");
                 report.skipped += 1;
                 continue;
             }

@@ -288,7 +288,7 @@ fn main() -> ExitCode {
             match runtime.block_on(weir_host::dlq::replay(&config, &filter)) {
                 Ok(r) => {
                     println!(
-                        "{} {} of {} dead letter(s) ({} skipped by the filters)",
+                        "{} {} of {} dead letter(s) ({} skipped: by the filters, or not to be sent back, see the log)",
                         if dry_run { "would replay" } else { "replayed" },
                         r.replayed,
                         r.read,

@@ -76,8 +76,13 @@ pub struct PublishGrant {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Linear memory cap for one instance (`"64 MiB"`).
+    /// Linear memory cap for one instance (`"64 MiB"`), all its memories together.
     pub memory: ByteSize,
+    /// What the host may hold for one call into an instance (one event, or a
+    /// batch): messages to publish, scheduled deletions, recorded calls, and
+    /// each value read (object, cache value, listing). Past it a call is
+    /// refused with `invalid`.
+    pub host_memory: ByteSize,
     /// Wall-clock deadline for handling one event (`"5s"`, `"250ms"`).
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
@@ -87,6 +92,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             memory: ByteSize::mib(64),
+            host_memory: ByteSize::mib(64),
             timeout: Duration::from_secs(5),
         }
     }
@@ -291,6 +297,16 @@ impl Manifest {
             return bad(
                 "limits.memory",
                 format!("{} is out of range: use 1 MiB to 4 GiB", self.limits.memory),
+            );
+        }
+        let host = self.limits.host_memory.as_u64();
+        if !(ByteSize::mib(1).as_u64()..=ByteSize::gib(1).as_u64()).contains(&host) {
+            return bad(
+                "limits.host_memory",
+                format!(
+                    "{} is out of range: use 1 MiB to 1 GiB",
+                    self.limits.host_memory
+                ),
             );
         }
         if self.limits.timeout < Duration::from_millis(1)

@@ -36,6 +36,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+/// New and changed plugins, loaded and not yet started (see [`Supervisor::prepare`]).
+pub struct Pending {
+    /// Every plugin the files ask for.
+    wanted: BTreeSet<String>,
+    loaded: Vec<(PluginFiles, String, Result<Plugin, String>)>,
+}
+
 /// What a run did, per plugin.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct RunReport {
@@ -103,7 +110,8 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// Reach the broker and load every plugin there is.
+    /// Reach the broker (and take a share of the schedule); the plugins are
+    /// loaded by the first [`Supervisor::reconcile`].
     pub async fn start(
         config: Config,
         backends: Backends,
@@ -131,15 +139,18 @@ impl Supervisor {
         if sup.existing_topics.contains(&sup.config.schedule_topic()?) {
             sup.own_schedule().await?;
         }
-        sup.reconcile().await?;
-        let stats = sup.runtime.compile_stats();
+        Ok(sup)
+    }
+
+    /// Say how many plugins run and how many were compiled (after the first load).
+    pub fn log_loaded(&self) {
+        let stats = self.runtime.compile_stats();
         tracing::info!(
-            plugins = sup.plugins.len(),
+            plugins = self.plugins.len(),
             compiled = stats.compiled,
             from_compile_cache = stats.cache_hits,
             "plugins loaded"
         );
-        Ok(sup)
     }
 
     pub fn runtime(&self) -> &Runtime {
@@ -182,8 +193,38 @@ impl Supervisor {
     /// Bring the running plugins in line with the files. Errors only when the
     /// plugin directory itself cannot be read.
     pub async fn reconcile(&mut self) -> Result<(), String> {
+        let pending = self.prepare().await?;
+        self.commit(pending).await;
+        Ok(())
+    }
+
+    /// The slow half of a reconcile: read what the files ask for and load every
+    /// new or changed plugin (compile, instantiate, `init`, each bounded). It
+    /// changes nothing, so it may be abandoned (a shutdown meanwhile).
+    pub async fn prepare(&self) -> Result<Pending, String> {
         let desired = self.desired()?;
-        let wanted: BTreeSet<&str> = desired.iter().map(|f| f.name.as_str()).collect();
+        let wanted = desired.iter().map(|f| f.name.clone()).collect();
+        let mut loaded = Vec::new();
+        for files in desired {
+            let Some(fingerprint) = fingerprint(&files) else {
+                continue; // a file vanished meanwhile (a rename in progress): next round
+            };
+            if self
+                .plugins
+                .get(&files.name)
+                .is_some_and(|m| m.fingerprint == fingerprint)
+            {
+                continue;
+            }
+            let plugin = self.load(&files).await;
+            loaded.push((files, fingerprint, plugin));
+        }
+        Ok(Pending { wanted, loaded })
+    }
+
+    /// The quick half: stop the removed plugins, start or swap the loaded ones.
+    pub async fn commit(&mut self, pending: Pending) {
+        let Pending { wanted, loaded } = pending;
         let gone: Vec<String> = self
             .plugins
             .keys()
@@ -198,27 +239,21 @@ impl Supervisor {
                 }
             }
         }
-        for files in desired {
-            let Some(fingerprint) = fingerprint(&files) else {
-                continue; // a file vanished meanwhile (a rename in progress): next round
-            };
-            if self
-                .plugins
-                .get(&files.name)
-                .is_some_and(|m| m.fingerprint == fingerprint)
-            {
-                continue;
-            }
-            self.apply(files, fingerprint).await;
+        for (files, fingerprint, plugin) in loaded {
+            self.apply(files, fingerprint, plugin).await;
         }
         self.write_status();
-        Ok(())
     }
 
-    /// Load a new or changed plugin and start, swap or restart it.
-    async fn apply(&mut self, files: PluginFiles, fingerprint: String) {
+    /// Start, swap or restart a new or changed plugin that was loaded (or record
+    /// why it was not).
+    async fn apply(
+        &mut self,
+        files: PluginFiles,
+        fingerprint: String,
+        loaded: Result<Plugin, String>,
+    ) {
         let name = files.name.clone();
-        let loaded = self.load(&files).await;
         let entry = self.plugins.entry(name.clone()).or_insert_with(|| Managed {
             files: files.clone(),
             fingerprint: String::new(),

@@ -50,11 +50,13 @@ pub async fn backends(config: &Config) -> Result<Backends, String> {
         StorageKind::S3 => storage::s3_store(&config.storage.s3, config.storage.timeout)?,
     };
     tracing::info!(storage = %storage::describe_store(&config.storage), "storage backend");
-    Ok(Backends::new(
+    let mut backends = Backends::new(
         cache,
         storage,
         Guards::new(&config.breaker, config.storage.timeout),
-    ))
+    );
+    backends.max_message = config.kafka.producer.message_max_bytes.as_u64() as usize;
+    Ok(backends)
 }
 
 /// How long the plugin directory must stay quiet before a change is applied, so
@@ -97,41 +99,33 @@ pub async fn run_with(
             return Err(e);
         }
     };
-    view.set_phase(Phase::Running);
-    let (changed_tx, mut changed) = mpsc::unbounded_channel::<()>();
-    let _watcher = if config.plugins.watch {
-        Some(watch(&config, changed_tx)?)
-    } else {
-        None
-    };
-    tracing::info!(dir = %config.plugins.dir.display(), watching = config.plugins.watch, "weir is running");
-
-    let mut rescan = tokio::time::interval(config.plugins.rescan_interval);
-    rescan.tick().await;
-    let mut status = tokio::time::interval(Duration::from_secs(1));
+    // The first load, like every later one, is abandoned by a shutdown: a
+    // plugin whose `init` takes its whole `limits.timeout` does not hold up SIGTERM.
     tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            Some(()) = changed.recv() => {
-                // Debounce: wait for a quiet moment, then apply everything at once.
-                loop {
-                    tokio::select! {
-                        _ = tokio::time::sleep(DEBOUNCE) => break,
-                        Some(()) = changed.recv() => {}
-                    }
-                }
-                if let Err(e) = supervisor.reconcile().await {
-                    tracing::error!("{e}");
-                }
-            }
-            _ = rescan.tick() => {
-                if let Err(e) = supervisor.reconcile().await {
-                    tracing::error!("{e}");
-                }
-            }
-            _ = status.tick() => supervisor.write_status(),
+    let loaded = tokio::select! {
+        pending = supervisor.prepare() => Some(pending),
+        _ = &mut shutdown => None,
+    };
+    let loaded = match loaded {
+        Some(Ok(pending)) => {
+            supervisor.commit(pending).await;
+            supervisor.log_loaded();
+            true
         }
+        Some(Err(e)) => {
+            supervisor.shutdown().await;
+            sweeper.abort();
+            if let Some(admin) = admin {
+                admin.stop().await;
+            }
+            return Err(e);
+        }
+        None => false,
+    };
+    let mut result = Ok(());
+    if loaded {
+        view.set_phase(Phase::Running);
+        result = reload_until(&config, &mut supervisor, shutdown.as_mut()).await;
     }
     tracing::info!("shutting down: draining in-flight events");
     view.set_phase(Phase::Stopping);
@@ -141,7 +135,58 @@ pub async fn run_with(
         admin.stop().await;
     }
     tracing::info!("stopped");
-    Ok(report)
+    result.map(|()| report)
+}
+
+/// Keep the plugins in line with their files (watched and rescanned) until
+/// `shutdown` completes.
+async fn reload_until(
+    config: &Config,
+    supervisor: &mut Supervisor,
+    mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Result<(), String> {
+    let (changed_tx, mut changed) = mpsc::unbounded_channel::<()>();
+    let _watcher = if config.plugins.watch {
+        Some(watch(config, changed_tx)?)
+    } else {
+        None
+    };
+    tracing::info!(dir = %config.plugins.dir.display(), watching = config.plugins.watch, "weir is running");
+    let mut rescan = tokio::time::interval(config.plugins.rescan_interval);
+    rescan.tick().await;
+    let mut status = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let reload = tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            Some(()) = changed.recv() => {
+                // Debounce: wait for a quiet moment, then apply everything at once.
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(DEBOUNCE) => break,
+                        Some(()) = changed.recv() => {}
+                    }
+                }
+                true
+            }
+            _ = rescan.tick() => true,
+            _ = status.tick() => {
+                supervisor.write_status();
+                false
+            }
+        };
+        if reload {
+            // Loading (compile, instantiate, init) takes a while and changes
+            // nothing yet: a shutdown meanwhile abandons it.
+            let pending = tokio::select! {
+                pending = supervisor.prepare() => pending,
+                _ = &mut shutdown => return Ok(()),
+            };
+            match pending {
+                Ok(pending) => supervisor.commit(pending).await,
+                Err(e) => tracing::error!("{e}"),
+            }
+        }
+    }
 }
 
 /// Watch the plugin directory (and the folders of `[plugins] extra`); every event

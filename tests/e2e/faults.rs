@@ -50,6 +50,113 @@ async fn a_plugin_that_loops_forever_times_out_and_the_next_event_is_handled() {
     assert_eq!(plugin.handle(&cmd(1, "ok")).await.outcome, Outcome::Handled);
 }
 
+/// A call that has not ended this long after its deadline has escaped it: the
+/// test fails instead of hanging.
+const ESCAPED: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn timed_out(outcome: &Outcome) -> bool {
+    matches!(outcome, Outcome::Timeout(reason) if reason.contains("limits.timeout = 300ms"))
+}
+
+/// Issue 20: `batch.begin-event` re-armed the deadline on every call, so a
+/// plugin announcing its event in a loop ran for ever (and grew host memory).
+#[tokio::test]
+async fn announcing_an_event_again_does_not_extend_its_deadline() {
+    let host = TestHost::new();
+    let mut plugin = host.load_with(&wasm("faulty"), FAULTY).await;
+    let alone = tokio::time::timeout(ESCAPED, plugin.handle(&cmd(0, "rearm")))
+        .await
+        .expect("the plugin escaped its deadline");
+    assert!(timed_out(&alone.outcome), "{:?}", alone.outcome);
+
+    // In a batch: the re-announcing event times out within the batch's budget,
+    // the one before it was handled.
+    let events = [cmd(1, "ok"), cmd(2, "rearm"), cmd(3, "ok")];
+    let refs: Vec<_> = events.iter().collect();
+    let reports = tokio::time::timeout(ESCAPED, plugin.handle_batch(&refs))
+        .await
+        .expect("the batch escaped its deadline");
+    let outcome = reports[1].as_ref().map(|r| r.outcome.clone());
+    assert!(
+        outcome.as_ref().is_some_and(timed_out),
+        "{outcome:?} (all: {:?})",
+        reports
+            .iter()
+            .map(|r| r.as_ref().map(|r| r.outcome.label()))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(plugin.handle(&cmd(4, "ok")).await.outcome, Outcome::Handled);
+}
+
+/// Issue 20: the epoch only interrupts running wasm, so a plugin waiting in a
+/// host call (here a WASI sleep) was never stopped.
+#[tokio::test]
+async fn a_plugin_waiting_in_a_host_call_is_stopped_at_its_deadline() {
+    let host = TestHost::new();
+    let mut plugin = host.load_with(&wasm("faulty"), FAULTY).await;
+    let slept = tokio::time::timeout(ESCAPED, plugin.handle(&cmd(0, "sleep:600000")))
+        .await
+        .expect("the sleeping plugin escaped its deadline");
+    assert!(timed_out(&slept.outcome), "{:?}", slept.outcome);
+    assert_eq!(
+        plugin.handle(&cmd(1, "sleep:1")).await.outcome,
+        Outcome::Handled
+    );
+}
+
+/// Issue 20: `init` ran without a bound on host waits, holding up the loader
+/// (the supervisor) for as long as the plugin liked.
+#[tokio::test]
+async fn init_that_never_ends_fails_the_load_at_its_deadline() {
+    let host = TestHost::new();
+    for init in ["loop", "sleep:600000"] {
+        let manifest = Manifest::parse(
+            &format!("{FAULTY}\n[config]\ninit = \"{init}\"\n"),
+            std::path::Path::new("faulty.toml"),
+        )
+        .unwrap();
+        let file = wasm("faulty");
+        let load = host.runtime.load(&file, manifest, host.backends.clone());
+        let err = tokio::time::timeout(ESCAPED, load)
+            .await
+            .expect("init escaped its deadline")
+            .err()
+            .expect("a plugin whose init never ends must not load");
+        assert_eq!(err.kind, LoadErrorKind::Init, "{init}: {err}");
+        assert!(
+            err.to_string()
+                .contains("init failed: did not finish within limits.timeout = 300ms"),
+            "{init}: {err}"
+        );
+    }
+}
+
+/// Issue 20: publishing 1 MiB messages in a loop made the host buffer 1.1 GiB
+/// for one event of a plugin whose `limits.memory` was 64 MiB. What the host
+/// holds for a call is bounded by `limits.host_memory`.
+#[tokio::test]
+async fn what_the_host_holds_for_a_call_is_bounded_by_limits_host_memory() {
+    let host = TestHost::new();
+    let manifest = FAULTY.replace(
+        "timeout = \"300ms\"",
+        "timeout = \"30s\"\nhost_memory = \"8 MiB\"",
+    );
+    let mut plugin = host.load_with(&wasm("faulty"), &manifest).await;
+    let big = plugin.handle(&cmd(0, "publish-big:1000")).await;
+    match &big.outcome {
+        Outcome::Reject(reason) => assert!(
+            reason.contains("invalid") && reason.contains("past limits.host_memory = 8.0 MiB"),
+            "{reason}"
+        ),
+        other => panic!("expected the plugin to see the refusal, got {other:?}"),
+    }
+    assert!(big.published.is_empty());
+    // The budget is per call: the next event starts with nothing held.
+    let fits = plugin.handle(&cmd(1, "publish-big:3")).await;
+    assert_eq!(fits.outcome, Outcome::Handled);
+    assert_eq!(fits.published.len(), 3);
+}
+
 #[tokio::test]
 async fn a_plugin_that_allocates_without_bound_hits_its_memory_limit() {
     let host = TestHost::new();

@@ -40,28 +40,31 @@ fn headers_with_a_binary_key() -> OwnedHeaders {
 /// rdkafka and stopped the partition on every host), a 2 MB reject reason (its
 /// dead letter could never be written: the partition stalled and the log grew
 /// by 4 MB a second) and a deletion due in the year 30 000 (its report panicked
-/// a worker): each event gets its outcome, and the events behind them are
-/// handled.
+/// a worker), an input too large to copy into a dead letter (it could never
+/// be written) and an event publishing 1 000 messages of 512 KiB (the host
+/// buffered 1.1 GiB for it): each event gets its outcome, the host's memory
+/// stays bounded, and the events behind them are handled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Apache Kafka (`just kafka`); `just test` installs it and runs the ignored tests"]
 async fn hostile_records_and_guest_values_cost_only_their_event() {
     let Some(b) = broker() else { return };
-    let names = ["hostile-in", "hostile-in.dlq"];
+    let names = ["hostile-in", "hostile-in.dlq", "hostile-allowed"];
     b.create_topics(&names, 1).await;
     let files = HostFiles::new(&b.bootstrap(), "hostile");
     files.install(
         "faulty",
         &wasm("faulty"),
         "name = \"faulty\"\ntopics = [\"in\"]\n[retry]\nattempts = 1\n\
-         [capabilities.storage]\nprefixes = [\"audio/\"]\n",
+         [capabilities.storage]\nprefixes = [\"audio/\"]\n\
+         [capabilities.publish]\ntopics = [\"allowed\"]\n",
     );
     let producer = b.producer();
-    let send = |payload: &'static str, headers: Option<OwnedHeaders>| {
+    let send = |payload: String, headers: Option<OwnedHeaders>| {
         let producer = producer.clone();
         async move {
             let mut record = FutureRecord::<str, str>::to("hostile-in")
                 .key("k")
-                .payload(payload);
+                .payload(&payload);
             if let Some(h) = headers {
                 record = record.headers(h);
             }
@@ -71,16 +74,20 @@ async fn hostile_records_and_guest_values_cost_only_their_event() {
                 .unwrap_or_else(|(e, _)| panic!("produce: {e}"));
         }
     };
-    send("ok", Some(headers_with_a_binary_key())).await;
-    send("reject-long:2000000", None).await;
-    send("schedule-at:900000000000000", None).await;
-    send("ok", None).await;
+    send("ok".into(), Some(headers_with_a_binary_key())).await;
+    send("reject-long:2000000".into(), None).await;
+    send("schedule-at:900000000000000".into(), None).await;
+    // 999 800 bytes: about as large as a producer writes by default; with its
+    // dead-letter headers it is larger.
+    send(format!("reject{}", " ".repeat(999_794)), None).await;
+    send("publish-big:1000".into(), None).await;
+    send("ok".into(), None).await;
     let host = BinaryHost::start(&files, "h");
 
-    let letters = b.read("hostile-in.dlq", 2);
+    let letters = b.read("hostile-in.dlq", 4);
     let deadline = Instant::now() + PATIENCE;
     let committed = || b.positions("hostile-faulty", "hostile-in", 1)[0].0;
-    while committed() < 4 {
+    while committed() < 6 {
         assert!(
             Instant::now() < deadline,
             "the partition did not flow to its end (committed {}):\n{}",
@@ -90,9 +97,10 @@ async fn hostile_records_and_guest_values_cost_only_their_event() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let log = host.log_text();
+    let peak = peak_rss_mib(host.child.id());
     drop(host);
     assert!(!log.contains("panicked"), "{log}");
-    assert_eq!(letters.len(), 2, "{letters:?}");
+    assert_eq!(letters.len(), 4, "{letters:?}");
     let long = letters[0].header("weir-error").unwrap();
     assert!(
         long.len() < 4200 && long.ends_with("(cut at 4096 of 2000000 bytes)"),
@@ -106,6 +114,67 @@ async fn hostile_records_and_guest_values_cost_only_their_event() {
         far.contains("invalid") && far.contains("after the year 9999"),
         "{far}"
     );
+    let omitted = letters[2].header("weir-omitted").unwrap();
+    assert!(omitted.starts_with("payload (999800 bytes)"), "{omitted}");
+    assert!(letters[2].payload.is_empty());
+    assert_eq!(
+        letters[2].header("weir-error"),
+        Some("rejected: asked to reject")
+    );
+    let budget = letters[3].header("weir-error").unwrap();
+    assert!(
+        budget.contains("invalid") && budget.contains("past limits.host_memory = 64.0 MiB"),
+        "{budget}"
+    );
+    assert_eq!(
+        b.count("hostile-allowed"),
+        0,
+        "nothing of the refused event was sent"
+    );
     let long_lines = log.lines().filter(|l| l.len() > 64 * 1024).count();
     assert_eq!(long_lines, 0, "no log line carries the 2 MB reason");
+    // One event published 500 MiB before its budget; the host holds one
+    // call's 64 MiB (and the guest's own 64 MiB), not the 1.1 GiB it held.
+    println!("peak RSS of the host: {peak} MiB");
+    assert!(peak < 300, "peak RSS {peak} MiB");
+}
+
+/// The highest resident set size of process `pid` so far (`VmHWM`), in MiB.
+fn peak_rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmHWM in /proc/PID/status")
+        / 1024
+}
+
+/// Issue 20: a plugin's `init` ran on the supervisor with no bound on host
+/// waits, so one sleeping in it held up SIGTERM (and reloads) for as long as
+/// it liked. SIGTERM now ends the host while such a plugin loads, whether it
+/// was there at the start or added to a running host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Apache Kafka (`just kafka`); `just test` installs it and runs the ignored tests"]
+async fn sigterm_ends_the_host_while_a_plugins_init_waits() {
+    let Some(b) = broker() else { return };
+    b.create_topics(&["slow-in"], 1).await;
+    let files = HostFiles::new(&b.bootstrap(), "slow");
+    let slow = "name = \"faulty\"\ntopics = [\"in\"]\n[limits]\ntimeout = \"600s\"\n\
+                [config]\ninit = \"sleep:600000\"\n";
+
+    // Added to a running host.
+    let mut host = BinaryHost::start(&files, "added");
+    host.wait_for_log("weir is running");
+    files.install("faulty", &wasm("faulty"), slow);
+    host.wait_for_log("init starts");
+    host.signal("TERM");
+    assert_eq!(host.wait(), Some(0), "{}", host.log_text());
+
+    // There at the start (the host is not ready yet).
+    let mut host = BinaryHost::start(&files, "at-start");
+    host.wait_for_log("init starts");
+    host.signal("TERM");
+    assert_eq!(host.wait(), Some(0), "{}", host.log_text());
+    assert!(!host.log_text().contains("weir is running"));
 }

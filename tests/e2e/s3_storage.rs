@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use weir_host::bindings::weir::plugin::storage::Host as StorageHost;
 use weir_host::bindings::CapabilityError;
 use weir_host::capabilities::breaker::BreakerState;
-use weir_host::capabilities::{Backends, EventEffects, Grants, Guards, MemoryCache};
+use weir_host::capabilities::{Backends, EventEffects, Grants, Guards, HostBudget, MemoryCache};
 use weir_host::config::BreakerConfig;
 use weir_host::runtime::Outcome;
 
@@ -32,7 +32,9 @@ fn backends(store: Arc<dyn ObjectStore>, guards: Guards) -> Backends {
 async fn storage_semantics(backends: &Backends, label: &str) {
     let grants = grants();
     let mut effects = EventEffects::default();
-    let mut ctx = weir_host::capabilities::Ctx::new(&grants, backends, &mut effects, false);
+    let mut budget = HostBudget::new(64 << 20);
+    let mut ctx =
+        weir_host::capabilities::Ctx::new(&grants, backends, &mut effects, &mut budget, false);
     let started = weir_host::capabilities::storage::now_ms();
 
     ctx.put("data/a.txt".into(), b"hello".to_vec())
@@ -182,7 +184,9 @@ async fn an_s3_outage_is_unavailable_then_the_breaker_opens_and_a_probe_closes_i
     let backends = backends(s3.store(timeout), Guards::new(&breaker, timeout));
     let grants = grants();
     let mut effects = EventEffects::default();
-    let mut ctx = weir_host::capabilities::Ctx::new(&grants, &backends, &mut effects, false);
+    let mut budget = HostBudget::new(64 << 20);
+    let mut ctx =
+        weir_host::capabilities::Ctx::new(&grants, &backends, &mut effects, &mut budget, false);
     ctx.put("data/x".into(), b"1".to_vec()).await.unwrap();
 
     s3.server.stop();

@@ -8,8 +8,22 @@ use crate::bindings::CapabilityError;
 
 /// Lines one event may write; later ones are refused (the event is unaffected).
 pub const MAX_LINES_PER_EVENT: u32 = 1000;
-/// Longest message kept; longer ones are cut.
+/// Longest message kept, and longest fields (all of a line's together); longer
+/// ones are cut.
 pub const MAX_MESSAGE_LEN: usize = 8 * 1024;
+
+/// `text` cut to [`MAX_MESSAGE_LEN`] bytes on a character boundary, marked `…`.
+fn cut(mut text: String) -> String {
+    if text.len() > MAX_MESSAGE_LEN {
+        let mut end = MAX_MESSAGE_LEN;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
 
 impl Host for Ctx<'_> {
     async fn write(
@@ -25,20 +39,20 @@ impl Host for Ctx<'_> {
                 "an event may write at most {MAX_LINES_PER_EVENT} log lines"
             )));
         }
-        let mut message = message;
-        if message.len() > MAX_MESSAGE_LEN {
-            let mut cut = MAX_MESSAGE_LEN;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
+        let message = cut(message);
+        let mut joined = String::new();
+        for f in &fields {
+            if joined.len() > MAX_MESSAGE_LEN {
+                break;
             }
-            message.truncate(cut);
-            message.push('…');
+            if !joined.is_empty() {
+                joined.push(' ');
+            }
+            joined.push_str(&f.key);
+            joined.push('=');
+            joined.push_str(&f.value);
         }
-        let fields: String = fields
-            .iter()
-            .map(|f| format!("{}={}", f.key, f.value))
-            .collect::<Vec<_>>()
-            .join(" ");
+        let fields = cut(joined);
         let plugin = &self.grants.plugin;
         let event = self.coordinates();
         macro_rules! emit {

@@ -37,6 +37,8 @@ pub struct Backends {
     pub storage: Arc<dyn object_store::ObjectStore>,
     pub deletions: DeletionSchedule,
     pub guards: Arc<Guards>,
+    /// The largest record the producer writes (`kafka.producer.message_max_bytes`).
+    pub max_message: usize,
 }
 
 /// What stands between the plugins and each backend: a circuit breaker each,
@@ -93,6 +95,7 @@ impl Backends {
             deletions: DeletionSchedule::in_store(storage.clone()),
             storage,
             guards: Arc::new(guards),
+            max_message: publish::DEFAULT_MAX_RECORD,
         }
     }
 
@@ -172,11 +175,65 @@ impl fmt::Display for CallRecord {
     }
 }
 
+/// What the host holds for one call into a plugin (an event, or a batch of
+/// them) until the call ends: messages to publish, scheduled-deletion changes,
+/// recorded calls. It is counted against the plugin's `limits.host_memory`,
+/// and so is each value read for it (an object, a cache value, a listing),
+/// so a plugin cannot make the host buffer more than that however it calls
+/// (its own linear memory is bounded by `limits.memory`).
+#[derive(Debug, Clone, Copy)]
+pub struct HostBudget {
+    limit: usize,
+    used: usize,
+}
+
+impl HostBudget {
+    pub fn new(limit: usize) -> Self {
+        HostBudget { limit, used: 0 }
+    }
+
+    /// A new call starts with nothing held.
+    pub fn reset(&mut self) {
+        self.used = 0;
+    }
+
+    /// Bytes held so far in this call.
+    pub fn used(&self) -> usize {
+        self.used
+    }
+
+    /// Whether `bytes` more fit; `Invalid` naming the limit otherwise.
+    pub fn check(&self, bytes: usize, what: &str) -> Result<(), CapabilityError> {
+        let total = self.used.saturating_add(bytes);
+        if total <= self.limit {
+            return Ok(());
+        }
+        let size = |n: usize| bytesize::ByteSize::b(n as u64).to_string();
+        Err(CapabilityError::Invalid(format!(
+            "{what} ({}) would take what the host holds for this call to {}, past \
+             limits.host_memory = {}: do less per event (or lower consumer.batch), \
+             or raise limits.host_memory",
+            size(bytes),
+            size(total),
+            size(self.limit)
+        )))
+    }
+
+    /// Hold `bytes` more until the call ends, if they fit.
+    pub fn hold(&mut self, bytes: usize, what: &str) -> Result<(), CapabilityError> {
+        self.check(bytes, what)?;
+        self.used += bytes;
+        Ok(())
+    }
+}
+
 /// What one call of a plugin into a capability sees.
 pub struct Ctx<'a> {
     pub grants: &'a Grants,
     pub backends: &'a Backends,
     effects: &'a mut EventEffects,
+    /// What the host holds for the whole call (every event of a batch).
+    pub(crate) budget: &'a mut HostBudget,
     record_calls: bool,
     /// When this call began (only when calls are recorded).
     started: Option<std::time::SystemTime>,
@@ -187,12 +244,14 @@ impl<'a> Ctx<'a> {
         grants: &'a Grants,
         backends: &'a Backends,
         effects: &'a mut EventEffects,
+        budget: &'a mut HostBudget,
         record_calls: bool,
     ) -> Self {
         Ctx {
             grants,
             backends,
             effects,
+            budget,
             record_calls,
             started: record_calls.then(std::time::SystemTime::now),
         }
@@ -203,10 +262,17 @@ impl<'a> Ctx<'a> {
         self.effects
     }
 
-    /// Record a capability call, if recording is on (the closure is not run otherwise).
+    /// Record a capability call, if recording is on (the closure is not run
+    /// otherwise). Records count against the host budget; once it is spent,
+    /// calls are no longer recorded (the call itself is unaffected).
     pub(crate) fn record(&mut self, call: impl FnOnce() -> CallRecord) {
         if self.record_calls {
-            self.effects.calls.push(call());
+            let call = call();
+            let size = call.target.len() + call.result.len() + RECORD_OVERHEAD;
+            if self.budget.hold(size, "a recorded call").is_err() {
+                return;
+            }
+            self.effects.calls.push(call);
             let now = std::time::SystemTime::now();
             self.effects
                 .call_times
@@ -222,6 +288,9 @@ impl<'a> Ctx<'a> {
         }
     }
 }
+
+/// What the host counts for a held record or change beside its strings.
+pub(crate) const RECORD_OVERHEAD: usize = 64;
 
 /// What one event did through its capabilities, handed back when its call ends.
 #[derive(Default)]

@@ -6,13 +6,17 @@
 
 use super::cache::describe;
 use super::Ctx;
-use super::{not_granted, CallRecord};
+use super::{not_granted, CallRecord, RECORD_OVERHEAD};
 use crate::bindings::weir::plugin::publish::{Host, Message};
 use crate::bindings::CapabilityError;
 use serde::Serialize;
 
-/// Kafka's default `message.max.bytes` is about 1 MB.
-pub const MAX_MESSAGE_LEN: usize = 1024 * 1024;
+/// The default of `kafka.producer.message_max_bytes`: librdkafka's and the
+/// broker's default `message.max.bytes` (about 1 MB).
+pub const DEFAULT_MAX_RECORD: usize = 1_000_000;
+/// Room kept in a record for the headers the host adds to a published message
+/// (CloudEvents attributes, `traceparent`).
+pub const HOST_HEADER_ROOM: usize = 2048;
 /// Messages one event may publish.
 pub const MAX_MESSAGES_PER_EVENT: usize = 1000;
 
@@ -99,9 +103,13 @@ impl Ctx<'_> {
                 .iter()
                 .map(|h| h.key.len() + h.value.len())
                 .sum::<usize>();
-        if size > MAX_MESSAGE_LEN {
+        let limit = self.backends.max_message.saturating_sub(HOST_HEADER_ROOM);
+        if size > limit {
             return Err(CapabilityError::Invalid(format!(
-                "the message is {size} bytes; the limit is {MAX_MESSAGE_LEN}"
+                "the message is {size} bytes (payload, key and headers); the limit is {limit}: \
+                 kafka.producer.message_max_bytes = {} less {HOST_HEADER_ROOM} bytes for the \
+                 headers the host adds",
+                self.backends.max_message
             )));
         }
         if self.effects().outbox.len() >= MAX_MESSAGES_PER_EVENT {
@@ -109,7 +117,8 @@ impl Ctx<'_> {
                 "an event may publish at most {MAX_MESSAGES_PER_EVENT} messages"
             )));
         }
-        Ok(())
+        self.budget
+            .hold(size + msg.topic.len() + RECORD_OVERHEAD, "this message")
     }
 }
 

@@ -7,7 +7,7 @@
 use super::cache::describe;
 use super::schedule::{ScheduleChange, ScheduledDeletion};
 use super::Ctx;
-use super::{not_granted, CallRecord};
+use super::{not_granted, CallRecord, HostBudget, RECORD_OVERHEAD};
 use crate::bindings::weir::plugin::storage::{DeletionTime, Host, ObjectInfo};
 use crate::bindings::CapabilityError;
 use crate::storage_key::{self, KeyError, RESERVED_PREFIX};
@@ -159,14 +159,24 @@ impl Host for Ctx<'_> {
         let result = match self.object_path(&key) {
             Err(e) => Err(e),
             Ok(path) => {
-                let b = self.backends;
+                let (b, budget) = (self.backends, &*self.budget);
                 b.storage_call(async {
                     match b.storage.get(&path).await {
-                        Ok(r) => r
-                            .bytes()
-                            .await
-                            .map(|b| Some(b.to_vec()))
-                            .map_err(unavailable),
+                        Ok(r) => {
+                            // Sized before it is read: an object past either
+                            // bound is never buffered.
+                            let len = usize::try_from(r.meta.size).unwrap_or(usize::MAX);
+                            if len > MAX_OBJECT_LEN {
+                                return Err(CapabilityError::Invalid(format!(
+                                    "the object is {len} bytes; the limit is {MAX_OBJECT_LEN}"
+                                )));
+                            }
+                            budget.check(len, "the object")?;
+                            r.bytes()
+                                .await
+                                .map(|b| Some(b.to_vec()))
+                                .map_err(unavailable)
+                        }
                         Err(object_store::Error::NotFound { .. }) => Ok(None),
                         Err(e) => Err(unavailable(e)),
                     }
@@ -231,7 +241,8 @@ impl Host for Ctx<'_> {
             Ok(granted) => {
                 let b = self.backends;
                 let granted = granted.to_vec();
-                b.storage_call(list_objects(b.storage.clone(), granted, &prefix))
+                let budget = *self.budget;
+                b.storage_call(list_objects(b.storage.clone(), granted, &prefix, budget))
                     .await
             }
         };
@@ -256,6 +267,10 @@ impl Host for Ctx<'_> {
         let plugin = self.grants.plugin.clone();
         let result = check_due(due_ms, when)
             .and_then(|()| self.object_path(&key))
+            .and_then(|_| {
+                self.budget
+                    .hold(key.len() + RECORD_OVERHEAD, "this scheduled deletion")
+            })
             .map(|_| {
                 self.effects()
                     .schedule
@@ -303,7 +318,12 @@ impl Host for Ctx<'_> {
                         .await
                         .map_err(unavailable),
                 };
-                was.inspect(|_| {
+                was.and_then(|was| {
+                    self.budget
+                        .hold(key.len() + RECORD_OVERHEAD, "this cancellation")
+                        .map(|()| was)
+                })
+                .inspect(|_| {
                     let plugin = self.grants.plugin.clone();
                     self.effects().schedule.push(ScheduleChange::Cancel {
                         plugin,
@@ -328,10 +348,14 @@ impl Host for Ctx<'_> {
     }
 }
 
+/// Objects one `list` returns at most.
+pub const MAX_LISTED: usize = 10_000;
+
 async fn list_objects(
     store: Arc<dyn ObjectStore>,
     granted: Vec<String>,
     prefix: &str,
+    budget: HostBudget,
 ) -> Result<Vec<ObjectInfo>, CapabilityError> {
     storage_key::authorize_prefix(prefix, &granted).map_err(key_error)?;
     // object_store lists by path segment: list the folder, then filter by text.
@@ -340,20 +364,27 @@ async fn list_objects(
         None => "",
     };
     let folder = StorePath::from(folder);
-    let metas: Vec<_> = store
-        .list(Some(&folder))
-        .try_collect()
-        .await
-        .map_err(unavailable)?;
-    let mut out: Vec<ObjectInfo> = metas
-        .into_iter()
-        .filter(|m| m.location.as_ref().starts_with(prefix))
-        .map(|m| ObjectInfo {
-            key: m.location.to_string(),
-            size: m.size,
-            last_modified_ms: m.last_modified.timestamp_millis(),
-        })
-        .collect();
+    // Streamed, so a folder of millions of objects is never held, and bounded:
+    // the matches in number and in bytes.
+    let mut listing = store.list(Some(&folder));
+    let (mut out, mut held) = (Vec::new(), 0usize);
+    while let Some(meta) = listing.try_next().await.map_err(unavailable)? {
+        if !meta.location.as_ref().starts_with(prefix) {
+            continue;
+        }
+        if out.len() == MAX_LISTED {
+            return Err(CapabilityError::Invalid(format!(
+                "more than {MAX_LISTED} objects start with {prefix:?}: list a narrower prefix"
+            )));
+        }
+        held += meta.location.as_ref().len() + RECORD_OVERHEAD;
+        budget.check(held, "the listing")?;
+        out.push(ObjectInfo {
+            key: meta.location.to_string(),
+            size: meta.size,
+            last_modified_ms: meta.last_modified.timestamp_millis(),
+        });
+    }
     out.sort_by(|a, b| a.key.cmp(&b.key));
     Ok(out)
 }

@@ -110,6 +110,8 @@ pub struct Outputs {
     /// How many times a fatally failed producer was replaced.
     replaced: Arc<AtomicU64>,
     namer: TopicNamer,
+    /// `kafka.producer.message_max_bytes`.
+    max_record: usize,
 }
 
 impl Outputs {
@@ -123,7 +125,11 @@ impl Outputs {
                 producer.message_timeout.as_millis().to_string(),
             )
             .set("linger.ms", producer.linger.as_millis().to_string())
-            .set("compression.type", &producer.compression);
+            .set("compression.type", &producer.compression)
+            .set(
+                "message.max.bytes",
+                producer.message_max_bytes.as_u64().to_string(),
+            );
         let created = c
             .create_with_context(OutputContext)
             .map_err(|e| format!("cannot create the producer: {e}"))?;
@@ -132,6 +138,7 @@ impl Outputs {
             client_config: Arc::new(c),
             replaced: Arc::new(AtomicU64::new(0)),
             namer: config.namer()?,
+            max_record: producer.message_max_bytes.as_u64() as usize,
         })
     }
 
@@ -242,13 +249,13 @@ impl Outputs {
         attempts: u32,
         ack: &Arc<EventAck>,
     ) -> Result<(), String> {
-        let headers = dead_letter_headers(event, plugin, error, attempts);
+        let letter = DeadLetter::new(event, plugin, error, attempts, self.max_record);
         self.enqueue_counted(
             Record {
                 topic: dlq_topic,
-                key: event.key.as_deref(),
-                payload: Some(&event.payload),
-                headers: &headers,
+                key: letter.key,
+                payload: letter.payload,
+                headers: &letter.headers,
             },
             ack,
         )
@@ -337,14 +344,83 @@ impl Outputs {
     }
 }
 
-/// The dead letter's headers: the original ones plus `weir-*`.
+/// Says a dead letter goes without its input's payload (or headers), and why.
+pub const H_OMITTED: &str = "weir-omitted";
+
+/// A dead letter as written: the input's key, payload and headers plus the
+/// `weir-*` ones, cut to fit `kafka.producer.message_max_bytes` (a dead letter
+/// that can never be written would stall its partition for ever).
+pub struct DeadLetter<'a> {
+    pub key: Option<&'a [u8]>,
+    pub payload: Option<&'a [u8]>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl<'a> DeadLetter<'a> {
+    pub fn new(
+        event: &'a EventRecord,
+        plugin: &str,
+        error: &str,
+        attempts: u32,
+        max_record: usize,
+    ) -> Self {
+        let headers = dead_letter_headers(event, plugin, error, attempts);
+        let size = |headers: &[(String, Vec<u8>)], key: usize, payload: usize| {
+            key + payload
+                + headers
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len())
+                    .sum::<usize>()
+        };
+        let key_len = event.key.as_ref().map_or(0, Vec::len);
+        let mut letter = DeadLetter {
+            key: event.key.as_deref(),
+            payload: Some(&event.payload),
+            headers,
+        };
+        // Room for the note itself and the record's framing.
+        let room = max_record.saturating_sub(512);
+        if size(&letter.headers, key_len, event.payload.len()) <= room {
+            return letter;
+        }
+        letter.payload = None;
+        let mut note = format!(
+            "payload ({} bytes): the dead letter must fit kafka.producer.message_max_bytes = {max_record}; \
+             read it at the original topic, partition and offset",
+            event.payload.len()
+        );
+        if size(&letter.headers, key_len, 0) > room {
+            letter.headers.retain(|(k, _)| k.starts_with("weir-"));
+            letter.key = None;
+            note = format!(
+                "payload ({} bytes), key and headers: the dead letter must fit \
+                 kafka.producer.message_max_bytes = {max_record}; read them at the original \
+                 topic, partition and offset",
+                event.payload.len()
+            );
+        }
+        letter
+            .headers
+            .push((H_OMITTED.to_string(), note.into_bytes()));
+        letter
+    }
+}
+
+/// The dead letter's headers: the original ones (but any `weir-*`, which only
+/// the host writes: a producer's own `weir-original-topic` would steer a
+/// replay) plus the host's `weir-*`.
 pub fn dead_letter_headers(
     event: &EventRecord,
     plugin: &str,
     error: &str,
     attempts: u32,
 ) -> Vec<(String, Vec<u8>)> {
-    let mut headers = event.headers.clone();
+    let mut headers: Vec<(String, Vec<u8>)> = event
+        .headers
+        .iter()
+        .filter(|(k, _)| !k.starts_with("weir-"))
+        .cloned()
+        .collect();
     for (k, v) in [
         (H_ERROR, error.to_string()),
         (H_PLUGIN, plugin.to_string()),
@@ -388,5 +464,71 @@ fn add_cloudevent_headers(
     set_default(headers, "ce_time", rfc3339(now_ms()).into_bytes());
     if serde_json::from_slice::<serde::de::IgnoredAny>(&msg.payload).is_ok() {
         set_default(headers, "content-type", b"application/json".to_vec());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(payload: usize, headers: Vec<(String, Vec<u8>)>) -> EventRecord {
+        EventRecord {
+            topic: "dev-in".into(),
+            logical_topic: "in".into(),
+            partition: 0,
+            offset: 7,
+            timestamp_ms: None,
+            key: Some(b"k".to_vec()),
+            payload: vec![b'x'; payload],
+            headers,
+        }
+    }
+
+    fn header<'a>(letter: &'a DeadLetter, name: &str) -> Option<&'a [u8]> {
+        letter
+            .headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// Issue 20: a dead letter larger than `message.max.bytes` was retried for
+    /// ever, stalling its partition; a producer's own `weir-original-topic`
+    /// came first and steered `weir dlq replay`.
+    #[test]
+    fn a_dead_letter_always_fits_and_carries_only_the_hosts_weir_headers() {
+        let forged = vec![
+            (
+                "weir-original-topic".to_string(),
+                b"dev-weir-schedule".to_vec(),
+            ),
+            ("trace".to_string(), b"t".to_vec()),
+        ];
+        let small = event(10, forged.clone());
+        let letter = DeadLetter::new(&small, "p", "rejected: no", 1, 1_000_000);
+        assert_eq!(letter.payload.map(<[u8]>::len), Some(10));
+        assert_eq!(header(&letter, H_TOPIC), Some(&b"dev-in"[..]));
+        assert_eq!(
+            letter.headers.iter().filter(|(k, _)| k == H_TOPIC).count(),
+            1
+        );
+        assert_eq!(header(&letter, "trace"), Some(&b"t"[..]));
+        assert!(header(&letter, H_OMITTED).is_none());
+
+        let big = event(2_000_000, forged.clone());
+        let letter = DeadLetter::new(&big, "p", "rejected: no", 1, 1_000_000);
+        assert!(letter.payload.is_none());
+        assert_eq!(letter.key, Some(&b"k"[..]));
+        let why = String::from_utf8(header(&letter, H_OMITTED).unwrap().to_vec()).unwrap();
+        assert!(why.starts_with("payload (2000000 bytes)"), "{why}");
+
+        let mut huge = forged;
+        huge.push(("big".to_string(), vec![b'h'; 2_000_000]));
+        let wide = event(10, huge);
+        let letter = DeadLetter::new(&wide, "p", "rejected: no", 1, 1_000_000);
+        assert!(letter.payload.is_none() && letter.key.is_none());
+        assert!(letter.headers.iter().all(|(k, _)| k.starts_with("weir-")));
+        let size: usize = letter.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        assert!(size < 1_000_000, "{size}");
     }
 }

@@ -34,8 +34,8 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
-    cache: Option<compile_cache::CompileCache>,
-    compiled_without_cache: std::sync::atomic::AtomicU64,
+    cache: Option<Arc<compile_cache::CompileCache>>,
+    compiled_without_cache: Arc<std::sync::atomic::AtomicU64>,
     _ticker: EpochTicker,
 }
 
@@ -74,7 +74,10 @@ impl Runtime {
     /// A runtime that keeps precompiled components in `dir` and reuses them.
     pub fn with_compile_cache(dir: std::path::PathBuf) -> Result<Self, String> {
         let mut runtime = Self::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
-        runtime.cache = Some(compile_cache::CompileCache::open(dir, &runtime.engine)?);
+        runtime.cache = Some(Arc::new(compile_cache::CompileCache::open(
+            dir,
+            &runtime.engine,
+        )?));
         Ok(runtime)
     }
 
@@ -94,15 +97,22 @@ impl Runtime {
         stats
     }
 
-    fn component(&self, bytes: &[u8]) -> wasmtime::Result<Component> {
-        match &self.cache {
-            Some(cache) => cache.component(&self.engine, bytes),
+    /// The compiled component for `bytes`, compiled on a blocking thread: a
+    /// large component takes seconds of CPU, which must not hold up the task
+    /// that loads it (the supervisor, which also answers shutdown).
+    async fn component(&self, bytes: Arc<Vec<u8>>) -> wasmtime::Result<Component> {
+        let (engine, cache) = (self.engine.clone(), self.cache.clone());
+        let counter = self.compiled_without_cache.clone();
+        let compile = move || match &cache {
+            Some(cache) => cache.component(&engine, &bytes),
             None => {
-                self.compiled_without_cache
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                Component::new(&self.engine, bytes)
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Component::new(&engine, bytes.as_slice())
             }
-        }
+        };
+        tokio::task::spawn_blocking(compile)
+            .await
+            .map_err(|e| wasmtime::Error::msg(format!("the compiler thread failed: {e}")))?
     }
 
     pub fn engine(&self) -> &Engine {
@@ -118,9 +128,10 @@ impl Runtime {
         manifest: Manifest,
         backends: Backends,
     ) -> Result<Plugin, LoadError> {
-        let bytes = load::read_component_bytes(wasm)?;
+        let bytes = Arc::new(load::read_component_bytes(wasm)?);
         let component = self
-            .component(&bytes)
+            .component(bytes.clone())
+            .await
             .map_err(|e| LoadError::new(wasm, LoadErrorKind::Compile, load::chain(&e)))?;
         load::check_world(wasm, &self.engine, &component)?;
         let pre = self
@@ -129,10 +140,6 @@ impl Runtime {
             .map_err(|e| LoadError::new(wasm, LoadErrorKind::WrongWorld, load::chain(&e)))?;
         let hash = load::content_hash(&bytes);
         let grants = Grants::from_manifest(&manifest);
-        // Its scheduled deletions are carried out within these prefixes only.
-        backends
-            .deletions
-            .allow(&manifest.name, grants.storage_prefixes.clone());
         let mut plugin = Plugin {
             name: manifest.name.clone(),
             hash,
@@ -147,6 +154,12 @@ impl Runtime {
             .instantiate()
             .await
             .map_err(|failure| LoadError::new(wasm, failure.kind, failure.message))?;
+        // Its scheduled deletions are carried out within these prefixes only (a
+        // version that failed to load leaves the running one's grants alone).
+        plugin.backends.deletions.allow(
+            &plugin.manifest.name,
+            plugin.grants.storage_prefixes.clone(),
+        );
         Ok(plugin)
     }
 }
@@ -416,24 +429,25 @@ impl Plugin {
             self.grants.clone(),
             self.backends.clone(),
             limits.memory.as_u64() as usize,
+            limits.host_memory.as_u64() as usize,
             timeout,
             self.record_calls,
         );
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_callback(|ctx| {
-            if ctx.data().deadline.is_some_and(|d| Instant::now() >= d) {
+            if ctx.data().deadline.passed() {
                 Err(wasmtime::Error::new(state::DeadlineExceeded))
             } else {
                 Ok(UpdateDeadline::Yield(1))
             }
         });
+        store.data_mut().begin_setup();
         arm_deadline(&mut store);
         let failed = |kind, message| InstantiateFailure { kind, message };
 
-        let instance = self
-            .pre
-            .instantiate_async(&mut store)
+        let deadline = store.data().deadline.clone();
+        let instance = within_deadline(&deadline, self.pre.instantiate_async(&mut store))
             .await
             .map_err(|e| failed(LoadErrorKind::Instantiate, classify(&store, &e, timeout).1))?;
         let wrong = |export: &str, e: wasmtime::Error| {
@@ -470,8 +484,9 @@ impl Plugin {
             let init: InitFunc = instance
                 .get_typed_func(&mut store, "init")
                 .map_err(|e| wrong("init", e))?;
+            store.data_mut().begin_setup();
             arm_deadline(&mut store);
-            match init.call_async(&mut store, ()).await {
+            match within_deadline(&deadline, init.call_async(&mut store, ())).await {
                 Ok((Ok(()),)) => {}
                 Ok((Err(reason),)) => {
                     return Err(failed(
@@ -529,7 +544,9 @@ impl Plugin {
         // SAFETY: `handle` was type-checked as this signature (lifetimes aside,
         // which the component model does not see).
         let func: HandleFunc<'_> = unsafe { TypedFunc::new_unchecked(live.handle) };
-        let result = func.call_async(&mut live.store, (event.view(),)).await;
+        let deadline = live.store.data().deadline.clone();
+        let result =
+            within_deadline(&deadline, func.call_async(&mut live.store, (event.view(),))).await;
         let mut effects = live.store.data_mut().end_call();
         let effects = effects.pop().unwrap_or_default();
         let outcome = match result {
@@ -571,10 +588,11 @@ impl Plugin {
         // SAFETY: `handle-batch` was type-checked as this signature (lifetimes
         // aside, which the component model does not see).
         let func: BatchFunc<'_, '_> = unsafe { TypedFunc::new_unchecked(batch) };
-        let result = func.call_async(&mut live.store, (&views,)).await;
+        let deadline = live.store.data().deadline.clone();
+        let result = within_deadline(&deadline, func.call_async(&mut live.store, (&views,))).await;
         drop(views);
         let current = live.store.data().current();
-        let in_order = live.store.data().begun.iter().copied().eq(0..n as u32);
+        let in_order = live.store.data().announced_in_order(n);
         let effects = live.store.data_mut().end_call();
         let each_us = started.elapsed().as_micros() as u64 / n as u64;
         match result {
@@ -685,10 +703,41 @@ async fn report(
     finish_report(outcome, effects, duration_us)
 }
 
+/// Check the deadline at the next epoch tick (the store's deadline was set by
+/// `begin_call` or `begin_setup`).
 fn arm_deadline(store: &mut Store<HostState>) {
-    let timeout = store.data().timeout;
-    store.data_mut().deadline = Some(Instant::now() + timeout);
     store.set_epoch_deadline(1);
+}
+
+/// How long past its deadline a call may wait in a host call before it is
+/// dropped: the epoch check stops running wasm within a tick or two, so a
+/// call still going after this is waiting on the host.
+const HOST_WAIT_GRACE: Duration = Duration::from_millis(50);
+
+/// Await a call into the guest, but no longer than its deadline (which the
+/// guest may move forward by starting its batch's next event). The epoch
+/// interrupts running wasm; this ends a call that waits in a host call (a WASI
+/// sleep or poll, a slow backend), where no wasm runs. The call's future is
+/// dropped, which unwinds the guest; the instance is never used again.
+async fn within_deadline<T>(
+    deadline: &state::Deadline,
+    call: impl std::future::Future<Output = wasmtime::Result<T>>,
+) -> wasmtime::Result<T> {
+    tokio::pin!(call);
+    loop {
+        let Some(at) = deadline.get() else {
+            return call.await;
+        };
+        tokio::select! {
+            biased;
+            out = &mut call => return out,
+            _ = tokio::time::sleep_until((at + HOST_WAIT_GRACE).into()) => {
+                if deadline.get().is_some_and(|d| Instant::now() >= d + HOST_WAIT_GRACE) {
+                    return Err(wasmtime::Error::new(state::DeadlineExceeded));
+                }
+            }
+        }
+    }
 }
 
 /// Turn a failed call into an outcome and a one-line reason.

@@ -1,12 +1,12 @@
 //! Per-instance state: WASI, limits, the plugin's grants, and what the current
 //! event has done so far (capability calls, queued messages, output).
 
-use crate::capabilities::{Backends, Ctx, EventEffects, Grants};
+use crate::capabilities::{Backends, Ctx, EventEffects, Grants, HostBudget};
 use crate::event::Coordinates;
 use bytes::Bytes;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use wasmtime::component::ResourceTable;
 use wasmtime::ResourceLimiter;
@@ -23,16 +23,24 @@ pub struct HostState {
     pub(crate) grants: Arc<Grants>,
     pub(crate) backends: Backends,
     /// When the current event must end.
-    pub(crate) deadline: Option<Instant>,
-    /// Each event's `limits.timeout` (re-armed by `batch.begin-event`).
+    pub(crate) deadline: Deadline,
+    /// Each event's `limits.timeout` (re-armed by `batch.begin-event`, once per
+    /// event of the batch).
     pub(crate) timeout: Duration,
+    /// When the whole call must end, whatever the plugin announces: one
+    /// `limits.timeout` per event it was given.
+    call_end: Option<Instant>,
     pub(crate) record_calls: bool,
+    /// What the host holds for the current call (`limits.host_memory`).
+    budget: HostBudget,
     /// What each event of the current call did (one entry outside a batch).
     events: Vec<EventEffects>,
     /// The event being handled: an index into `events`.
     current: usize,
-    /// The indices a batch announced with `batch.begin-event`, in order.
-    pub(crate) begun: Vec<u32>,
+    /// The index the next `batch.begin-event` must announce.
+    next_event: u32,
+    /// A `batch.begin-event` announced an index out of order (or again).
+    out_of_order: bool,
     stdout: CapturedOutput,
     stderr: CapturedOutput,
 }
@@ -51,6 +59,7 @@ impl HostState {
         grants: Arc<Grants>,
         backends: Backends,
         memory_limit: usize,
+        host_memory: usize,
         timeout: Duration,
         record_calls: bool,
     ) -> Self {
@@ -66,16 +75,20 @@ impl HostState {
             table: ResourceTable::new(),
             limiter: MemoryLimiter {
                 limit: memory_limit,
+                total: 0,
                 exceeded: None,
             },
+            budget: HostBudget::new(host_memory),
             grants,
             backends,
-            deadline: None,
+            deadline: Deadline::default(),
             timeout,
+            call_end: None,
             record_calls,
             events: Vec::new(),
             current: 0,
-            begun: Vec::new(),
+            next_event: 0,
+            out_of_order: false,
             stdout,
             stderr,
         }
@@ -101,6 +114,7 @@ impl HostState {
             &self.grants,
             &self.backends,
             &mut self.events[i],
+            &mut self.budget,
             self.record_calls,
         )
     }
@@ -115,20 +129,48 @@ impl HostState {
                 ..EventEffects::default()
             }));
         self.current = 0;
-        self.begun.clear();
+        self.budget.reset();
+        self.next_event = 0;
+        self.out_of_order = false;
         self.stdout.clear();
         self.stderr.clear();
-        self.deadline = Some(Instant::now() + self.timeout);
+        let now = Instant::now();
+        let events = u32::try_from(self.events.len().max(1)).unwrap_or(u32::MAX);
+        self.call_end = Some(now + self.timeout.saturating_mul(events));
+        self.deadline.set(Some(now + self.timeout));
     }
 
-    /// `batch.begin-event`: the plugin moves on to the event at `index`.
+    /// A call that is not about events (instantiation, `init`) starts: it has
+    /// one `limits.timeout`.
+    pub(crate) fn begin_setup(&mut self) {
+        self.budget.reset();
+        let end = Instant::now() + self.timeout;
+        self.call_end = Some(end);
+        self.deadline.set(Some(end));
+    }
+
+    /// `batch.begin-event`: the plugin moves on to the event at `index`. Only
+    /// the next event in order re-arms the deadline, and never past the call's
+    /// budget: announcing an event again (or out of order) extends nothing, and
+    /// breaks the batch's contract (its events are handled again one at a time).
     pub(crate) fn start_event(&mut self, index: u32) {
         self.flush_output();
-        self.begun.push(index);
-        if (index as usize) < self.events.len() {
-            self.current = index as usize;
+        if index != self.next_event || index as usize >= self.events.len() {
+            self.out_of_order = true;
+            return;
         }
-        self.deadline = Some(Instant::now() + self.timeout);
+        self.next_event += 1;
+        self.current = index as usize;
+        let next = Instant::now() + self.timeout;
+        self.deadline.set(Some(match self.call_end {
+            Some(end) => next.min(end),
+            None => next,
+        }));
+    }
+
+    /// Whether the batch announced each of its `n` events once, in order.
+    pub(crate) fn announced_in_order(&self, n: usize) -> bool {
+        !self.out_of_order && self.next_event as usize == n
     }
 
     /// The coordinates of the current event, for log lines.
@@ -174,7 +216,8 @@ impl HostState {
     /// The call ended: log what the plugin printed, hand back what each event did.
     pub(crate) fn end_call(&mut self) -> Vec<EventEffects> {
         self.flush_output();
-        self.deadline = None;
+        self.deadline.set(None);
+        self.call_end = None;
         self.current = 0;
         std::mem::take(&mut self.events)
     }
@@ -188,6 +231,40 @@ fn panic_message(stderr: &str) -> Option<String> {
         .find_map(|l| l.split_once("panicked at ").map(|(_, a)| a))?;
     let message = lines.next().unwrap_or("").trim();
     Some(format!("panicked at {} {message}", at.trim()))
+}
+
+/// When the current call into a plugin must end, shared between its store (the
+/// epoch callback, while wasm runs) and the task awaiting the call (while the
+/// guest waits in a host call, where no wasm runs and no epoch check happens).
+#[derive(Clone, Default)]
+pub(crate) struct Deadline(Arc<AtomicU64>);
+
+impl Deadline {
+    /// The instant nanosecond offsets count from (0 means "no deadline").
+    fn base() -> Instant {
+        static BASE: OnceLock<Instant> = OnceLock::new();
+        *BASE.get_or_init(Instant::now)
+    }
+
+    pub(crate) fn set(&self, at: Option<Instant>) {
+        let nanos = at.map_or(0, |at| {
+            let since = at.saturating_duration_since(Self::base()).as_nanos();
+            u64::try_from(since).unwrap_or(u64::MAX - 1) + 1
+        });
+        self.0.store(nanos, Ordering::Release);
+    }
+
+    pub(crate) fn get(&self) -> Option<Instant> {
+        match self.0.load(Ordering::Acquire) {
+            0 => None,
+            n => Some(Self::base() + Duration::from_nanos(n - 1)),
+        }
+    }
+
+    /// Whether the deadline has passed.
+    pub(crate) fn passed(&self) -> bool {
+        self.get().is_some_and(|d| Instant::now() >= d)
+    }
 }
 
 /// The call ran past its deadline.
@@ -222,27 +299,36 @@ impl fmt::Display for MemoryLimitExceeded {
 
 impl std::error::Error for MemoryLimitExceeded {}
 
-/// Caps linear memory; a growth past the cap traps with [`MemoryLimitExceeded`].
+/// Caps the instance's linear memory: all its memories together (a component
+/// may have several), counted from their creation. A growth past the cap
+/// traps with [`MemoryLimitExceeded`].
 pub(crate) struct MemoryLimiter {
     pub(crate) limit: usize,
+    /// Bytes of every memory of the instance.
+    total: usize,
     pub(crate) exceeded: Option<usize>,
 }
 
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.limit {
-            self.exceeded = Some(desired);
+        let total = self.total.saturating_sub(current).saturating_add(desired);
+        if total > self.limit {
+            self.exceeded = Some(total);
             return Err(wasmtime::Error::new(MemoryLimitExceeded {
-                desired,
+                desired: total,
                 limit: self.limit,
             }));
         }
-        Ok(maximum.is_none_or(|max| desired <= max))
+        if maximum.is_some_and(|max| desired > max) {
+            return Ok(false);
+        }
+        self.total = total;
+        Ok(true)
     }
 
     fn table_growing(

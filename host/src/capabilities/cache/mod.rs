@@ -98,8 +98,17 @@ impl Host for Ctx<'_> {
         let result = match self.cache_key(&key, "key") {
             Ok(k) => {
                 let b = self.backends;
-                b.cache_call(async { b.cache.get(&k).await.map_err(backend_error) })
-                    .await
+                let value = b
+                    .cache_call(async { b.cache.get(&k).await.map_err(backend_error) })
+                    .await;
+                // A value another client wrote may be larger than a plugin may set.
+                match value {
+                    Ok(Some(v)) => self
+                        .budget
+                        .check(v.len(), "the cached value")
+                        .map(|()| Some(v)),
+                    other => other,
+                }
             }
             Err(e) => Err(e),
         };
