@@ -8,7 +8,6 @@ use crate::capabilities::Backends;
 use crate::config::Config;
 use crate::manifest::Manifest;
 use crate::runtime::Runtime;
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -151,8 +150,11 @@ pub async fn check(path: &Path) -> CheckReport {
     let runtime = Runtime::with_compile_cache(config.plugins.cache_dir.clone())
         .or_else(|_| Runtime::new().map_err(|e| e.to_string()));
     let scratch = std::env::temp_dir().join(format!("weir-config-check-{}", std::process::id()));
-    // Consumer group -> (plugin, consumed topics).
-    let mut groups: BTreeMap<String, Vec<(String, Vec<String>)>> = BTreeMap::new();
+    let claims: Vec<crate::reserved::Claims> = plugins
+        .iter()
+        .filter_map(|(_, _, m)| Manifest::load(m).ok())
+        .filter_map(|m| crate::reserved::Claims::of(&config, &m).ok())
+        .collect();
     for (name, wasm, manifest_path) in plugins {
         let manifest = match Manifest::load(&manifest_path) {
             Ok(m) => m,
@@ -162,6 +164,13 @@ pub async fn check(path: &Path) -> CheckReport {
                 continue;
             }
         };
+        if let Err(e) = crate::reserved::check(&config, &manifest, &claims) {
+            let _ = writeln!(out, "\nplugin {name}: REJECTED (manifest)");
+            report
+                .problems
+                .push(format!("{}: {e}", manifest_path.display()));
+            continue;
+        }
         let component = match (&runtime, Backends::local(&scratch)) {
             (Ok(rt), Ok(backends)) => rt
                 .load(&wasm, manifest.clone(), backends)
@@ -184,32 +193,8 @@ pub async fn check(path: &Path) -> CheckReport {
             report.problems.push(e);
         }
         describe_plugin(out, &config, &namer, &manifest);
-        let group = manifest
-            .consumer
-            .group
-            .clone()
-            .unwrap_or_else(|| config.group_for(&manifest.name));
-        groups
-            .entry(group)
-            .or_default()
-            .push((name, manifest.topics.clone()));
     }
     let _ = std::fs::remove_dir_all(&scratch);
-    // Two plugins of one group consuming one topic split its partitions: each
-    // would miss the events of the other's partitions.
-    for (group, members) in &groups {
-        for (i, (a, a_topics)) in members.iter().enumerate() {
-            for (b, b_topics) in &members[i + 1..] {
-                if let Some(topic) = a_topics.iter().find(|t| b_topics.contains(t)) {
-                    report.problems.push(format!(
-                        "plugins {a} and {b} both consume {topic} in the consumer group {group}: \
-                         they would split its partitions and each miss the other's events; \
-                         give one of them its own [consumer] group"
-                    ));
-                }
-            }
-        }
-    }
     report
 }
 

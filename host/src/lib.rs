@@ -20,6 +20,7 @@ pub mod manifest;
 pub mod pipeline;
 pub mod plugin_dir;
 pub mod reload;
+pub mod reserved;
 pub mod run;
 pub mod runtime;
 pub mod schedule_topic;

@@ -204,6 +204,13 @@ impl Supervisor {
     pub async fn prepare(&self) -> Result<Pending, String> {
         let desired = self.desired()?;
         let wanted = desired.iter().map(|f| f.name.clone()).collect();
+        // What every plugin's manifest takes (those that parse), so none takes
+        // another's group, namespace or dead-letter topic.
+        let claims: Vec<crate::reserved::Claims> = desired
+            .iter()
+            .filter_map(|f| Manifest::load(&f.manifest).ok())
+            .filter_map(|m| crate::reserved::Claims::of(&self.config, &m).ok())
+            .collect();
         let mut loaded = Vec::new();
         for files in desired {
             let Some(fingerprint) = fingerprint(&files) else {
@@ -216,7 +223,7 @@ impl Supervisor {
             {
                 continue;
             }
-            let plugin = self.load(&files).await;
+            let plugin = self.load(&files, &claims).await;
             loaded.push((files, fingerprint, plugin));
         }
         Ok(Pending { wanted, loaded })
@@ -311,7 +318,11 @@ impl Supervisor {
         entry.loaded_at = Some(SystemTime::now());
     }
 
-    async fn load(&self, files: &PluginFiles) -> Result<Plugin, String> {
+    async fn load(
+        &self,
+        files: &PluginFiles,
+        claims: &[crate::reserved::Claims],
+    ) -> Result<Plugin, String> {
         let manifest = Manifest::load(&files.manifest).map_err(|e| e.to_string())?;
         if manifest.name != files.name {
             return Err(format!(
@@ -321,6 +332,8 @@ impl Supervisor {
                 files.name
             ));
         }
+        crate::reserved::check(&self.config, &manifest, claims)
+            .map_err(|e| format!("{}: {e}", files.manifest.display()))?;
         self.runtime
             .load(&files.wasm, manifest, self.backends.clone())
             .await

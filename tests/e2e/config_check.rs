@@ -104,7 +104,7 @@ fn every_problem_is_named_with_its_file_and_line() {
 
     let (code, text) = config_check(&config);
     assert_eq!(code, Some(1), "{text}");
-    assert!(text.contains("5 problem(s):"), "{text}");
+    assert!(text.contains("6 problem(s):"), "{text}");
     assert!(
         text.contains("admin.listen = \"0.0.0.0:9464\" is reachable"),
         "{text}"
@@ -121,8 +121,13 @@ fn every_problem_is_named_with_its_file_and_line() {
         text.contains("junk.wasm") && text.contains("REJECTED (component)"),
         "{text}"
     );
+    // Two plugins in one group would split each other's partitions: both are
+    // refused (as `weir run` refuses them).
     assert!(
-        text.contains("plugins track-deletions-2 and track-deletions both consume track-deletions in the consumer group shared"),
+        text.contains("consumer.group = \"shared\" is also plugin \"track-deletions\"'s group")
+            && text.contains(
+                "consumer.group = \"shared\" is also plugin \"track-deletions-2\"'s group"
+            ),
         "{text}"
     );
 
