@@ -5,7 +5,8 @@
 //! version is on probation: if it fails hard (traps, times out, runs out of
 //! memory) on [`PROBATION_FAILURES`] events in a row before it has handled
 //! [`PROBATION_SUCCESSES`], the last good version is put back (a rollback) and the
-//! failing events are retried on it.
+//! failing events are retried on it. Events, not attempts: one poison event
+//! retried three times is one failure, so it cannot roll a good version back.
 
 use crate::runtime::{Plugin, PluginTemplate};
 use arc_swap::ArcSwap;
@@ -36,7 +37,26 @@ struct Probation {
     /// The generation on probation, and the version to go back to.
     on_trial: Option<(u64, Arc<Version>)>,
     consecutive_failures: u32,
+    /// The events (topic, partition, offset) behind `consecutive_failures`.
+    failed_events: Vec<(String, i32, i64)>,
     successes: u32,
+}
+
+impl Probation {
+    /// A hard failure of `event`: how many events in a row have failed now
+    /// (another attempt at an event already counted adds nothing).
+    fn failed(&mut self, (topic, partition, offset): (&str, i32, i64)) -> u32 {
+        let counted = self
+            .failed_events
+            .iter()
+            .any(|(t, p, o)| t == topic && *p == partition && *o == offset);
+        if !counted {
+            self.failed_events
+                .push((topic.to_string(), partition, offset));
+            self.consecutive_failures += 1;
+        }
+        self.consecutive_failures
+    }
 }
 
 /// A rollback that just happened.
@@ -93,9 +113,16 @@ impl Versions {
         generation
     }
 
-    /// A worker's verdict on one attempt made with `generation`: `hard_failure` for
-    /// traps, timeouts and out-of-memory. Returns the rollback this caused, if any.
-    pub fn report(&self, generation: u64, hard_failure: bool, reason: &str) -> Option<Rollback> {
+    /// A worker's verdict on one attempt at `event` (topic, partition, offset)
+    /// made with `generation`: `hard_failure` for traps, timeouts and
+    /// out-of-memory. Returns the rollback this caused, if any.
+    pub fn report(
+        &self,
+        generation: u64,
+        event: (&str, i32, i64),
+        hard_failure: bool,
+        reason: &str,
+    ) -> Option<Rollback> {
         if !self.trial.load(Ordering::Acquire) {
             return None;
         }
@@ -108,6 +135,7 @@ impl Versions {
         }
         if !hard_failure {
             probation.consecutive_failures = 0;
+            probation.failed_events.clear();
             probation.successes += 1;
             if probation.successes >= PROBATION_SUCCESSES {
                 probation.on_trial = None; // proven
@@ -115,8 +143,7 @@ impl Versions {
             }
             return None;
         }
-        probation.consecutive_failures += 1;
-        if probation.consecutive_failures < PROBATION_FAILURES {
+        if probation.failed(event) < PROBATION_FAILURES {
             return None;
         }
         let (_, good) = probation.on_trial.take().expect("checked above");
@@ -153,5 +180,22 @@ impl Versions {
             .on_trial
             .as_ref()
             .is_some_and(|(g, _)| *g == current)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 20: probation counted attempts, so one poison event retried three
+    /// times rolled a good new version back.
+    #[test]
+    fn probation_counts_events_not_attempts() {
+        let mut p = Probation::default();
+        for _ in 0..3 {
+            assert_eq!(p.failed(("t", 0, 5)), 1);
+        }
+        assert_eq!(p.failed(("t", 1, 5)), 2, "another partition's offset 5");
+        assert_eq!(p.failed(("t", 0, 6)), 3);
     }
 }

@@ -277,7 +277,7 @@ async fn a_version_that_traps_on_every_event_is_rolled_back_and_nothing_is_lost(
     let out = b.read("rollback-out", 30);
     let report = host.stop().await;
     let (seen, duplicates) = seqs(&out);
-    println!("rollback: 30 events, {} outputs, {duplicates} duplicates, rolled back after {} trapped attempts", out.len(), weir_host::versions::PROBATION_FAILURES);
+    println!("rollback: 30 events, {} outputs, {duplicates} duplicates, rolled back after {} events trapped", out.len(), weir_host::versions::PROBATION_FAILURES);
     assert_eq!(seen.len(), 30, "every event handled");
     assert!(
         out.iter().all(|r| r.json()["by"] == "v1"),

@@ -241,7 +241,9 @@ impl Worker {
             Outcome::Trap(_) | Outcome::Timeout(_) | Outcome::OutOfMemory(_)
         );
         let why = report.outcome.reason().unwrap_or("");
-        if let Some(rollback) = self.context.versions.report(self.generation, hard, why) {
+        let event = &ticket.event;
+        let at = (&*event.topic, event.partition, event.offset);
+        if let Some(rollback) = self.context.versions.report(self.generation, at, hard, why) {
             tracing::error!(
                 plugin = %self.plugin.name(),
                 from = %&rollback.from_hash[..12],
