@@ -6,8 +6,11 @@
 /// may be granted them.
 pub const RESERVED_PREFIX: &str = "_weir/";
 
-/// Longest key accepted, in bytes (S3's limit).
+/// Longest key accepted, in bytes once encoded for the store (S3's limit).
 pub const MAX_KEY_LEN: usize = 1024;
+/// Longest segment accepted, in bytes once encoded (a file name's limit on the
+/// local backend; the same everywhere, so `weir invoke` and S3 agree).
+pub const MAX_SEGMENT_LEN: usize = 255;
 
 /// Check that `key` is a plain relative `/`-separated path. The reason names the
 /// offending part.
@@ -48,6 +51,22 @@ pub fn check(key: &str) -> Result<(), String> {
             }
             _ => {}
         }
+    }
+    // Bounds on the key as the store sees it (percent-encoded): past them the
+    // backend would refuse it, and that must not count as the backend failing.
+    let encoded = object_store::path::Path::from(key);
+    let encoded = encoded.as_ref();
+    if encoded.len() > MAX_KEY_LEN {
+        return Err(format!(
+            "the key is {} bytes long once encoded for the store; the limit is {MAX_KEY_LEN}",
+            encoded.len()
+        ));
+    }
+    if let Some(long) = encoded.split('/').find(|s| s.len() > MAX_SEGMENT_LEN) {
+        return Err(format!(
+            "a segment of the key is {} bytes long once encoded; the limit is {MAX_SEGMENT_LEN}",
+            long.len()
+        ));
     }
     Ok(())
 }
@@ -117,6 +136,18 @@ mod tests {
                 "{key:?}"
             );
         }
+    }
+
+    /// Issue 20: keys the backend refuses counted as backend failures and
+    /// could open the storage breaker for every plugin.
+    #[test]
+    fn keys_past_the_stores_bounds_are_invalid() {
+        assert!(check(&format!("audio/{}", "a".repeat(255))).is_ok());
+        let e = check(&format!("audio/{}", "a".repeat(256))).unwrap_err();
+        assert!(e.contains("segment") && e.contains("255"), "{e}");
+        // 606 raw bytes, over 1024 once each `%` is encoded.
+        let e = check(&format!("audio/{}", "%a".repeat(300))).unwrap_err();
+        assert!(e.contains("once encoded") && e.contains("1024"), "{e}");
     }
 
     #[test]
