@@ -482,6 +482,9 @@ impl AdminConfig {
     }
 }
 
+/// The admin token's variable, read as written (never parsed as a number).
+pub const TOKEN_VARIABLE: &str = "WEIR_ADMIN__TOKEN";
+
 /// A value that is never printed (`Debug` shows `***`).
 #[derive(Clone, Deserialize)]
 #[serde(transparent)]
@@ -576,7 +579,16 @@ impl Config {
         let figment = Figment::new()
             .merge(Toml::file(path))
             .merge(env_overrides());
-        Self::from_figment(figment, path)
+        let mut config = Self::from_figment(figment, path)?;
+        // Taken as written: parsed like other variables, a numeric token would
+        // be a number (its leading zeros lost) and a type error would echo it.
+        if let Some(token) = std::env::var_os(TOKEN_VARIABLE) {
+            let token = token
+                .into_string()
+                .map_err(|_| ConfigError(format!("{TOKEN_VARIABLE} is not valid UTF-8")))?;
+            config.admin.token = Some(Secret(token));
+        }
+        Ok(config)
     }
 
     /// Build a config from a figment (for tests and embedding).
@@ -905,6 +917,9 @@ pub fn env_overrides() -> Env {
     Env::prefixed("WEIR_")
         .filter(|key| {
             let key = key.as_str();
+            if key.eq_ignore_ascii_case("admin__token") {
+                return false; // read as written by `Config::load`
+            }
             let ours = key.split_once("__").is_some_and(|(section, _)| {
                 Config::SECTIONS
                     .iter()
@@ -1189,6 +1204,20 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("bootstrap_server"), "{e}");
+            Ok(())
+        });
+    }
+
+    /// Issue 20: a numeric `WEIR_ADMIN__TOKEN` was parsed as a number, and
+    /// the type error echoed it.
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail closure returns its own error type
+    fn a_numeric_admin_token_is_taken_as_written() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("weir.toml", "[kafka]\nbootstrap_servers = \"b:9092\"\n")?;
+            jail.set_env("WEIR_ADMIN__TOKEN", "0012345678");
+            let c = Config::load(Path::new("weir.toml")).expect("loads");
+            assert_eq!(c.admin.token.map(|t| t.0).as_deref(), Some("0012345678"));
             Ok(())
         });
     }

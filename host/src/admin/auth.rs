@@ -31,7 +31,13 @@ pub struct Auth {
     any_host: bool,
     /// Refused requests per route group.
     pub refused: Family<RouteLabels, Counter>,
+    /// When a refusal was last logged, and how many were not logged since.
+    quiet: Arc<std::sync::Mutex<(Option<std::time::Instant>, u64)>>,
 }
+
+/// At most one refusal log line per this interval (a client hammering the API
+/// must not flood the log); the metric counts every one.
+const REFUSAL_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -61,6 +67,7 @@ impl Auth {
             open: admin.open.iter().cloned().collect(),
             any_host: admin.allow_unauthenticated,
             refused: Family::default(),
+            quiet: Arc::default(),
         })
     }
 
@@ -69,11 +76,33 @@ impl Auth {
         Auth::default()
     }
 
-    /// Count a refused request for `path` under its route group.
-    fn count_refusal(&self, path: &str) {
+    /// Count a refused request for `path` under its route group, and log it
+    /// unless one was logged within [`REFUSAL_LOG_EVERY`].
+    fn count_refusal(&self, path: &str, why: &str) {
         self.refused
             .get_or_create(&vec![("route".to_string(), route_group(path).to_string())])
             .inc();
+        let now = std::time::Instant::now();
+        let mut quiet = self.quiet.lock().expect("refusal log lock");
+        if quiet
+            .0
+            .is_some_and(|at| now.duration_since(at) < REFUSAL_LOG_EVERY)
+        {
+            quiet.1 += 1;
+            return;
+        }
+        let suppressed = std::mem::take(&mut quiet.1);
+        quiet.0 = Some(now);
+        drop(quiet);
+        let mut shown: String = path.chars().take(200).collect();
+        if shown.len() < path.len() {
+            shown.push('…');
+        }
+        tracing::warn!(
+            path = %shown,
+            refused_since_last_line = suppressed,
+            "admin API request refused: {why}"
+        );
     }
 
     pub fn has_token(&self) -> bool {
@@ -204,8 +233,7 @@ pub async fn layer(State(auth): State<Arc<Auth>>, request: Request, next: Next) 
         auth.has_token(),
         auth.any_host,
     ) {
-        auth.count_refusal(&path);
-        tracing::warn!(path, "admin API request refused: {why}");
+        auth.count_refusal(&path, &why);
         return (
             StatusCode::FORBIDDEN,
             Json(serde_json::json!({ "error": why })),
@@ -219,11 +247,7 @@ pub async fn layer(State(auth): State<Arc<Auth>>, request: Request, next: Next) 
     if auth.allows(&path, authorization) {
         return next.run(request).await;
     }
-    auth.count_refusal(&path);
-    tracing::warn!(
-        path,
-        "admin API request refused: missing or wrong bearer token"
-    );
+    auth.count_refusal(&path, "missing or wrong bearer token");
     (
         StatusCode::UNAUTHORIZED,
         [(header::WWW_AUTHENTICATE, "Bearer")],

@@ -41,7 +41,15 @@ struct AppState {
     view: Arc<HostView>,
     registry: Arc<Registry>,
     auth: Arc<auth::Auth>,
+    /// The last broker and cache checks of `/health`, and when they were made.
+    probes: Arc<tokio::sync::Mutex<Option<(std::time::Instant, Value, Value)>>>,
 }
+
+/// How long `/health` answers from its last broker and cache checks: each
+/// costs a metadata request and a `PING`, and a client polling `/health` in a
+/// loop must not turn into load on both. Callers meanwhile wait for the one
+/// check in flight instead of starting their own.
+const PROBE_FRESH: Duration = Duration::from_secs(2);
 
 /// A running admin server.
 pub struct AdminServer {
@@ -83,6 +91,7 @@ impl AdminServer {
             registry: Arc::new(registry),
             view,
             auth: auth.clone(),
+            probes: Arc::default(),
         };
         let app = router(state).layer(axum::middleware::from_fn_with_state(auth, auth::layer));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -209,8 +218,9 @@ fn check(healthy: bool, degraded: bool, description: String, data: Value) -> Val
     json!({ "status": status, "description": description, "data": data })
 }
 
-async fn health(State(s): State<AppState>) -> Response {
-    let kafka = match s.view.check_broker(CHECK_TIMEOUT).await {
+/// Ask the broker and the cache whether they answer (for `/health`).
+async fn probe(view: &HostView) -> (Value, Value) {
+    let kafka = match view.check_broker(CHECK_TIMEOUT).await {
         Ok(brokers) => check(
             true,
             false,
@@ -224,7 +234,7 @@ async fn health(State(s): State<AppState>) -> Response {
             json!({}),
         ),
     };
-    let cache = s.view.cache();
+    let cache = view.cache();
     let cache = match tokio::time::timeout(CHECK_TIMEOUT, cache.ping()).await {
         Ok(Ok(())) => check(
             true,
@@ -244,6 +254,23 @@ async fn health(State(s): State<AppState>) -> Response {
             format!("{} did not answer in time", cache.describe()),
             json!({}),
         ),
+    };
+    (kafka, cache)
+}
+
+async fn health(State(s): State<AppState>) -> Response {
+    let (kafka, cache) = {
+        let mut last = s.probes.lock().await;
+        match &*last {
+            Some((at, kafka, cache)) if at.elapsed() < PROBE_FRESH => {
+                (kafka.clone(), cache.clone())
+            }
+            _ => {
+                let (kafka, cache) = probe(&s.view).await;
+                *last = Some((std::time::Instant::now(), kafka.clone(), cache.clone()));
+                (kafka, cache)
+            }
+        }
     };
     let plugins = s.view.plugins();
     let states: serde_json::Map<String, Value> = plugins
