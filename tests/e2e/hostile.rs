@@ -54,7 +54,10 @@ async fn hostile_records_and_guest_values_cost_only_their_event() {
     files.install(
         "faulty",
         &wasm("faulty"),
-        "name = \"faulty\"\ntopics = [\"in\"]\n[retry]\nattempts = 1\n\
+        // A long timeout: copying 64 MiB of messages in a debug build on
+        // busy cores must not time out before the budget refuses.
+        "name = \"faulty\"\ntopics = [\"in\"]\n[limits]\ntimeout = \"60s\"\n\
+         [retry]\nattempts = 1\n\
          [capabilities.storage]\nprefixes = [\"audio/\"]\n\
          [capabilities.publish]\ntopics = [\"allowed\"]\n",
     );
