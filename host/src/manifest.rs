@@ -184,12 +184,16 @@ impl std::error::Error for ManifestError {}
 impl Manifest {
     /// Read and validate the manifest at `path`. The plugin's name must match the file name.
     pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ManifestError {
+        let cannot = |reason: String| ManifestError {
             file: path.to_path_buf(),
             line: None,
             field: None,
-            reason: format!("cannot read it: {e}"),
-        })?;
+            reason,
+        };
+        let bytes = crate::plugin_dir::read_plugin_file(path, crate::plugin_dir::MAX_MANIFEST_FILE)
+            .map_err(|e| cannot(format!("cannot read it: {e}")))?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| cannot("it is not UTF-8 text: a manifest is TOML".into()))?;
         let manifest = Self::parse(&text, path)?;
         let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
         if stem != manifest.name {

@@ -599,8 +599,16 @@ fn backends_of(m: &Manifest) -> Vec<&'static str> {
 
 /// Hash of a plugin's two files, or `None` if one cannot be read right now.
 fn fingerprint(files: &PluginFiles) -> Option<String> {
-    let wasm = std::fs::read(&files.wasm).ok()?;
-    let manifest = std::fs::read(&files.manifest).ok()?;
+    use crate::plugin_dir::{read_plugin_file, MAX_COMPONENT_FILE, MAX_MANIFEST_FILE};
+    // A file that cannot be read within its bounds gets a fingerprint of its
+    // error, so the load is tried (and refused, saying why) once, not skipped.
+    let read = |path: &std::path::Path, limit| match read_plugin_file(path, limit) {
+        Ok(bytes) => Some(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => Some(format!("unreadable: {e}").into_bytes()),
+    };
+    let wasm = read(&files.wasm, MAX_COMPONENT_FILE)?;
+    let manifest = read(&files.manifest, MAX_MANIFEST_FILE)?;
     let mut h = Sha256::new();
     h.update(Sha256::digest(&wasm));
     h.update(Sha256::digest(&manifest));

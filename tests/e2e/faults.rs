@@ -390,3 +390,40 @@ async fn publishing_to_an_ungranted_topic_is_denied_and_nothing_is_sent() {
     assert_eq!(allowed.published.len(), 1);
     assert_eq!(allowed.published[0].topic, "allowed");
 }
+
+/// Issue 20: plugin files were read whole and followed anywhere: a symlink to
+/// `/dev/zero` read for ever, a FIFO blocked the reader. Both are refused, and
+/// a symlink to a regular file (how Kubernetes mounts files) still loads.
+#[tokio::test]
+async fn plugin_files_must_be_regular_files_of_bounded_size() {
+    let host = TestHost::new();
+    let dir = tempfile::tempdir().unwrap();
+    let zero = dir.path().join("zero.wasm");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    let manifest = Manifest::parse(FAULTY, std::path::Path::new("faulty.toml")).unwrap();
+    let err = host
+        .runtime
+        .load(&zero, manifest.clone(), host.backends.clone())
+        .await
+        .err()
+        .expect("/dev/zero is no component");
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+
+    let fifo = dir.path().join("faulty.toml");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let err = Manifest::load(&fifo).expect_err("a FIFO is no manifest");
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+
+    let linked = dir.path().join("linked.wasm");
+    std::os::unix::fs::symlink(wasm("faulty"), &linked).unwrap();
+    let mut plugin = host
+        .runtime
+        .load(&linked, manifest, host.backends.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(plugin.handle(&cmd(0, "ok")).await.outcome, Outcome::Handled);
+}

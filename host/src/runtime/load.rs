@@ -62,14 +62,15 @@ impl std::error::Error for LoadError {}
 /// Read the file and check that it is a component before handing it to the compiler,
 /// so the common mistakes get a precise message.
 pub(crate) fn read_component_bytes(path: &Path) -> Result<Vec<u8>, LoadError> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        let what = if e.kind() == std::io::ErrorKind::NotFound {
-            "the file does not exist".to_string()
-        } else {
-            format!("cannot read it: {e}")
-        };
-        LoadError::new(path, LoadErrorKind::Missing, what)
-    })?;
+    let bytes = crate::plugin_dir::read_plugin_file(path, crate::plugin_dir::MAX_COMPONENT_FILE)
+        .map_err(|e| {
+            let what = if e.kind() == std::io::ErrorKind::NotFound {
+                "the file does not exist".to_string()
+            } else {
+                format!("cannot read it: {e}")
+            };
+            LoadError::new(path, LoadErrorKind::Missing, what)
+        })?;
     let not_component = |why: &str| LoadError::new(path, LoadErrorKind::NotAComponent, why);
     if bytes.is_empty() {
         return Err(not_component(
