@@ -13,6 +13,7 @@ pub mod config;
 pub mod config_check;
 pub mod dlq;
 pub mod event;
+pub mod failpoint;
 pub mod host_id;
 pub mod invoke;
 pub mod kafka;

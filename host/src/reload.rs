@@ -12,6 +12,12 @@
 //!   reason goes to the log and the status; the last good version keeps running.
 //!   A half-written file is just rejected until its write completes;
 //! - **removed**: drain, commit, stop.
+//!
+//! A running plugin whose pipeline fails (its fetch thread or a worker
+//! panicked: no known input does this, but a bug must cost one plugin a few
+//! seconds, not its partitions for good) is stopped (what finished is
+//! committed) and started again after a backoff (1 s, doubling up to 60 s); it
+//! is `failed` on `/plugins` and `/health` is `Unhealthy` until it runs again.
 
 use crate::admin::view::{HostView, PluginView};
 use crate::capabilities::Backends;
@@ -34,7 +40,13 @@ use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
+
+/// A plugin that ran this long since its last restart starts counting its
+/// failures (and its backoff) afresh.
+const HEALTHY_RUN: Duration = Duration::from_secs(300);
+/// The longest wait before a failed pipeline is started again.
+const MAX_RESTART_DELAY: Duration = Duration::from_secs(60);
 
 /// New and changed plugins, loaded and not yet started (see [`Supervisor::prepare`]).
 pub struct Pending {
@@ -90,6 +102,23 @@ struct Managed {
     stats: Arc<Stats>,
     /// Paused by an operator (admin API); kept across versions and consumer restarts.
     paused: Arc<AtomicBool>,
+    /// Its pipeline failed and waits to be started again.
+    failed: Option<Failed>,
+    /// Failures since it last ran for [`HEALTHY_RUN`], and when it was last restarted.
+    failures: u32,
+    restarted_at: Option<Instant>,
+}
+
+/// A pipeline that failed, waiting for its restart.
+struct Failed {
+    why: String,
+    restart_at: Instant,
+    versions: Arc<Versions>,
+}
+
+/// The wait before the `failures`-th restart: 1 s, doubling, at most 60 s.
+fn restart_delay(failures: u32) -> Duration {
+    (Duration::from_secs(1) * 2u32.pow(failures.saturating_sub(1).min(6))).min(MAX_RESTART_DELAY)
 }
 
 pub struct Supervisor {
@@ -249,6 +278,9 @@ impl Supervisor {
         for (files, fingerprint, plugin) in loaded {
             self.apply(files, fingerprint, plugin).await;
         }
+        // Old versions' entries go; those in use were touched when loaded.
+        self.runtime
+            .prune_compile_cache(2 * self.plugins.len() + 16);
         self.write_status();
     }
 
@@ -269,6 +301,9 @@ impl Supervisor {
             loaded_at: None,
             stats: Arc::new(Stats::default()),
             paused: Arc::new(AtomicBool::new(false)),
+            failed: None,
+            failures: 0,
+            restarted_at: None,
         });
         entry.fingerprint = fingerprint;
         entry.files = files;
@@ -297,8 +332,13 @@ impl Supervisor {
                     stop(old).await;
                     tracing::info!(plugin = %name, "consumer settings changed: consumer restarted after committing");
                 }
+                // A new version of a failed plugin starts at once.
+                entry.failed = None;
                 let (stats, paused) = (entry.stats.clone(), entry.paused.clone());
-                match self.start_consuming(plugin, stats, paused).await {
+                match self
+                    .start_consuming(Versions::new(plugin), stats, paused)
+                    .await
+                {
                     Ok(running) => {
                         tracing::info!(plugin = %name, sha256 = %hash, "plugin started");
                         let entry = self.plugins.get_mut(&name).expect("inserted above");
@@ -343,11 +383,11 @@ impl Supervisor {
     /// Make sure the plugin's topics exist, then start its consumer and workers.
     async fn start_consuming(
         &mut self,
-        plugin: Plugin,
+        versions: Arc<Versions>,
         stats: Arc<Stats>,
         paused: Arc<AtomicBool>,
     ) -> Result<Running, String> {
-        let m = plugin.manifest().clone();
+        let m = versions.current().plugin.manifest().clone();
         let mut needed = BTreeSet::new();
         for t in &m.topics {
             let full = self.namer.full_name(t);
@@ -369,7 +409,6 @@ impl Supervisor {
             }),
             _ => None,
         };
-        let versions = Versions::new(plugin);
         let settings = FetchSettings {
             plugin: m.name.clone(),
             group: m
@@ -454,15 +493,89 @@ impl Supervisor {
         Ok(topic)
     }
 
+    /// Stop the plugins whose pipeline failed, and start them again once their
+    /// backoff is over. Called every second.
+    pub async fn mend(&mut self) {
+        let names: Vec<String> = self.plugins.keys().cloned().collect();
+        for name in names {
+            let Some(m) = self.plugins.get_mut(&name) else {
+                continue;
+            };
+            if let Some(why) = m.running.as_ref().and_then(|r| r.pipeline.failure()) {
+                let running = m.running.take().expect("checked above");
+                if m.restarted_at.is_some_and(|t| t.elapsed() >= HEALTHY_RUN) {
+                    m.failures = 0;
+                }
+                m.failures += 1;
+                let delay = restart_delay(m.failures);
+                tracing::error!(plugin = %name, failures = m.failures, restart_in = ?delay, "its pipeline failed ({why}): stopping it (finished events are committed; the rest is read again) and starting it again");
+                let versions = running.versions.clone();
+                running.pipeline.stop_failed().await;
+                let m = self.plugins.get_mut(&name).expect("still there");
+                m.failed = Some(Failed {
+                    why,
+                    restart_at: Instant::now() + delay,
+                    versions,
+                });
+                continue;
+            }
+            let due = m
+                .failed
+                .as_ref()
+                .is_some_and(|f| f.restart_at <= Instant::now());
+            if !due {
+                continue;
+            }
+            let failed = m.failed.take().expect("checked above");
+            let (stats, paused) = (m.stats.clone(), m.paused.clone());
+            let started = self
+                .start_consuming(failed.versions.clone(), stats, paused)
+                .await;
+            let m = self.plugins.get_mut(&name).expect("still there");
+            match started {
+                Ok(running) => {
+                    tracing::info!(plugin = %name, failures = m.failures, "plugin started again after its pipeline failed");
+                    m.running = Some(running);
+                    m.restarted_at = Some(Instant::now());
+                }
+                Err(e) => {
+                    m.failures += 1;
+                    let delay = restart_delay(m.failures);
+                    tracing::error!(plugin = %name, restart_in = ?delay, "cannot start the failed plugin again: {e}");
+                    m.failed = Some(Failed {
+                        why: format!("{}; then: {e}", failed.why),
+                        restart_at: Instant::now() + delay,
+                        versions: failed.versions,
+                    });
+                }
+            }
+        }
+    }
+
     /// Every plugin's status.
     pub fn status(&self) -> Vec<PluginStatus> {
         self.plugins
             .iter()
             .map(|(name, m)| {
                 let running = m.running.as_ref();
-                let current = running.map(|r| r.versions.current());
+                let current = running
+                    .map(|r| r.versions.current())
+                    .or_else(|| m.failed.as_ref().map(|f| f.versions.current()));
                 let rollback = running.and_then(|r| r.versions.last_rollback());
                 let (state, reason) = match (running, &m.rejected, &rollback) {
+                    (None, _, _) if m.failed.is_some() => {
+                        let f = m.failed.as_ref().expect("checked");
+                        let wait = f.restart_at.saturating_duration_since(Instant::now());
+                        (
+                            "failed",
+                            Some(format!(
+                                "{} (failure {}; started again in {} s)",
+                                f.why,
+                                m.failures,
+                                wait.as_secs()
+                            )),
+                        )
+                    }
                     (None, Some(why), _) => ("rejected", Some(why.clone())),
                     (None, None, _) => ("stopped", None),
                     (Some(_), Some(why), _) => {

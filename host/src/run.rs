@@ -170,6 +170,7 @@ async fn reload_until(
             }
             _ = rescan.tick() => true,
             _ = status.tick() => {
+                supervisor.mend().await;
                 supervisor.write_status();
                 false
             }

@@ -93,7 +93,10 @@ impl Versions {
     /// Make `plugin` the current version, on probation against the current one.
     pub fn swap(&self, plugin: Plugin) -> u64 {
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-        let mut probation = self.probation.lock().expect("probation lock");
+        let mut probation = self
+            .probation
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Before the new version is visible: its first verdicts must be counted.
         self.trial.store(true, Ordering::SeqCst);
         let previous = self.current.swap(Arc::new(Version {
@@ -109,7 +112,10 @@ impl Versions {
             on_trial: Some((generation, good)),
             ..Probation::default()
         };
-        *self.last_rollback.lock().expect("rollback lock") = None;
+        *self
+            .last_rollback
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         generation
     }
 
@@ -126,7 +132,10 @@ impl Versions {
         if !self.trial.load(Ordering::Acquire) {
             return None;
         }
-        let mut probation = self.probation.lock().expect("probation lock");
+        let mut probation = self
+            .probation
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let Some((trial, _)) = &probation.on_trial else {
             return None;
         };
@@ -162,13 +171,19 @@ impl Versions {
                 "failed on {PROBATION_FAILURES} consecutive events right after the swap; last: {reason}"
             ),
         };
-        *self.last_rollback.lock().expect("rollback lock") = Some(rollback.clone());
+        *self
+            .last_rollback
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(rollback.clone());
         Some(rollback)
     }
 
     /// The most recent rollback, if any.
     pub fn last_rollback(&self) -> Option<Rollback> {
-        self.last_rollback.lock().expect("rollback lock").clone()
+        self.last_rollback
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Whether the current version is still on probation.
@@ -176,7 +191,7 @@ impl Versions {
         let current = self.current.load().generation;
         self.probation
             .lock()
-            .expect("probation lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .on_trial
             .as_ref()
             .is_some_and(|(g, _)| *g == current)

@@ -83,7 +83,10 @@ impl Auth {
             .get_or_create(&vec![("route".to_string(), route_group(path).to_string())])
             .inc();
         let now = std::time::Instant::now();
-        let mut quiet = self.quiet.lock().expect("refusal log lock");
+        let mut quiet = self
+            .quiet
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if quiet
             .0
             .is_some_and(|at| now.duration_since(at) < REFUSAL_LOG_EVERY)

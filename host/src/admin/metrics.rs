@@ -12,7 +12,14 @@ use prometheus_client::registry::{Registry, Unit};
 use std::sync::Arc;
 
 /// Every plugin state `weir_plugin_state` reports (one series each, 1 for the current).
-const STATES: &[&str] = &["running", "paused", "rolled-back", "rejected", "stopped"];
+const STATES: &[&str] = &[
+    "running",
+    "paused",
+    "rolled-back",
+    "rejected",
+    "failed",
+    "stopped",
+];
 
 #[derive(Debug)]
 struct HostCollector {

@@ -282,10 +282,17 @@ async fn health(State(s): State<AppState>) -> Response {
         .filter(|(_, st)| *st == "rejected" || *st == "rolled-back")
         .map(|(n, _)| n)
         .collect();
+    let failed: Vec<&String> = states
+        .iter()
+        .filter(|(_, st)| *st == "failed")
+        .map(|(n, _)| n)
+        .collect();
     let plugins = check(
-        true,
+        failed.is_empty(),
         !troubled.is_empty(),
-        if troubled.is_empty() {
+        if !failed.is_empty() {
+            format!("failed, not consuming until started again: {failed:?} (see GET /plugins)")
+        } else if troubled.is_empty() {
             format!("{} plugin(s)", states.len())
         } else {
             format!("rejected or rolled back: {troubled:?} (see GET /plugins)")

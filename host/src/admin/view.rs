@@ -154,15 +154,25 @@ impl HostView {
 
     /// Replace the published plugins (the supervisor's view of them).
     pub fn publish(&self, plugins: BTreeMap<String, PluginView>) {
-        *self.plugins.write().expect("view lock") = plugins;
+        *self
+            .plugins
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = plugins;
     }
 
     pub fn plugins(&self) -> BTreeMap<String, PluginView> {
-        self.plugins.read().expect("view lock").clone()
+        self.plugins
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     pub fn plugin(&self, name: &str) -> Option<PluginView> {
-        self.plugins.read().expect("view lock").get(name).cloned()
+        self.plugins
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(name)
+            .cloned()
     }
 
     pub fn cache(&self) -> &Arc<dyn CacheBackend> {
@@ -182,7 +192,10 @@ impl HostView {
     /// Ask the broker for its metadata: how many brokers answered, or why not.
     pub async fn check_broker(&self, timeout: Duration) -> Result<usize, String> {
         let probe = {
-            let mut probe = self.probe.lock().expect("probe lock");
+            let mut probe = self
+                .probe
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if probe.is_none() {
                 let consumer: BaseConsumer = crate::kafka::base_config(&self.config)
                     .set("client.id", "weir-health")

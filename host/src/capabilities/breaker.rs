@@ -111,7 +111,10 @@ impl Breaker {
         if self.config.failures == 0 {
             return Ok(Permit { probe: false });
         }
-        let mut inner = self.inner.lock().expect("breaker lock");
+        let mut inner = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match inner.open_until {
             None => Ok(Permit { probe: false }),
             Some(until) if now >= until && inner.probes_in_flight < self.config.probes => {
@@ -140,7 +143,10 @@ impl Breaker {
         if self.config.failures == 0 {
             return;
         }
-        let mut inner = self.inner.lock().expect("breaker lock");
+        let mut inner = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if permit.probe {
             inner.probes_in_flight = inner.probes_in_flight.saturating_sub(1);
         }
@@ -182,7 +188,10 @@ impl Breaker {
     }
 
     pub fn state(&self) -> BreakerState {
-        let inner = self.inner.lock().expect("breaker lock");
+        let inner = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match inner.open_until {
             None => BreakerState::Closed,
             Some(until) if Instant::now() >= until => BreakerState::HalfOpen,
@@ -192,7 +201,10 @@ impl Breaker {
 
     pub fn status(&self) -> BreakerStatus {
         let state = self.state();
-        let inner = self.inner.lock().expect("breaker lock");
+        let inner = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         BreakerStatus {
             backend: self.backend,
             state,

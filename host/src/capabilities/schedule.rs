@@ -227,12 +227,15 @@ impl DeletionSchedule {
     pub fn allow(&self, plugin: &str, prefixes: Option<Vec<String>>) {
         self.grants
             .lock()
-            .expect("grants lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(plugin.to_string(), prefixes);
     }
 
     fn authority(&self, entry: &ScheduledDeletion) -> Authority {
-        let grants = self.grants.lock().expect("grants lock");
+        let grants = self
+            .grants
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let Some(prefixes) = grants.get(&entry.plugin) else {
             return Authority::Unknown;
         };
@@ -254,7 +257,11 @@ impl DeletionSchedule {
 
     fn partitions(&self) -> Option<std::sync::MutexGuard<'_, BTreeMap<i32, Partition>>> {
         match &*self.kind {
-            Kind::Topic(parts) => Some(parts.lock().expect("schedule lock")),
+            Kind::Topic(parts) => Some(
+                parts
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            ),
             Kind::Store(_) => None,
         }
     }
@@ -406,7 +413,7 @@ impl DeletionSchedule {
             },
             Kind::Topic(parts) => Ok(parts
                 .lock()
-                .expect("schedule lock")
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .values()
                 .any(|p| p.pending.get(plugin).is_some_and(|k| k.contains_key(key)))),
         }
@@ -427,7 +434,7 @@ impl DeletionSchedule {
             Kind::Store(_) => self.entries().await?.into_iter().map(|(_, e)| e).collect(),
             Kind::Topic(parts) => parts
                 .lock()
-                .expect("schedule lock")
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .values()
                 .filter(|p| include(p))
                 .flat_map(|p| entries_of(&p.pending).collect::<Vec<_>>())

@@ -14,7 +14,7 @@
 
 use crate::event::EventRecord;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 const PENDING: u8 = 0;
 const FINISHED: u8 = 1;
@@ -50,14 +50,14 @@ impl PartitionSignal {
         Some(
             self.reason
                 .lock()
-                .expect("reason lock")
+                .unwrap_or_else(PoisonError::into_inner)
                 .take()
                 .unwrap_or_else(|| "an output was not acknowledged".into()),
         )
     }
 
     fn fail(&self, reason: String) {
-        let mut slot = self.reason.lock().expect("reason lock");
+        let mut slot = self.reason.lock().unwrap_or_else(PoisonError::into_inner);
         if slot.is_none() {
             *slot = Some(reason);
         }

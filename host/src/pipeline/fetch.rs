@@ -36,7 +36,7 @@ use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::{ClientContext, Offset};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// Longest wait in one poll when nothing is in flight.
@@ -57,6 +57,11 @@ pub struct Shared {
     state: Mutex<State>,
     in_flight: AtomicUsize,
     in_flight_bytes: AtomicUsize,
+    /// Why the fetch thread died (a panic), for the supervisor to restart it.
+    failure: Mutex<Option<String>>,
+    /// Stop without waiting for in-flight events (the pipeline failed: some
+    /// of them can never finish).
+    hurry: AtomicBool,
 }
 
 #[derive(Default)]
@@ -91,7 +96,9 @@ pub struct PartitionView {
 
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().expect("source state lock")
+        // A panic on the fetch thread while it held the lock (the pipeline is
+        // then restarted) must not make the admin API panic too.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Events read and not yet committed past.
@@ -195,7 +202,7 @@ impl ConsumerContext for FetchContext {
                 let deadline = Instant::now() + self.drain_timeout;
                 let drained = loop {
                     let unsettled = {
-                        let mut book = self.book.lock().expect("book lock");
+                        let mut book = self.book.lock().unwrap_or_else(PoisonError::into_inner);
                         book.advance(|tp, last| store(consumer, &self.plugin, tp, last));
                         book.unsettled(Some(&tps))
                     };
@@ -214,8 +221,11 @@ impl ConsumerContext for FetchContext {
                     tracing::warn!(plugin = %self.plugin, error = %e, "commit on revoke failed; events since the last commit will be read again");
                 }
             }
-            self.book.lock().expect("book lock").revoke(&tps);
-            let mut paused = self.paused.lock().expect("paused lock");
+            self.book
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .revoke(&tps);
+            let mut paused = self.paused.lock().unwrap_or_else(PoisonError::into_inner);
             // A partition leaves un-paused: if it comes back, it starts clean.
             let ours: Vec<&Tp> = tps.iter().filter(|tp| paused.contains(*tp)).collect();
             if !ours.is_empty() {
@@ -242,8 +252,8 @@ impl ConsumerContext for FetchContext {
                     // Paused by the operator: not even the first fetch.
                     let _ = consumer.pause(list);
                 }
-                let mut paused = self.paused.lock().expect("paused lock");
-                let mut book = self.book.lock().expect("book lock");
+                let mut paused = self.paused.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut book = self.book.lock().unwrap_or_else(PoisonError::into_inner);
                 let mut state = self.shared.lock();
                 for tp in &tps {
                     book.assign(tp.clone());
@@ -402,8 +412,9 @@ impl Fetch {
         let consumer = recipe.create(&settings, settings.instance_id.as_deref())?;
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
-        let (flag, polled) = (stop.clone(), shared.clone());
+        let (flag, polled, failed) = (stop.clone(), shared.clone(), shared.clone());
         let name = format!("weir-fetch-{}", settings.plugin);
+        let plugin = settings.plugin.clone();
         threads.push(
             std::thread::Builder::new()
                 .name(name)
@@ -422,7 +433,12 @@ impl Fetch {
                         last_error: None,
                         last_stall_check: Instant::now(),
                     };
-                    fetcher.run(dispatch);
+                    let run = std::panic::AssertUnwindSafe(|| fetcher.run(dispatch));
+                    if let Err(panic) = std::panic::catch_unwind(run) {
+                        let why = super::panic_message(&*panic);
+                        tracing::error!(plugin = %plugin, "the fetch thread failed: {why}");
+                        *failed.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+                    }
                 })
                 .map_err(|e| format!("cannot start the fetch thread: {e}"))?,
         );
@@ -436,6 +452,30 @@ impl Fetch {
     /// What the consumer knows now: in-flight events, partitions, lag, stalls.
     pub fn shared(&self) -> Arc<Shared> {
         self.shared.clone()
+    }
+
+    /// Why the fetch thread ended without being asked to stop (it panicked).
+    pub fn failure(&self) -> Option<String> {
+        if self.stop.load(Ordering::SeqCst) || !self.threads.iter().any(|t| t.is_finished()) {
+            return None;
+        }
+        let why = self
+            .shared
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        Some(match why {
+            Some(why) => format!("the fetch thread failed: {why}"),
+            None => "the fetch thread ended".to_string(),
+        })
+    }
+
+    /// Ask the consumer to stop without draining: it commits what finished and
+    /// leaves the group; what did not finish is read again.
+    pub fn stop_now(&self) {
+        self.shared.hurry.store(true, Ordering::SeqCst);
+        self.stop();
     }
 
     /// Ask the consumer to stop; it drains, commits and leaves the group.
@@ -570,7 +610,7 @@ impl Fetcher {
     /// failed; the events and bytes in flight.
     fn settle(&mut self) -> (usize, usize) {
         let ctx = self.consumer.context();
-        let mut book = ctx.book.lock().expect("book lock");
+        let mut book = ctx.book.lock().unwrap_or_else(PoisonError::into_inner);
         let redo = &mut self.redo;
         book.advance(|tp, last| {
             store(&self.consumer, &self.settings.plugin, tp, last);
@@ -656,11 +696,11 @@ impl Fetcher {
         let assigned: Vec<Tp> = ctx
             .book
             .lock()
-            .expect("book lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .assigned()
             .cloned()
             .collect();
-        let mut paused = ctx.paused.lock().expect("paused lock");
+        let mut paused = ctx.paused.lock().unwrap_or_else(PoisonError::into_inner);
         let (mut pause, mut resume) = (Vec::new(), Vec::new());
         for tp in &assigned {
             let want = operator || self.backoff.contains_key(tp);
@@ -707,9 +747,9 @@ impl Fetcher {
             return;
         }
         let ctx = self.consumer.context();
-        let mut book = ctx.book.lock().expect("book lock");
+        let mut book = ctx.book.lock().unwrap_or_else(PoisonError::into_inner);
         book.note_reads(timeout / 2);
-        let paused = ctx.paused.lock().expect("paused lock");
+        let paused = ctx.paused.lock().unwrap_or_else(PoisonError::into_inner);
         let mut state = self.shared.lock();
         let assigned: Vec<Tp> = state.assigned.iter().cloned().collect();
         for tp in assigned {
@@ -771,7 +811,11 @@ impl Fetcher {
         // finish before this function returns. Events of a partition revoked
         // meanwhile are stale: dropped, the new owner reads them again.
         if !batch.is_empty() {
-            let mut book = self.ctx().book.lock().expect("book lock");
+            let mut book = self
+                .ctx()
+                .book
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             batch.retain(|t| {
                 !t.is_stale()
                     && book.track(&(t.event.topic.clone(), t.event.partition), t.ack.clone())
@@ -796,9 +840,15 @@ impl Fetcher {
             payload: msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
             headers: crate::kafka::headers_of(msg),
         };
+        crate::failpoint::hit("fetch", &event.payload);
         let bytes = event.payload.len() + event.key.as_ref().map_or(0, Vec::len);
         // Tracked by the book only once dispatched (see `read`).
-        let signal = ctx.book.lock().expect("book lock").signal(&tp)?.clone();
+        let signal = ctx
+            .book
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .signal(&tp)?
+            .clone();
         let ack = EventAck::new(event.offset, bytes, signal.clone());
         let redo = if self.redo.is_empty() {
             None
@@ -846,7 +896,7 @@ impl Fetcher {
     fn replace_fatal(&mut self, reason: String) {
         let (dropped, partitions) = {
             let ctx = self.consumer.context();
-            let mut book = ctx.book.lock().expect("book lock");
+            let mut book = ctx.book.lock().unwrap_or_else(PoisonError::into_inner);
             let all: Vec<Tp> = book.assigned().cloned().collect();
             let dropped = book.unsettled(None);
             book.revoke(&all);
@@ -895,10 +945,19 @@ impl Fetcher {
         if let Ok(assignment) = self.consumer.assignment() {
             let _ = self.consumer.pause(&assignment);
         }
-        let deadline = Instant::now() + self.settings.drain_timeout;
+        let deadline = if self.shared.hurry.load(Ordering::SeqCst) {
+            Instant::now()
+        } else {
+            Instant::now() + self.settings.drain_timeout
+        };
         let drained = loop {
             self.settle();
-            let unsettled = self.ctx().book.lock().expect("book lock").unsettled(None);
+            let unsettled = self
+                .ctx()
+                .book
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .unsettled(None);
             if unsettled == 0 {
                 break true;
             }

@@ -59,6 +59,8 @@ pub struct WorkerContext {
 /// The running workers of one plugin.
 pub struct Workers {
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Why a worker died (a panic): its lanes' events never finish.
+    failure: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Workers {
@@ -67,6 +69,7 @@ impl Workers {
         context: WorkerContext,
         queues: Vec<mpsc::UnboundedReceiver<Vec<Ticket>>>,
     ) -> Workers {
+        let failure = Arc::new(std::sync::Mutex::new(None));
         let tasks = queues
             .into_iter()
             .map(|rx| {
@@ -80,10 +83,31 @@ impl Workers {
                     context: context.clone(),
                     lanes: Lanes::default(),
                 };
-                tokio::spawn(worker.run(rx))
+                let (failed, plugin) = (
+                    failure.clone(),
+                    context.versions.current().plugin.name().to_string(),
+                );
+                tokio::spawn(async move {
+                    use futures::FutureExt;
+                    let run = std::panic::AssertUnwindSafe(worker.run(rx));
+                    if let Err(panic) = run.catch_unwind().await {
+                        let why = super::panic_message(&*panic);
+                        tracing::error!(plugin = %plugin, "a worker failed: {why}");
+                        *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+                    }
+                })
             })
             .collect();
-        Workers { tasks }
+        Workers { tasks, failure }
+    }
+
+    /// Why a worker died, if one did.
+    pub fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|why| format!("a worker failed: {why}"))
     }
 
     /// Stop the workers and wait until they are gone. Called once the source has
@@ -156,6 +180,7 @@ impl Worker {
 
     fn accept(&mut self, tickets: Vec<Ticket>) {
         for t in tickets {
+            crate::failpoint::hit("worker", &t.event.payload);
             self.lanes.push(t);
         }
     }

@@ -85,10 +85,23 @@ impl Pipeline {
         self.fetch.shared()
     }
 
+    /// Why a stage of this pipeline died (a panic on the fetch thread or in a
+    /// worker): its events no longer move, so the supervisor restarts it.
+    pub fn failure(&self) -> Option<String> {
+        self.fetch.failure().or_else(|| self.workers.failure())
+    }
+
     /// Start stopping: no new events; events waiting for a retry are given up.
     pub fn begin_stop(&self) {
         let _ = self.stopping.send(true);
         self.fetch.stop();
+    }
+
+    /// Stop a failed pipeline: commit what finished, without waiting for the
+    /// rest (a dead worker's events never finish); they are read again.
+    pub async fn stop_failed(self) {
+        self.fetch.stop_now();
+        self.stop().await;
     }
 
     /// Stop: drain the in-flight events (up to the drain timeout), commit, leave
@@ -107,6 +120,15 @@ impl Pipeline {
         .await;
         self.workers.abort().await;
     }
+}
+
+/// The text of a panic's payload.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
 }
 
 /// Split each batch read over the workers' queues by lane.

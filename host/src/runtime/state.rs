@@ -354,20 +354,34 @@ impl CapturedOutput {
 
     fn clear(&self) {
         if !self.is_empty() {
-            self.0 .0.lock().expect("output lock").clear();
+            self.0
+                 .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clear();
             self.0 .1.store(false, Ordering::Release);
         }
     }
 
     fn take_text(&self) -> String {
-        let bytes = std::mem::take(&mut *self.0 .0.lock().expect("output lock"));
+        let bytes = std::mem::take(
+            &mut *self
+                .0
+                 .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         self.0 .1.store(false, Ordering::Release);
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
     fn push(&self, bytes: &[u8]) {
         self.0 .1.store(true, Ordering::Release);
-        let mut buf = self.0 .0.lock().expect("output lock");
+        let mut buf = self
+            .0
+             .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let room = MAX_OUTPUT_PER_EVENT.saturating_sub(buf.len());
         buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
     }
