@@ -7,19 +7,35 @@
 //! (corrupt, truncated, stale) is removed and the component compiled again.
 //! Entries are written to a temporary file and renamed into place.
 //!
-//! The directory must be writable by the host only: wasmtime trusts the native
-//! code it loads from there.
+//! wasmtime runs the native code it loads from an entry, so an entry is
+//! trusted only if it carries a tag (HMAC-SHA256) made with a key kept outside
+//! the cache, beside it (`<cache dir>.key`, readable by the host only): a
+//! file put into the cache by anyone else, or another component's entry
+//! renamed, fails the check and is compiled again instead of run. The check is
+//! made on the bytes that are then loaded, so the file cannot change in
+//! between. The directory is created private (mode 0700) and one owned by
+//! another user, or that others may write to, is refused.
 
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
 use wasmtime::component::Component;
 use wasmtime::Engine;
+
+type Tag = Hmac<Sha256>;
+/// Bytes of the tag at the end of an entry.
+const TAG_LEN: usize = 32;
+/// A temporary file older than this is left over from a host that died while
+/// writing it.
+const STALE_TMP: Duration = Duration::from_secs(600);
 
 pub struct CompileCache {
     dir: PathBuf,
     engine_key: String,
+    key: [u8; 32],
     compiled: AtomicU64,
     hits: AtomicU64,
 }
@@ -35,13 +51,14 @@ pub struct CompileStats {
 
 impl CompileCache {
     pub fn open(dir: PathBuf, engine: &Engine) -> Result<Self, String> {
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create the compile cache {}: {e}", dir.display()))?;
+        private_dir(&dir)?;
+        let key = cache_key(&key_file(&dir))?;
         let mut h = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
         Ok(CompileCache {
             dir,
             engine_key: format!("{:016x}", h.finish()),
+            key,
             compiled: AtomicU64::new(0),
             hits: AtomicU64::new(0),
         })
@@ -54,35 +71,58 @@ impl CompileCache {
         }
     }
 
-    /// Remove all but the `keep` newest entries (by the time they were written).
+    /// Remove all but the `keep` most recently used entries, and temporary
+    /// files left by a host that died while writing one.
     pub fn prune(&self, keep: usize) {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return;
         };
-        let mut found: Vec<(std::time::SystemTime, PathBuf)> = entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
-            .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
-            .collect();
+        let mut found: Vec<(SystemTime, PathBuf)> = Vec::new();
+        for path in entries.flatten().map(|e| e.path()) {
+            let Some(modified) = std::fs::metadata(&path).and_then(|m| m.modified()).ok() else {
+                continue;
+            };
+            match path.extension().and_then(|x| x.to_str()) {
+                Some("cwasm") => found.push((modified, path)),
+                Some(x)
+                    if x.starts_with("tmp")
+                        && modified.elapsed().is_ok_and(|age| age > STALE_TMP) =>
+                {
+                    let _ = std::fs::remove_file(&path);
+                }
+                _ => {}
+            }
+        }
         found.sort_by_key(|f| std::cmp::Reverse(f.0));
         for (_, old) in found.into_iter().skip(keep) {
+            tracing::debug!(entry = %old.display(), "compile cache: pruned");
             let _ = std::fs::remove_file(old);
         }
+    }
+
+    fn tag(&self, entry: &str, compiled: &[u8]) -> Tag {
+        let mut mac = Tag::new_from_slice(&self.key).expect("HMAC takes any key length");
+        mac.update(entry.as_bytes());
+        mac.update(&[0]);
+        mac.update(compiled);
+        mac
     }
 
     /// The component for `bytes`: from the cache if it is there and sound,
     /// compiled (and cached) otherwise.
     pub fn component(&self, engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Component> {
         let digest = hex::encode(Sha256::digest(bytes));
-        let path = self.dir.join(format!("{digest}-{}.cwasm", self.engine_key));
-        if path.exists() {
-            // SAFETY: the file was written by `Component::serialize` of an engine with
-            // the same compatibility hash, in a directory only the host writes to;
-            // wasmtime still checks its header and rejects what does not match.
-            match unsafe { Component::deserialize_file(engine, &path) } {
+        let name = format!("{digest}-{}.cwasm", self.engine_key);
+        let path = self.dir.join(&name);
+        if let Ok(entry) = std::fs::read(&path) {
+            match self.load(engine, &name, &entry) {
                 Ok(component) => {
                     self.hits.fetch_add(1, Ordering::Relaxed);
+                    // Used now: pruning keeps the entries in use.
+                    let _ = std::fs::File::options()
+                        .write(true)
+                        .open(&path)
+                        .and_then(|f| f.set_modified(SystemTime::now()));
                     return Ok(component);
                 }
                 Err(e) => {
@@ -94,7 +134,9 @@ impl CompileCache {
         let component = Component::new(engine, bytes)?;
         self.compiled.fetch_add(1, Ordering::Relaxed);
         match component.serialize() {
-            Ok(serialized) => {
+            Ok(mut serialized) => {
+                let tag = self.tag(&name, &serialized).finalize().into_bytes();
+                serialized.extend_from_slice(&tag);
                 let tmp = path.with_extension(format!("tmp{}", std::process::id()));
                 let written =
                     std::fs::write(&tmp, serialized).and_then(|_| std::fs::rename(&tmp, &path));
@@ -106,5 +148,201 @@ impl CompileCache {
             Err(e) => tracing::warn!(error = %e, "cannot serialize a compiled component"),
         }
         Ok(component)
+    }
+
+    /// An entry's component, if its tag is this cache's for that entry name.
+    fn load(&self, engine: &Engine, name: &str, entry: &[u8]) -> Result<Component, String> {
+        let Some(split) = entry.len().checked_sub(TAG_LEN) else {
+            return Err("too short to carry a tag".into());
+        };
+        let (compiled, tag) = entry.split_at(split);
+        self.tag(name, compiled).verify_slice(tag).map_err(|_| {
+            "its tag does not match: not written by this host for this component".to_string()
+        })?;
+        // SAFETY: `compiled` was written by `Component::serialize` of an engine
+        // with the same compatibility hash, for this component: the tag, made
+        // with a key only this host reads, was checked on these very bytes.
+        // wasmtime still checks the header and rejects what does not match.
+        unsafe { Component::deserialize(engine, compiled) }.map_err(|e| e.to_string())
+    }
+}
+
+/// `<dir>.key` beside the cache directory.
+fn key_file(dir: &Path) -> PathBuf {
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(".key");
+    dir.with_file_name(name)
+}
+
+/// The cache's key, made (random, mode 0600) the first time.
+fn cache_key(path: &Path) -> Result<[u8; 32], String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let problem = |e: &dyn std::fmt::Display| {
+        format!(
+            "compile cache key {}: {e} (delete it to make a new one; the cache is then rebuilt)",
+            path.display()
+        )
+    };
+    let mut fresh = [0u8; 32];
+    rand::fill(&mut fresh);
+    match std::fs::File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(mut file) => {
+            file.write_all(hex::encode(fresh).as_bytes())
+                .map_err(|e| problem(&e))?;
+            return Ok(fresh);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(problem(&e)),
+    }
+    private_file(path)?;
+    let text = std::fs::read_to_string(path).map_err(|e| problem(&e))?;
+    let mut key = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut key).map_err(|e| problem(&e))?;
+    Ok(key)
+}
+
+/// Create `dir` (and its parents) with mode 0700 if missing; refuse one that
+/// another user owns or that others may write to.
+fn private_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("cannot create the compile cache {}: {e}", dir.display()))?;
+    let meta =
+        std::fs::metadata(dir).map_err(|e| format!("compile cache {}: {e}", dir.display()))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        return Err(format!(
+            "the compile cache {} belongs to uid {}, not to this host's uid {me}: its native code would be run; point plugins.cache_dir at a directory of this user's",
+            dir.display(),
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
+            format!(
+                "the compile cache {} may be written by others and cannot be made private: {e}",
+                dir.display()
+            )
+        })?;
+        tracing::warn!(dir = %dir.display(), "the compile cache could be written by other users: made private (0700)");
+    }
+    Ok(())
+}
+
+/// Refuse a key file another user owns or others may read.
+fn private_file(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // SAFETY: as in `private_dir`.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        return Err(format!(
+            "the compile cache key {} belongs to uid {}, not to this host's uid {me}",
+            path.display(),
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("{}: cannot make it private: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A component of nothing (the component model's smallest).
+    const EMPTY: &[u8] = b"\0asm\x0d\0\x01\0";
+
+    fn engine() -> Engine {
+        Engine::default()
+    }
+
+    #[test]
+    fn an_entry_not_tagged_by_this_cache_is_compiled_again_not_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache_dir = dir.path().join("compile-cache");
+        let engine = engine();
+        let cache = CompileCache::open(cache_dir.clone(), &engine).unwrap();
+        cache.component(&engine, EMPTY).unwrap();
+        assert_eq!(cache.stats().compiled, 1);
+        let entry = std::fs::read_dir(&cache_dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "cwasm"))
+            .unwrap();
+        // Sound: a hit.
+        cache.component(&engine, EMPTY).unwrap();
+        assert_eq!(cache.stats().cache_hits, 1);
+        // The same native code without a valid tag (what a writer of the
+        // directory without the key can make): compiled again.
+        let mut forged = std::fs::read(&entry).unwrap();
+        let n = forged.len();
+        forged[n - 1] ^= 1;
+        std::fs::write(&entry, &forged).unwrap();
+        cache.component(&engine, EMPTY).unwrap();
+        assert_eq!(
+            cache.stats(),
+            CompileStats {
+                compiled: 2,
+                cache_hits: 1
+            }
+        );
+        // A cache with another key (another host's) does not trust this one's entries.
+        std::fs::remove_file(key_file(&cache_dir)).unwrap();
+        let other = CompileCache::open(cache_dir.clone(), &engine).unwrap();
+        other.component(&engine, EMPTY).unwrap();
+        assert_eq!(other.stats().compiled, 1);
+
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&cache_dir), 0o700);
+        assert_eq!(mode(&key_file(&cache_dir)), 0o600);
+    }
+
+    #[test]
+    fn a_cache_others_may_write_is_made_private_and_pruning_keeps_the_newest() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cache_dir = dir.path().join("cc");
+        std::fs::create_dir(&cache_dir).unwrap();
+        std::fs::set_permissions(&cache_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let engine = engine();
+        let cache = CompileCache::open(cache_dir.clone(), &engine).unwrap();
+        let mode = std::fs::metadata(&cache_dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        for (i, age) in [(0, 30), (1, 20), (2, 10)] {
+            let p = cache_dir.join(format!("{i}-x.cwasm"));
+            std::fs::write(&p, b"x").unwrap();
+            let f = std::fs::File::options().write(true).open(&p).unwrap();
+            f.set_modified(SystemTime::now() - Duration::from_secs(age))
+                .unwrap();
+        }
+        let tmp = cache_dir.join("9-x.tmp123");
+        std::fs::write(&tmp, b"x").unwrap();
+        let f = std::fs::File::options().write(true).open(&tmp).unwrap();
+        f.set_modified(SystemTime::now() - Duration::from_secs(3600))
+            .unwrap();
+        cache.prune(2);
+        let mut left: Vec<String> = std::fs::read_dir(&cache_dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["1-x.cwasm", "2-x.cwasm"]);
     }
 }
