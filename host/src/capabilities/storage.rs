@@ -121,6 +121,30 @@ fn unavailable(e: impl std::fmt::Display) -> CapabilityError {
     CapabilityError::Unavailable(format!("storage backend: {e}"))
 }
 
+/// A store's error: `invalid` when the key itself caused it (on a local
+/// store, a key under an object, `a/b` when `a` is an object, or an object
+/// where a prefix is, `a` when `a/b` exists: the file system cannot hold
+/// both), so it never counts against the shared circuit breaker; otherwise
+/// `unavailable`.
+fn store_error(e: object_store::Error) -> CapabilityError {
+    use std::io::ErrorKind;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                ErrorKind::NotADirectory | ErrorKind::IsADirectory | ErrorKind::AlreadyExists
+            ) {
+                return CapabilityError::Invalid(format!(
+                    "the key is both an object and the prefix of another, which this store cannot hold ({e})"
+                ));
+            }
+        }
+        cause = c.source();
+    }
+    unavailable(e)
+}
+
 impl Ctx<'_> {
     fn granted_prefixes(&self) -> Result<&[String], CapabilityError> {
         self.grants
@@ -178,7 +202,7 @@ impl Host for Ctx<'_> {
                                 .map_err(unavailable)
                         }
                         Err(object_store::Error::NotFound { .. }) => Ok(None),
-                        Err(e) => Err(unavailable(e)),
+                        Err(e) => Err(store_error(e)),
                     }
                 })
                 .await
@@ -209,7 +233,7 @@ impl Host for Ctx<'_> {
                         .put(&path, PutPayload::from(data))
                         .await
                         .map(|_| ())
-                        .map_err(unavailable)
+                        .map_err(store_error)
                 })
                 .await
             }
@@ -224,9 +248,10 @@ impl Host for Ctx<'_> {
             Ok(path) => {
                 let b = self.backends;
                 b.storage_call(async {
-                    delete_quietly(&*b.storage, &path)
-                        .await
-                        .map_err(unavailable)
+                    match b.storage.delete(&path).await {
+                        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                        Err(e) => Err(store_error(e)),
+                    }
                 })
                 .await
             }
@@ -434,5 +459,36 @@ mod tests {
         ));
         assert_eq!(rfc3339(i64::MAX), "9999-12-31T23:59:59.999Z");
         assert_eq!(rfc3339(i64::MIN), "1970-01-01T00:00:00.000Z");
+    }
+
+    /// Issue 20: on a local store, a key under an object (or an object where a
+    /// prefix is) failed as `unavailable` and so fed the storage breaker every
+    /// plugin shares; it is the key's fault: `invalid`.
+    #[tokio::test]
+    async fn a_key_the_file_system_cannot_hold_is_invalid_not_an_outage() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = local_store(dir.path()).unwrap();
+        let put = |key: &str| {
+            let store = store.clone();
+            let path = StorePath::from(key);
+            async move { store.put(&path, PutPayload::from(vec![1u8])).await }
+        };
+        put("audio/a").await.unwrap();
+        put("audio/dir/b").await.unwrap();
+        for (what, result) in [
+            ("under an object", put("audio/a/b").await.map(|_| ())),
+            ("over a prefix", put("audio/dir").await.map(|_| ())),
+            (
+                "delete a prefix",
+                store.delete(&StorePath::from("audio/dir")).await,
+            ),
+        ] {
+            match result.map_err(store_error) {
+                Err(CapabilityError::Invalid(m)) => {
+                    assert!(m.contains("both an object and the prefix"), "{what}: {m}")
+                }
+                other => panic!("{what}: {other:?}"),
+            }
+        }
     }
 }
