@@ -466,7 +466,7 @@ impl AdminConfig {
                     .into(),
             ),
             (Some(file), None) => {
-                let text = std::fs::read_to_string(file).map_err(|e| {
+                let text = read_small_file(file).map_err(|e| {
                     format!("admin.token_file {}: cannot be read: {e}", file.display())
                 })?;
                 let token = text.lines().next().unwrap_or("").trim().to_string();
@@ -625,7 +625,7 @@ impl Config {
             }
         }
         for (name, file) in &config.kafka.property_files {
-            let value = std::fs::read_to_string(file).map_err(|e| {
+            let value = read_small_file(file).map_err(|e| {
                 ConfigError(format!(
                     "bad config {}: kafka.property_files.\"{name}\": {} cannot be read: {e}",
                     path.display(),
@@ -937,6 +937,15 @@ pub fn env_overrides() -> Env {
 }
 
 /// `kafka.consumer.session_timeout: invalid type ... (from WEIR_KAFKA__CONSUMER__SESSION_TIMEOUT)`
+/// The text of a file a setting names (a secret, a property): a regular file
+/// of at most 1 MiB, so `/dev/zero` or a FIFO named by mistake is an error,
+/// not a host that hangs at start.
+fn read_small_file(path: &Path) -> std::io::Result<String> {
+    let bytes = crate::plugin_dir::read_plugin_file(path, 1024 * 1024)?;
+    String::from_utf8(bytes)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
+}
+
 fn describe_error(err: &figment::Error) -> String {
     let key = err.path.join(".");
     let origin = match &err.metadata {

@@ -361,6 +361,16 @@ pub fn read_event_inputs(
             )
         }
     };
+    parse_event_inputs(&name, reader, topics, namer)
+}
+
+/// The events of an events file read from `reader` (`name` in messages).
+pub fn parse_event_inputs(
+    name: &str,
+    reader: impl BufRead,
+    topics: &[String],
+    namer: &TopicNamer,
+) -> Result<Vec<EventInput>, InvokeError> {
     let mut events = Vec::new();
     for (i, line) in reader.lines().enumerate() {
         let lineno = i + 1;
@@ -390,7 +400,14 @@ pub fn read_event_inputs(
                 ))
             }
         };
-        let logical = parsed.topic.unwrap_or_else(|| topics[0].clone());
+        let logical = match parsed.topic.or_else(|| topics.first().cloned()) {
+            Some(t) => t,
+            None => {
+                return Err(bad(
+                    "the event names no topic and the plugin consumes none".into()
+                ))
+            }
+        };
         if !topics.contains(&logical) {
             return Err(bad(format!(
                 "topic {logical:?} is not one the plugin consumes ({})",

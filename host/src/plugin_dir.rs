@@ -23,7 +23,7 @@ pub fn read_plugin_file(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
     let meta = file.metadata()?;
     if !meta.is_file() {
         return Err(std::io::Error::other(
-            "not a regular file (a device, FIFO or directory): plugin files must be regular files",
+            "not a regular file (a device, FIFO or directory); it must be a regular file",
         ));
     }
     if meta.len() > limit {
