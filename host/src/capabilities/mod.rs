@@ -14,6 +14,7 @@ pub mod log;
 pub mod publish;
 pub mod schedule;
 pub mod storage;
+pub mod stores;
 
 use crate::bindings::CapabilityError;
 use crate::config::BreakerConfig;

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use super::storage::delete_quietly;
+use super::stores::delete_quietly;
 
 const SCHEDULE_DIR: &str = "_weir/scheduled-deletions";
 
@@ -558,7 +558,7 @@ impl DeletionSchedule {
             let mut tick = tokio::time::interval(interval);
             loop {
                 tick.tick().await;
-                if let Err(e) = self.sweep(super::storage::now_ms()).await {
+                if let Err(e) = self.sweep(super::stores::now_ms()).await {
                     tracing::warn!(error = %e, "scheduled-deletion sweep failed; will retry");
                 }
             }
