@@ -462,7 +462,7 @@ fn print_written(written: Result<Vec<PathBuf>, authoring::AuthoringError>) -> Ex
 }
 
 /// The plugins as the running host's admin API reports them (live counters, lag,
-/// pause), else as `reload::plugin_status` finds them; and a line saying which.
+/// pause), else as `status::plugin_status` finds them; and a line saying which.
 async fn list_plugins(config: &Config) -> Result<(String, Vec<PluginReport>), String> {
     if let Ok(addr) = client::address(config) {
         let token = config.admin.resolved_token()?;
@@ -482,7 +482,7 @@ async fn list_plugins(config: &Config) -> Result<(String, Vec<PluginReport>), St
             ));
         }
     }
-    let (source, list) = weir_host::reload::plugin_status(config).await?;
+    let (source, list) = weir_host::status::plugin_status(config).await?;
     let list = list
         .into_iter()
         .map(|status| PluginReport {

@@ -1,7 +1,13 @@
 //! The plugins' status as the running host reports it (`weir plugins`, the admin
-//! API), and the status file it writes for tools without the admin API.
+//! API), the status file it writes for tools without the admin API, and the
+//! offline check `weir plugins` makes when no host runs.
 
+use crate::capabilities::Backends;
+use crate::config::Config;
+use crate::manifest::Manifest;
 use crate::pipeline::stats::StatsSnapshot;
+use crate::plugin_dir::{discover, PluginFiles};
+use crate::runtime::Runtime;
 
 /// What `weir plugins` shows of one plugin.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -40,4 +46,59 @@ pub fn write_status_file(path: &std::path::Path, status: &[PluginStatus]) {
 /// Read the status a running host wrote.
 pub fn read_status_file(path: &std::path::Path) -> Option<Vec<PluginStatus>> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+/// The plugins' status: the running host's (from its status file) if there is
+/// one, otherwise each plugin of the directory loaded and checked now. The text
+/// says which.
+pub async fn plugin_status(config: &Config) -> Result<(String, Vec<PluginStatus>), String> {
+    let path = &config.plugins.status_file;
+    if let Some(list) = read_status_file(path).filter(|l| !l.is_empty()) {
+        return Ok((
+            format!("as reported by the running host ({})", path.display()),
+            list,
+        ));
+    }
+    let runtime = Runtime::with_compile_cache(config.plugins.cache_dir.clone())?;
+    let scratch = std::env::temp_dir().join(format!("weir-plugins-{}", std::process::id()));
+    let backends = Backends::local(&scratch)?;
+    let mut list = Vec::new();
+    let mut files = discover(&config.plugins.dir)?;
+    files.extend(config.plugins.extra.iter().map(|e| PluginFiles {
+        name: e.name(),
+        wasm: e.wasm.clone(),
+        manifest: e.manifest.clone(),
+    }));
+    for f in files {
+        let loaded = match Manifest::load(&f.manifest) {
+            Err(e) => Err(e.to_string()),
+            Ok(m) => runtime
+                .load(&f.wasm, m, backends.clone())
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        list.push(PluginStatus {
+            name: f.name.clone(),
+            state: if loaded.is_ok() { "valid" } else { "rejected" }.into(),
+            reason: loaded.as_ref().err().cloned(),
+            sha256: loaded.as_ref().ok().map(|p| p.content_hash().to_string()),
+            loaded_at: None,
+            topics: loaded
+                .as_ref()
+                .map(|p| p.manifest().topics.clone())
+                .unwrap_or_default(),
+            wasm: f.wasm.display().to_string(),
+            manifest: f.manifest.display().to_string(),
+            rollbacks: 0,
+            stats: None,
+        });
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok((
+        format!(
+            "no running host: checked the plugins in {}",
+            config.plugins.dir.display()
+        ),
+        list,
+    ))
 }
