@@ -275,6 +275,22 @@ mod tests {
         })
     }
 
+    /// Issue 20: every refused request logged a line, so a client hammering the
+    /// API could fill the log. One line per 10 s, with the count since.
+    #[test]
+    fn refusals_are_counted_every_time_and_logged_once_per_interval() {
+        let a = auth(Some("s3cret"), &[], "127.0.0.1:1").unwrap();
+        for _ in 0..100 {
+            a.count_refusal("/plugins", "no token");
+        }
+        let quiet = a.quiet.lock().unwrap();
+        assert!(quiet.0.is_some(), "the first refusal was logged");
+        assert_eq!(quiet.1, 99, "the other 99 wait for the next line");
+        drop(quiet);
+        let series = vec![("route".to_string(), "plugins".to_string())];
+        assert_eq!(a.refused.get_or_create(&series).get(), 100);
+    }
+
     #[test]
     fn without_a_token_only_loopback_is_accepted() {
         assert!(auth(None, &[], "127.0.0.1:9464").is_ok());
