@@ -212,81 +212,22 @@ enum DlqCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // One runtime for every command (most are async underneath).
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
     match cli.command {
-        Command::Run { config, log_format } => {
-            init_logging("info", &log_format);
-            let config = match load_config(&config) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            let runtime = tokio::runtime::Runtime::new().expect("start the async runtime");
-            // Installed before anything starts: a SIGTERM during start-up stops the
-            // host cleanly instead of killing it.
-            let signal = {
-                let _inside = runtime.enter();
-                shutdown_signal()
-            };
-            match runtime.block_on(weir_host::run::run(config, signal)) {
-                Ok(_) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("{e}");
-                    eprintln!("error: {e}");
-                    ExitCode::from(1)
-                }
-            }
-        }
-        Command::Plugins { config, json } => {
-            init_logging("error", "text");
-            let config = match load_config(&config) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            let runtime = tokio::runtime::Runtime::new().expect("start the async runtime");
-            match runtime.block_on(list_plugins(&config)) {
-                Ok((source, list)) => {
-                    if json {
-                        println!(
-                            "{}",
-                            serde_json::to_string_pretty(&list).expect("status serializes")
-                        );
-                    } else {
-                        println!("{source}");
-                        for p in &list {
-                            print_plugin(p);
-                        }
-                    }
-                    if list.iter().any(|p| p.status.state == "rejected") {
-                        ExitCode::from(1)
-                    } else {
-                        ExitCode::SUCCESS
-                    }
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(2)
-                }
-            }
-        }
+        Command::Run { config, log_format } => run(&rt, &config, &log_format),
+        Command::Plugins { config, json } => plugins(&rt, &config, json),
         Command::Config {
             command: ConfigCommand::Check { config },
-        } => {
-            init_logging("error", "text");
-            let runtime = tokio::runtime::Runtime::new().expect("start the async runtime");
-            let report = runtime.block_on(weir_host::config_check::check(&config));
-            print!("{}", report.text);
-            if report.problems.is_empty() {
-                println!("\nno problems found");
-                ExitCode::SUCCESS
-            } else {
-                println!("\n{} problem(s):", report.problems.len());
-                for p in &report.problems {
-                    println!("  {p}");
-                }
-                ExitCode::from(1)
-            }
-        }
-        Command::Pause { plugin, config } => set_paused(&config, &plugin, "pause"),
-        Command::Resume { plugin, config } => set_paused(&config, &plugin, "resume"),
+        } => config_check(&rt, &config),
+        Command::Pause { plugin, config } => set_paused(&rt, &config, &plugin, "pause"),
+        Command::Resume { plugin, config } => set_paused(&rt, &config, &plugin, "resume"),
         Command::Dlq {
             command:
                 DlqCommand::Replay {
@@ -297,117 +238,35 @@ fn main() -> ExitCode {
                     topics,
                     dry_run,
                 },
-        } => {
-            init_logging("warn", "text");
-            let config = match load_config(&config) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            let filter = weir_host::dlq::ReplayFilter {
+        } => dlq_replay(
+            &rt,
+            &config,
+            weir_host::dlq::ReplayFilter {
                 plugin,
                 since,
                 until,
                 topics,
                 dry_run,
-            };
-            let runtime = tokio::runtime::Runtime::new().expect("start the async runtime");
-            match runtime.block_on(weir_host::dlq::replay(&config, &filter)) {
-                Ok(r) => {
-                    println!(
-                        "{} {} of {} dead letter(s) ({} skipped: by the filters, or not to be sent back, see the log)",
-                        if dry_run { "would replay" } else { "replayed" },
-                        r.replayed,
-                        r.read,
-                        r.skipped
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(1)
-                }
-            }
-        }
-        Command::New { name, lang, dir } => {
-            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
-            match authoring::new::create(&name, lang, &dir) {
-                Ok(created) => {
-                    println!(
-                        "created the {lang} plugin {name} in {}:",
-                        created.dir.display()
-                    );
-                    for f in &created.files {
-                        println!("  {}", f.display());
-                    }
-                    println!(
-                        "next: weir build {0} && weir test {0}",
-                        created.dir.display()
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(2)
-                }
-            }
-        }
-        Command::Build { dir } => {
-            let built = Project::open(&dir).and_then(|p| {
-                eprintln!(
-                    "building {} ({}) in {}",
-                    p.name(),
-                    p.lang_name(),
-                    dir.display()
-                );
-                authoring::build::build(&p)
-            });
-            match built {
-                Ok(b) => {
-                    println!(
-                        "built {} ({:.1} MB) in {:.1} s",
-                        b.wasm.display(),
-                        b.bytes as f64 / 1e6,
-                        b.took.as_secs_f64()
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(2)
-                }
-            }
-        }
+            },
+        ),
+        Command::New { name, lang, dir } => new(&name, lang, dir),
+        Command::Build { dir } => build(&dir),
         Command::Test {
             dir,
             events,
             update,
             plugin,
             prefix,
-        } => {
-            init_logging("warn", "text");
-            let opts = authoring::plugin_test::TestOptions {
+        } => test(
+            &rt,
+            &dir,
+            plugin,
+            authoring::plugin_test::TestOptions {
                 events,
                 update,
                 prefix,
-            };
-            let runtime = tokio::runtime::Runtime::new().expect("start the async runtime");
-            let mut stdout = std::io::stdout().lock();
-            let project = match &plugin {
-                Some(wasm) => Project::component(wasm),
-                None => Project::open(&dir),
-            };
-            let result = project.map(|project| {
-                runtime.block_on(authoring::plugin_test::run(&project, &opts, &mut stdout))
-            });
-            match result.and_then(|r| r) {
-                Ok(summary) if summary.failed == 0 => ExitCode::SUCCESS,
-                Ok(_) => ExitCode::from(1),
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(2)
-                }
-            }
-        }
+            },
+        ),
         Command::Sdk { dir } => {
             print_written(Project::open(&dir).and_then(|p| authoring::new::refresh_sdk(&p)))
         }
@@ -419,28 +278,211 @@ fn main() -> ExitCode {
             json,
             prefix,
             storage_dir,
-        } => {
-            // Plugin log lines are part of the report; the log shows only problems
-            // unless RUST_LOG asks for more.
-            init_logging("warn", "text");
-            let opts = InvokeOptions {
+        } => invoke(
+            &rt,
+            InvokeOptions {
                 wasm,
                 events,
                 manifest,
                 json,
                 prefix,
                 storage_dir,
-            };
-            let runtime = tokio::runtime::Runtime::new().expect("start the async runtime");
-            let mut stdout = std::io::stdout().lock();
-            match runtime.block_on(invoke::run(&opts, &mut stdout)) {
-                Ok(summary) if summary.failed == 0 => ExitCode::SUCCESS,
-                Ok(_) => ExitCode::from(1),
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(2)
+            },
+        ),
+    }
+}
+
+type Rt = tokio::runtime::Runtime;
+
+/// `weir run`.
+fn run(rt: &Rt, config: &std::path::Path, log_format: &str) -> ExitCode {
+    init_logging("info", log_format);
+    let config = match load_config(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    // Installed before anything starts: a SIGTERM during start-up stops the
+    // host cleanly instead of killing it.
+    let signal = {
+        let _inside = rt.enter();
+        shutdown_signal()
+    };
+    match rt.block_on(weir_host::run::run(config, signal)) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `weir plugins`.
+fn plugins(rt: &Rt, config: &std::path::Path, json: bool) -> ExitCode {
+    init_logging("error", "text");
+    let config = match load_config(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match rt.block_on(list_plugins(&config)) {
+        Ok((source, list)) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).expect("status serializes")
+                );
+            } else {
+                println!("{source}");
+                for p in &list {
+                    print_plugin(p);
                 }
             }
+            if list.iter().any(|p| p.status.state == "rejected") {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `weir config check`.
+fn config_check(rt: &Rt, config: &std::path::Path) -> ExitCode {
+    init_logging("error", "text");
+    let report = rt.block_on(weir_host::config_check::check(config));
+    print!("{}", report.text);
+    if report.problems.is_empty() {
+        println!("\nno problems found");
+        ExitCode::SUCCESS
+    } else {
+        println!("\n{} problem(s):", report.problems.len());
+        for p in &report.problems {
+            println!("  {p}");
+        }
+        ExitCode::from(1)
+    }
+}
+
+/// `weir dlq replay`.
+fn dlq_replay(rt: &Rt, config: &std::path::Path, filter: weir_host::dlq::ReplayFilter) -> ExitCode {
+    init_logging("warn", "text");
+    let config = match load_config(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let dry_run = filter.dry_run;
+    match rt.block_on(weir_host::dlq::replay(&config, &filter)) {
+        Ok(r) => {
+            println!(
+                "{} {} of {} dead letter(s) ({} skipped: by the filters, or not to be sent back, see the log)",
+                if dry_run { "would replay" } else { "replayed" },
+                r.replayed,
+                r.read,
+                r.skipped
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `weir new`.
+fn new(name: &str, lang: Lang, dir: Option<PathBuf>) -> ExitCode {
+    let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+    match authoring::new::create(name, lang, &dir) {
+        Ok(created) => {
+            println!(
+                "created the {lang} plugin {name} in {}:",
+                created.dir.display()
+            );
+            for f in &created.files {
+                println!("  {}", f.display());
+            }
+            println!(
+                "next: weir build {0} && weir test {0}",
+                created.dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `weir build`.
+fn build(dir: &std::path::Path) -> ExitCode {
+    let built = Project::open(dir).and_then(|p| {
+        eprintln!(
+            "building {} ({}) in {}",
+            p.name(),
+            p.lang_name(),
+            dir.display()
+        );
+        authoring::build::build(&p)
+    });
+    match built {
+        Ok(b) => {
+            println!(
+                "built {} ({:.1} MB) in {:.1} s",
+                b.wasm.display(),
+                b.bytes as f64 / 1e6,
+                b.took.as_secs_f64()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `weir test`.
+fn test(
+    rt: &Rt,
+    dir: &std::path::Path,
+    plugin: Option<PathBuf>,
+    opts: authoring::plugin_test::TestOptions,
+) -> ExitCode {
+    init_logging("warn", "text");
+    let mut stdout = std::io::stdout().lock();
+    let project = match &plugin {
+        Some(wasm) => Project::component(wasm),
+        None => Project::open(dir),
+    };
+    let result = project
+        .map(|project| rt.block_on(authoring::plugin_test::run(&project, &opts, &mut stdout)));
+    match result.and_then(|r| r) {
+        Ok(summary) if summary.failed == 0 => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `weir invoke`.
+fn invoke(rt: &Rt, opts: InvokeOptions) -> ExitCode {
+    // Plugin log lines are part of the report; the log shows only problems
+    // unless RUST_LOG asks for more.
+    init_logging("warn", "text");
+    let mut stdout = std::io::stdout().lock();
+    match rt.block_on(invoke::run(&opts, &mut stdout)) {
+        Ok(summary) if summary.failed == 0 => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
         }
     }
 }
@@ -532,7 +574,7 @@ fn print_plugin(p: &PluginReport) {
 
 /// `weir pause` / `weir resume`: exit 0 with the plugin's new state, 1 if the host
 /// refused (unknown plugin), 2 if it cannot be reached.
-fn set_paused(config: &std::path::Path, plugin: &str, action: &str) -> ExitCode {
+fn set_paused(rt: &Rt, config: &std::path::Path, plugin: &str, action: &str) -> ExitCode {
     init_logging("error", "text");
     let config = match load_config(config) {
         Ok(c) => c,
@@ -552,9 +594,8 @@ fn set_paused(config: &std::path::Path, plugin: &str, action: &str) -> ExitCode 
             return ExitCode::from(2);
         }
     };
-    let runtime = tokio::runtime::Runtime::new().expect("start the async runtime");
     let path = format!("/plugins/{plugin}/{action}");
-    match runtime.block_on(client::call_with_token(
+    match rt.block_on(client::call_with_token(
         &addr,
         "POST",
         &path,
