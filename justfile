@@ -212,8 +212,61 @@ image-test: image kafka
     @command -v bwrap >/dev/null || { sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"; $sudo apt-get install -y -qq bubblewrap >/dev/null; }
     TEST_OCI="{{ target_dir }}/image/oci" cargo test -p weir-host --test e2e container:: -- --ignored --nocapture
 
-# Formatting and lints, as CI checks them
-lint:
+# Formatting, lints and known advisories, as CI checks them
+lint: audit
     cargo fmt --all -- --check
     cargo clippy -p weir-host -p weir-devkit --all-targets -- -D warnings
     cargo clippy --target wasm32-wasip2 {{ prepend("-p ", "weir-sdk " + example_plugins + " " + test_plugins) }} -- -D warnings
+
+# The dependencies (Cargo.lock, fuzz/Cargo.lock) against the RustSec advisories in ../shared/advisory-db, offline (cargo-audit: one-time install, about 4 min)
+audit:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    db="${ADVISORY_DB:-{{ justfile_directory() }}/../shared/advisory-db}"
+    [ -d "$db/crates" ] || { echo "no advisory database at $db (set ADVISORY_DB to a RustSec advisory-db checkout)"; exit 1; }
+    command -v cargo-audit >/dev/null || { echo "Installing cargo-audit (crates.io; one-time, about 4 minutes)..."; cargo install -q cargo-audit --locked; }
+    # cargo-audit reads the database as a git repository: a snapshot without
+    # one is copied and made one (outside the clone).
+    if [ ! -d "$db/.git" ]; then
+      copy="$HOME/.cache/weir/advisory-db"
+      if [ ! -d "$copy/.git" ] || [ -n "$(diff -rq -x .git "$db" "$copy" 2>/dev/null | head -1)" ]; then
+        rm -rf "$copy" && mkdir -p "$copy" && cp -r "$db"/. "$copy"/ && chmod -R u+w "$copy"
+        git -C "$copy" init -q && git -C "$copy" add -A && git -C "$copy" -c user.name=weir -c user.email=weir@localhost commit -qm snapshot
+      fi
+      db="$copy"
+    fi
+    for lock in Cargo.lock fuzz/Cargo.lock; do
+      echo "cargo audit: $lock against $db"
+      cargo audit --db "$db" --no-fetch --stale --deny warnings --file "$lock"
+    done
+
+# Fuzz what Weir reads from others (manifests, config, events files, expectations, records, storage keys): each target for `seconds` (cargo-fuzz with libFuzzer, on the nightly toolchain; first build about 15 min)
+fuzz seconds="120":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    rustup run nightly rustc --version >/dev/null 2>&1 || { echo "cargo fuzz needs the nightly toolchain: rustup toolchain install nightly"; exit 1; }
+    command -v cargo-fuzz >/dev/null || { echo "Installing cargo-fuzz (crates.io; one-time, about 2 minutes)..."; cargo install -q cargo-fuzz --locked; }
+    # Its own target directory: the fuzzer's instrumentation rebuilds everything.
+    export CARGO_TARGET_DIR="$HOME/.cache/weir/fuzz-target"
+    corpus="$HOME/.cache/weir/fuzz-corpus"
+    # Seeds: the repository's own manifests, configs and events files.
+    mkdir -p "$corpus"/{manifest,config,events_file,expectations,record,storage_key}
+    cp examples/plugins/*.toml "$corpus/manifest/"
+    cp examples/weir.toml "$corpus/config/weir.toml"; cp examples/container/weir.toml "$corpus/config/container.toml"
+    for f in examples/events/*.jsonl host/templates/events.jsonl; do cp "$f" "$corpus/events_file/$(echo "$f" | tr / _)"; done
+    cd fuzz
+    echo "Building the fuzz targets (the first time compiles the host with coverage instrumentation, about 15 minutes)..."
+    cargo +nightly fuzz build -s none --dev
+    for t in $(cargo +nightly fuzz list); do
+      log="$CARGO_TARGET_DIR/fuzz-$t.log"
+      status=0
+      cargo +nightly fuzz run -s none --dev "$t" "$corpus/$t" -- \
+        -max_total_time={{ seconds }} -max_len=65536 -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 >"$log" 2>&1 || status=$?
+      runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
+      if [ "$status" != 0 ]; then
+        grep -E 'panicked|ERROR|SUMMARY|Test unit written|Failing input' "$log" | head -20
+        echo "fuzz $t: FAILED after ${runs:-?} runs (the input is in fuzz/artifacts/$t; full log $log)"
+        exit 1
+      fi
+      echo "fuzz $t: ${runs:-?} runs in {{ seconds }} s, no failure (corpus: $(ls "$corpus/$t" | wc -l) inputs)"
+    done
