@@ -135,7 +135,7 @@ pub async fn replay(config: &Config, filter: &ReplayFilter) -> Result<ReplayRepo
             let mut headers: Vec<(String, Vec<u8>)> = letter
                 .headers
                 .iter()
-                .filter(|(k, _)| !k.starts_with("weir-"))
+                .filter(|(k, _)| !crate::pipeline::outputs::is_host_header(k))
                 .cloned()
                 .collect();
             headers.push((

@@ -347,6 +347,12 @@ impl Outputs {
 /// Says a dead letter goes without its input's payload (or headers), and why.
 pub const H_OMITTED: &str = "weir-omitted";
 
+/// Headers only the host writes (`weir-*`): dropped from what others wrote
+/// before the host adds its own, and the only ones a replay reads.
+pub fn is_host_header(key: &str) -> bool {
+    key.starts_with("weir-")
+}
+
 /// A dead letter as written: the input's key, payload and headers plus the
 /// `weir-*` ones, cut to fit `kafka.producer.message_max_bytes` (a dead letter
 /// that can never be written would stall its partition for ever).
@@ -390,7 +396,7 @@ impl<'a> DeadLetter<'a> {
             event.payload.len()
         );
         if size(&letter.headers, key_len, 0) > room {
-            letter.headers.retain(|(k, _)| k.starts_with("weir-"));
+            letter.headers.retain(|(k, _)| is_host_header(k));
             letter.key = None;
             note = format!(
                 "payload ({} bytes), key and headers: the dead letter must fit \
@@ -418,7 +424,7 @@ pub fn dead_letter_headers(
     let mut headers: Vec<(String, Vec<u8>)> = event
         .headers
         .iter()
-        .filter(|(k, _)| !k.starts_with("weir-"))
+        .filter(|(k, _)| !is_host_header(k))
         .cloned()
         .collect();
     for (k, v) in [
