@@ -23,12 +23,10 @@ use crate::admin::view::{HostView, PluginView};
 use crate::capabilities::Backends;
 use crate::config::Config;
 use crate::manifest::Manifest;
-use crate::pipeline::fetch::FetchSettings;
-use crate::pipeline::handle::{DeadLetters, ScheduleOutput, WorkerContext};
-use crate::pipeline::lanes::BatchLimits;
+use crate::pipeline::handle::ScheduleOutput;
 use crate::pipeline::outputs::Outputs;
 use crate::pipeline::stats::{Stats, StatsSnapshot};
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, PluginWiring};
 use crate::plugin_dir::{discover, PluginFiles};
 use crate::runtime::{Plugin, Runtime};
 use crate::schedule_topic::ScheduleOwner;
@@ -409,46 +407,19 @@ impl Supervisor {
             }),
             _ => None,
         };
-        let settings = FetchSettings {
-            plugin: m.name.clone(),
-            group: m
-                .consumer
-                .group
-                .clone()
-                .unwrap_or_else(|| self.config.group_for(&m.name)),
-            instance_id: self.config.instance_id_for(&m.name),
-            topics: m.topics.iter().map(|t| self.namer.full_name(t)).collect(),
-            max_in_flight: m.consumer.max_in_flight as usize,
-            max_in_flight_bytes: m.consumer.max_in_flight_bytes.as_u64() as usize,
-            drain_timeout: self.config.shutdown.drain_timeout,
-            stall_timeout: self.config.kafka.consumer.stall_timeout,
-            paused,
-        };
-        let group = settings.group.clone();
-        let dlq_config = self.config.clone();
-        let plugin_name = m.name.clone();
-        let context = WorkerContext {
-            versions: versions.clone(),
-            outputs: self.outputs.clone(),
-            dead_letters: DeadLetters {
-                topic_for: Arc::new(move |topic| dlq_config.dlq_topic(topic, &plugin_name)),
-            },
-            schedule,
-            stats,
-            stopping: tokio::sync::watch::channel(false).1,
-            limits: BatchLimits {
-                events: m.consumer.batch as usize,
-                bytes: 4 * 1024 * 1024,
-            },
-            tracing: self.tracing.clone(),
-        };
-        let pipeline = Pipeline::start(
+        let pipeline = Pipeline::for_plugin(
             &self.config,
             self.namer.clone(),
-            settings,
-            m.consumer.workers as usize,
-            context,
+            PluginWiring {
+                versions: versions.clone(),
+                outputs: self.outputs.clone(),
+                schedule,
+                stats,
+                paused,
+                tracing: self.tracing.clone(),
+            },
         )?;
+        let group = pipeline.group().to_string();
         tracing::info!(plugin = %m.name, group = %group, workers = m.consumer.workers, "consuming");
         Ok(Running {
             versions,

@@ -29,8 +29,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 
+/// What a plugin's pipeline is made from besides its manifest and the config.
+pub struct PluginWiring {
+    pub versions: Arc<crate::versions::Versions>,
+    pub outputs: outputs::Outputs,
+    /// Where its scheduled deletions go (the schedule topic), if it has storage.
+    pub schedule: Option<handle::ScheduleOutput>,
+    pub stats: Arc<stats::Stats>,
+    /// Set by an operator: consumption paused.
+    pub paused: Arc<AtomicBool>,
+    pub tracing: crate::telemetry::Tracing,
+}
+
 /// One plugin's running pipeline.
 pub struct Pipeline {
+    group: String,
     fetch: Fetch,
     lag: Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>,
     workers: Workers,
@@ -38,6 +51,60 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// The pipeline of the plugin `wiring.versions` runs, shaped by its
+    /// manifest (topics, group, workers, bounds, batch) and by `config`.
+    pub fn for_plugin(
+        config: &crate::config::Config,
+        namer: crate::topics::TopicNamer,
+        wiring: PluginWiring,
+    ) -> Result<Pipeline, String> {
+        let m = wiring.versions.current().plugin.manifest().clone();
+        let settings = FetchSettings {
+            plugin: m.name.clone(),
+            group: m
+                .consumer
+                .group
+                .clone()
+                .unwrap_or_else(|| config.group_for(&m.name)),
+            instance_id: config.instance_id_for(&m.name),
+            topics: m.topics.iter().map(|t| namer.full_name(t)).collect(),
+            max_in_flight: m.consumer.max_in_flight as usize,
+            max_in_flight_bytes: m.consumer.max_in_flight_bytes.as_u64() as usize,
+            drain_timeout: config.shutdown.drain_timeout,
+            stall_timeout: config.kafka.consumer.stall_timeout,
+            paused: wiring.paused,
+        };
+        let dlq_config = config.clone();
+        let plugin_name = m.name.clone();
+        let context = WorkerContext {
+            versions: wiring.versions,
+            outputs: wiring.outputs,
+            dead_letters: handle::DeadLetters {
+                topic_for: Arc::new(move |topic| dlq_config.dlq_topic(topic, &plugin_name)),
+            },
+            schedule: wiring.schedule,
+            stats: wiring.stats,
+            stopping: watch::channel(false).1,
+            limits: lanes::BatchLimits {
+                events: m.consumer.batch as usize,
+                bytes: 4 * 1024 * 1024,
+            },
+            tracing: wiring.tracing,
+        };
+        Self::start(
+            config,
+            namer,
+            settings,
+            m.consumer.workers as usize,
+            context,
+        )
+    }
+
+    /// The consumer group it reads in.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
     /// Start `workers` workers with `context` (its `stopping` is replaced), then
     /// the consumer that feeds them.
     pub fn start(
@@ -73,6 +140,7 @@ impl Pipeline {
             Some((stop, thread))
         };
         Ok(Pipeline {
+            group,
             fetch,
             lag,
             workers,
