@@ -208,55 +208,63 @@ fn cache_key(path: &Path) -> Result<[u8; 32], String> {
 }
 
 /// Create `dir` (and its parents) with mode 0700 if missing; refuse one that
-/// another user owns or that others may write to.
+/// another user owns, and make one that others may write to private.
 fn private_dir(dir: &Path) -> Result<(), String> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
         .map_err(|e| format!("cannot create the compile cache {}: {e}", dir.display()))?;
-    let meta =
-        std::fs::metadata(dir).map_err(|e| format!("compile cache {}: {e}", dir.display()))?;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
-    if meta.uid() != me {
-        return Err(format!(
-            "the compile cache {} belongs to uid {}, not to this host's uid {me}: its native code would be run; point plugins.cache_dir at a directory of this user's",
-            dir.display(),
-            meta.uid()
-        ));
-    }
-    if meta.mode() & 0o022 != 0 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
-            format!(
-                "the compile cache {} may be written by others and cannot be made private: {e}",
-                dir.display()
-            )
-        })?;
+    let made_private = own_and_private(
+        dir,
+        "the compile cache",
+        0o700,
+        0o022,
+        ": its native code would be run; point plugins.cache_dir at a directory of this user's",
+    )?;
+    if made_private {
         tracing::warn!(dir = %dir.display(), "the compile cache could be written by other users: made private (0700)");
     }
     Ok(())
 }
 
-/// Refuse a key file another user owns or others may read.
+/// Refuse a key file another user owns; make one others may read private.
 fn private_file(path: &Path) -> Result<(), String> {
+    own_and_private(path, "the compile cache key", 0o600, 0o077, "").map(|_| ())
+}
+
+/// Refuse `path` (`what`, for messages; `hint` ends the refusal) unless this
+/// host's user owns it; set it to `mode` if it has any of the `forbidden`
+/// permission bits. Whether it had to be changed.
+fn own_and_private(
+    path: &Path,
+    what: &str,
+    mode: u32,
+    forbidden: u32,
+    hint: &str,
+) -> Result<bool, String> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    // SAFETY: as in `private_dir`.
+    let meta = std::fs::metadata(path).map_err(|e| format!("{what} {}: {e}", path.display()))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
     if meta.uid() != me {
         return Err(format!(
-            "the compile cache key {} belongs to uid {}, not to this host's uid {me}",
+            "{what} {} belongs to uid {}, not to this host's uid {me}{hint}",
             path.display(),
             meta.uid()
         ));
     }
-    if meta.mode() & 0o077 != 0 {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| format!("{}: cannot make it private: {e}", path.display()))?;
+    if meta.mode() & forbidden == 0 {
+        return Ok(false);
     }
-    Ok(())
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| {
+        format!(
+            "{what} {} is open to others and cannot be made private: {e}",
+            path.display()
+        )
+    })?;
+    Ok(true)
 }
 
 #[cfg(test)]
