@@ -11,6 +11,7 @@
 
 use crate::process::DevProcess;
 use std::net::TcpListener;
+use std::sync::Mutex;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -55,12 +56,25 @@ pub fn find_kafka() -> Option<KafkaInstall> {
     Some(KafkaInstall { java, libs })
 }
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1, never one this process handed out before: the
+/// kernel may offer a port again once its probe socket is closed, and two
+/// listeners of one broker (or two services of one test) on the same port fail
+/// at start.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    // Hold every probe open until a new port turns up, so the kernel cannot
+    // offer the same one twice in this loop.
+    let mut probes = Vec::new();
+    loop {
+        let probe = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let port = probe.local_addr().expect("an ephemeral port's address").port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+        probes.push(probe);
+    }
 }
 
 /// One KRaft node's place in its cluster.
