@@ -11,9 +11,9 @@
 
 use crate::process::DevProcess;
 use std::net::TcpListener;
-use std::sync::Mutex;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// The Kafka release the devkit runs (kept equal to `tests/devkit/kafka/pom.xml`).
@@ -62,13 +62,18 @@ pub fn find_kafka() -> Option<KafkaInstall> {
 /// at start.
 pub fn free_port() -> u16 {
     static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     // Hold every probe open until a new port turns up, so the kernel cannot
     // offer the same one twice in this loop.
     let mut probes = Vec::new();
     loop {
         let probe = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-        let port = probe.local_addr().expect("an ephemeral port's address").port();
+        let port = probe
+            .local_addr()
+            .expect("an ephemeral port's address")
+            .port();
         if !given.contains(&port) {
             given.push(port);
             return port;
