@@ -486,7 +486,8 @@ impl Bench {
         let manifest =
             weir_host::manifest::Manifest::parse(manifest, Path::new(&format!("{wasm}.toml")))
                 .map_err(|e| e.to_string())?;
-        let backends = Backends::local(&self.work.join(format!("in-process-{wasm}")))?;
+        let backends = Backends::local(&self.work.join(format!("in-process-{wasm}")))
+            .map_err(|e| e.to_string())?;
         runtime
             .load(
                 &self.wasm_dir.join(format!("{wasm}.wasm")),
@@ -796,7 +797,8 @@ impl Bench {
                 weir_host::manifest::Manifest::load(&manifest).map_err(|e| e.to_string())?;
             // The schedule as under `weir run`: records sent with the event's
             // outputs, not written to the store on every call.
-            let mut backends = Backends::local(&self.work.join(format!("languages-{language}")))?;
+            let mut backends = Backends::local(&self.work.join(format!("languages-{language}")))
+                .map_err(|e| e.to_string())?;
             backends.deletions = weir_host::capabilities::schedule::DeletionSchedule::in_topic();
             let mut plugin = runtime
                 .load(&wasm, manifest, backends)

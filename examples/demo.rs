@@ -7,6 +7,7 @@
 //! should invalidate, produces every sample event, waits until they are handled,
 //! prints the effects, and stops the host cleanly (drain, commit).
 
+use anyhow::Context;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use std::path::Path;
@@ -47,14 +48,14 @@ fn main() {
             println!("done.");
         }
         Err(e) => {
-            eprintln!("demo failed: {e}");
+            eprintln!("demo failed: {e:#}");
             std::process::exit(1);
         }
     }
 }
 
 /// The demo; the broker it started, to stop once every client is gone.
-async fn demo() -> Result<Option<DevBroker>, String> {
+async fn demo() -> anyhow::Result<Option<DevBroker>> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -64,7 +65,7 @@ async fn demo() -> Result<Option<DevBroker>, String> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    std::env::set_current_dir(&root).map_err(|e| e.to_string())?;
+    std::env::set_current_dir(&root)?;
     let work = work_dir();
 
     println!("== Weir demo ==");
@@ -78,13 +79,14 @@ async fn demo() -> Result<Option<DevBroker>, String> {
         }
         None => {
             let kafka = devbroker::find_kafka()
-                .ok_or("Apache Kafka is not installed: run `just kafka` (one-time), or set WEIR_KAFKA__BOOTSTRAP_SERVERS")?;
+                .context("Apache Kafka is not installed: run `just kafka` (one-time), or set WEIR_KAFKA__BOOTSTRAP_SERVERS")?;
             println!(
                 "broker: starting Apache Kafka {} (one KRaft node)...",
                 devbroker::KAFKA_VERSION
             );
             let started = std::time::Instant::now();
-            let broker = DevBroker::start(&kafka, &work.join("broker"))?;
+            let broker =
+                DevBroker::start(&kafka, &work.join("broker")).map_err(anyhow::Error::msg)?;
             let b = broker.bootstrap();
             println!(
                 "broker: Apache Kafka on {b}, started for this demo in {:.1} s",
@@ -113,7 +115,7 @@ async fn demo() -> Result<Option<DevBroker>, String> {
             format!("127.0.0.1:{}", devbroker::free_port()),
         ))
         .merge(Env::prefixed("WEIR_").split("__"));
-    let config = Config::from_figment(figment, config_path).map_err(|e| e.to_string())?;
+    let config = Config::from_figment(figment, config_path)?;
     let namer = config.namer()?;
     println!(
         "config: {} (topics: {})",
@@ -129,8 +131,7 @@ async fn demo() -> Result<Option<DevBroker>, String> {
     for key in PRESIGNED {
         cache
             .set(key, b"https://storage.example/signed-url".to_vec(), None)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
     }
     println!("\ncache before: {}", cache.keys().join(", "));
 
@@ -150,8 +151,7 @@ async fn demo() -> Result<Option<DevBroker>, String> {
         let full = namer.full_name(topic);
         wait_for_topic(&bootstrap, &full).await?;
         let events =
-            weir_host::invoke::read_events(Some(Path::new(file)), &[topic.to_string()], &namer)
-                .map_err(|e| e.to_string())?;
+            weir_host::invoke::read_events(Some(Path::new(file)), &[topic.to_string()], &namer)?;
         for (_, e) in &events {
             sink.send(&full, e.key.as_deref(), &e.payload, &e.headers)
                 .await?;
@@ -164,6 +164,7 @@ async fn demo() -> Result<Option<DevBroker>, String> {
     let patience = Duration::from_secs(60);
     let read = |topic: &str, min: usize| {
         devbroker::read_topic(&bootstrap, &namer.full_name(topic), min, patience)
+            .map_err(anyhow::Error::msg)
     };
     let waveform_jobs = read("waveform-jobs", 2)?;
     let mut envelopes = Vec::new();
@@ -179,7 +180,8 @@ async fn demo() -> Result<Option<DevBroker>, String> {
         &config.dlq_topic(&namer.full_name("track-deletions"), "track-deletions"),
         4,
         patience,
-    )?;
+    )
+    .map_err(anyhow::Error::msg)?;
     let deletions = loop {
         let pending = backends.deletions.list().await?;
         if pending.len() >= 4 {
@@ -239,7 +241,7 @@ async fn demo() -> Result<Option<DevBroker>, String> {
 
     println!("\nstopping the host (drain, commit)...");
     let _ = stop.send(());
-    let report = host.await.map_err(|e| e.to_string())??;
+    let report = host.await??;
     for (plugin, s) in &report.plugins {
         println!(
             "{plugin}: {} handled, {} dead-lettered, {} retries, {} published",
@@ -255,12 +257,12 @@ fn work_dir() -> std::path::PathBuf {
 }
 
 /// What an operator sees through the admin API (and `weir plugins` / `weir pause`).
-async fn show_admin(config: &Config) -> Result<(), String> {
+async fn show_admin(config: &Config) -> anyhow::Result<()> {
     use weir_host::admin::client;
     let addr = client::address(config)?;
     println!("\n-- admin API on http://{addr} --");
     let (_, health) = client::call(&addr, "GET", "/health").await?;
-    let health: serde_json::Value = serde_json::from_str(&health).map_err(|e| e.to_string())?;
+    let health: serde_json::Value = serde_json::from_str(&health)?;
     println!("GET /health   {}", health["status"].as_str().unwrap_or("?"));
     for (name, check) in health["checks"].as_object().into_iter().flatten() {
         println!(
@@ -273,8 +275,7 @@ async fn show_admin(config: &Config) -> Result<(), String> {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let plugins = loop {
         let (_, body) = client::call(&addr, "GET", "/plugins").await?;
-        let list: Vec<serde_json::Value> =
-            serde_json::from_str(&body).map_err(|e| e.to_string())?;
+        let list: Vec<serde_json::Value> = serde_json::from_str(&body)?;
         let settled = list
             .iter()
             .all(|p| p["lag"] == 0 && !p["partitions"].as_array().is_none_or(Vec::is_empty));
@@ -303,13 +304,13 @@ async fn show_admin(config: &Config) -> Result<(), String> {
         println!("    {line}");
     }
     let (_, paused) = client::call(&addr, "POST", "/plugins/audio-uploaded/pause").await?;
-    let paused: serde_json::Value = serde_json::from_str(&paused).map_err(|e| e.to_string())?;
+    let paused: serde_json::Value = serde_json::from_str(&paused)?;
     println!(
         "POST /plugins/audio-uploaded/pause   -> {}",
         paused["state"].as_str().unwrap_or("?")
     );
     let (_, resumed) = client::call(&addr, "POST", "/plugins/audio-uploaded/resume").await?;
-    let resumed: serde_json::Value = serde_json::from_str(&resumed).map_err(|e| e.to_string())?;
+    let resumed: serde_json::Value = serde_json::from_str(&resumed)?;
     println!(
         "POST /plugins/audio-uploaded/resume  -> {}",
         resumed["state"].as_str().unwrap_or("?")
@@ -317,7 +318,7 @@ async fn show_admin(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-async fn wait_for_topic(bootstrap: &str, topic: &str) -> Result<(), String> {
+async fn wait_for_topic(bootstrap: &str, topic: &str) -> anyhow::Result<()> {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let (b, t) = (bootstrap.to_string(), topic.to_string());
@@ -330,16 +331,13 @@ async fn wait_for_topic(bootstrap: &str, topic: &str) -> Result<(), String> {
             let md = c.fetch_metadata(None, Duration::from_secs(5)).ok()?;
             Some(md.topics().iter().any(|x| x.name() == t))
         })
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
         .unwrap_or(false);
         if exists {
             return Ok(());
         }
         if std::time::Instant::now() > deadline {
-            return Err(format!(
-                "topic {topic} did not appear: is the host running? (see the log above)"
-            ));
+            anyhow::bail!("topic {topic} did not appear: is the host running? (see the log above)");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -178,7 +178,7 @@ pub async fn check(path: &Path) -> CheckReport {
                 .map(|p| p.content_hash()[..12].to_string())
                 .map_err(|e| e.to_string()),
             (Err(e), _) => Err(e.clone()),
-            (_, Err(e)) => Err(e),
+            (_, Err(e)) => Err(e.to_string()),
         };
         let _ = writeln!(
             out,

@@ -17,11 +17,40 @@
 //! written without its payload (`weir-omitted`: it did not fit).
 
 use crate::config::Config;
-use crate::manifest::Manifest;
-use crate::pipeline::outputs::{Outputs, H_FAILED_AT, H_OMITTED, H_PLUGIN, H_TOPIC};
+use crate::kafka::BrokerError;
+use crate::manifest::{Manifest, ManifestError};
+use crate::pipeline::outputs::{OutputError, Outputs, H_FAILED_AT, H_OMITTED, H_PLUGIN, H_TOPIC};
+use crate::plugin_dir::DiscoverError;
+use crate::topics::TemplateError;
 use rdkafka::message::Message;
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::time::SystemTime;
+
+/// Why a replay stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DlqError {
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error(transparent)]
+    Discover(#[from] DiscoverError),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Output(#[from] OutputError),
+    #[error("no plugin named {plugin:?} in {} (name its dead-letter topic with --topic)", dir.display())]
+    NoSuchPlugin { plugin: String, dir: PathBuf },
+    #[error("no plugin in {} (name a dead-letter topic with --topic)", dir.display())]
+    NoPlugins { dir: PathBuf },
+    #[error("replaying {from} to {to} failed: {source}")]
+    Replay {
+        from: String,
+        to: String,
+        source: Box<OutputError>,
+    },
+}
 
 #[derive(Debug, Clone, Default)]
 pub struct ReplayFilter {
@@ -45,7 +74,7 @@ pub struct ReplayReport {
 }
 
 /// The dead-letter topics of the plugins in the configured directory.
-pub fn dlq_topics(config: &Config, plugin: Option<&str>) -> Result<BTreeSet<String>, String> {
+pub fn dlq_topics(config: &Config, plugin: Option<&str>) -> Result<BTreeSet<String>, DlqError> {
     Ok(input_topics(config, plugin)?
         .into_iter()
         .map(|(topic, plugin)| config.dlq_topic(&topic, &plugin))
@@ -57,14 +86,14 @@ pub fn dlq_topics(config: &Config, plugin: Option<&str>) -> Result<BTreeSet<Stri
 fn input_topics(
     config: &Config,
     plugin: Option<&str>,
-) -> Result<BTreeSet<(String, String)>, String> {
+) -> Result<BTreeSet<(String, String)>, DlqError> {
     let namer = config.namer()?;
     let mut topics = BTreeSet::new();
     for files in crate::plugin_dir::discover(&config.plugins.dir)? {
         if plugin.is_some_and(|p| p != files.name) {
             continue;
         }
-        let m = Manifest::load(&files.manifest).map_err(|e| e.to_string())?;
+        let m = Manifest::load(&files.manifest)?;
         for t in &m.topics {
             topics.insert((namer.full_name(t), m.name.clone()));
         }
@@ -72,22 +101,20 @@ fn input_topics(
     Ok(topics)
 }
 
-pub async fn replay(config: &Config, filter: &ReplayFilter) -> Result<ReplayReport, String> {
+pub async fn replay(config: &Config, filter: &ReplayFilter) -> Result<ReplayReport, DlqError> {
     let topics: BTreeSet<String> = if filter.topics.is_empty() {
         dlq_topics(config, filter.plugin.as_deref())?
     } else {
         filter.topics.iter().cloned().collect()
     };
     if topics.is_empty() {
+        let dir = config.plugins.dir.clone();
         return Err(match &filter.plugin {
-            Some(p) => format!(
-                "no plugin named {p:?} in {} (name its dead-letter topic with --topic)",
-                config.plugins.dir.display()
-            ),
-            None => format!(
-                "no plugin in {} (name a dead-letter topic with --topic)",
-                config.plugins.dir.display()
-            ),
+            Some(p) => DlqError::NoSuchPlugin {
+                plugin: p.clone(),
+                dir,
+            },
+            None => DlqError::NoPlugins { dir },
         });
     }
     // Where a letter may go back to: an input topic of a plugin here.
@@ -109,7 +136,7 @@ pub async fn replay(config: &Config, filter: &ReplayFilter) -> Result<ReplayRepo
             let (topic, since) = (topic.clone(), filter.since);
             tokio::task::spawn_blocking(move || read_to_end(cfg, &topic, since))
                 .await
-                .map_err(|e| e.to_string())??
+                .map_err(BrokerError::from)??
         };
         for letter in letters {
             report.read += 1;
@@ -150,11 +177,10 @@ pub async fn replay(config: &Config, filter: &ReplayFilter) -> Result<ReplayRepo
             } else {
                 sink.send(&target, letter.key.as_deref(), &letter.payload, &headers)
                     .await
-                    .map_err(|e| {
-                        format!(
-                            "replaying {topic}/{}@{} to {target} failed: {e}",
-                            letter.partition, letter.offset
-                        )
+                    .map_err(|source| DlqError::Replay {
+                        from: format!("{topic}/{}@{}", letter.partition, letter.offset),
+                        to: target.clone(),
+                        source: Box::new(source),
                     })?;
                 tracing::info!(from = %format!("{topic}/{}@{}", letter.partition, letter.offset), to = %target, "dead letter replayed");
             }
@@ -208,7 +234,7 @@ fn read_to_end(
     cfg: rdkafka::ClientConfig,
     topic: &str,
     since: Option<SystemTime>,
-) -> Result<Vec<Letter>, String> {
+) -> Result<Vec<Letter>, BrokerError> {
     let mut out = Vec::new();
     crate::kafka::read_to_end_since(cfg, topic, "weir-dlq-replay", since, |m| {
         out.push(Letter {

@@ -31,16 +31,45 @@ const MAX_LEN: usize = 128;
 /// How much of the id file is read (past MAX_LEN it is refused anyway).
 const READ_LIMIT: u64 = 4096;
 
+/// Why this host's id could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum HostIdError {
+    #[error("cannot create {} for the host id: {source} (kafka.consumer.host_id_file)", dir.display())]
+    Dir {
+        dir: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot {action} the host id file {}: {source} (kafka.consumer.host_id_file)", path.display())]
+    File {
+        action: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("another weir host is running with the host id file {}: two hosts on one data directory would share their static group membership ids and fence each other. Give each host its own directory (kafka.consumer.host_id_file, or WEIR_KAFKA__CONSUMER__HOST_ID_FILE)", .0.display())]
+    Taken(std::path::PathBuf),
+    #[error("the host id file {} holds {id:?}: {why} (delete the file to get a new id)", path.display())]
+    Invalid {
+        path: std::path::PathBuf,
+        id: String,
+        why: String,
+    },
+}
+
 impl HostId {
     /// Read the id in `path` (created with a new id if missing) and lock it for
     /// this process. Fails when another process holds it.
-    pub fn acquire(path: &Path) -> Result<HostId, String> {
+    pub fn acquire(path: &Path) -> Result<HostId, HostIdError> {
+        let file_error = |action: &'static str| {
+            move |source| HostIdError::File {
+                action,
+                path: path.to_path_buf(),
+                source,
+            }
+        };
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                format!(
-                    "cannot create {} for the host id: {e} (kafka.consumer.host_id_file)",
-                    dir.display()
-                )
+            std::fs::create_dir_all(dir).map_err(|source| HostIdError::Dir {
+                dir: dir.to_path_buf(),
+                source,
             })?;
         }
         let mut file = OpenOptions::new()
@@ -49,30 +78,20 @@ impl HostId {
             .create(true)
             .truncate(false)
             .open(path)
-            .map_err(|e| {
-                format!(
-                    "cannot open the host id file {}: {e} (kafka.consumer.host_id_file)",
-                    path.display()
-                )
-            })?;
+            .map_err(file_error("open"))?;
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(format!(
-                    "another weir host is running with the host id file {}: two hosts on one data directory would share their static group membership ids and fence each other. Give each host its own directory (kafka.consumer.host_id_file, or WEIR_KAFKA__CONSUMER__HOST_ID_FILE)",
-                    path.display()
-                ))
+                return Err(HostIdError::Taken(path.to_path_buf()))
             }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(format!("cannot lock the host id file {}: {e}", path.display()))
-            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(file_error("lock")(e)),
         }
         // Bounded: an id is short, whatever the file holds.
         let mut text = String::new();
         Read::by_ref(&mut file)
             .take(READ_LIMIT)
             .read_to_string(&mut text)
-            .map_err(|e| format!("cannot read the host id file {}: {e}", path.display()))?;
+            .map_err(file_error("read"))?;
         let id = match text.trim() {
             "" => {
                 let id = new_id(&crate::config::hostname());
@@ -80,18 +99,15 @@ impl HostId {
                     .and_then(|_| file.seek(SeekFrom::Start(0)))
                     .and_then(|_| writeln!(file, "{id}"))
                     .and_then(|_| file.sync_all())
-                    .map_err(|e| {
-                        format!("cannot write the host id file {}: {e}", path.display())
-                    })?;
+                    .map_err(file_error("write"))?;
                 tracing::info!(file = %path.display(), host_id = %id, "created this host's id");
                 id
             }
             id => {
-                check(id).map_err(|why| {
-                    format!(
-                        "the host id file {} holds {id:?}: {why} (delete the file to get a new id)",
-                        path.display()
-                    )
+                check(id).map_err(|why| HostIdError::Invalid {
+                    path: path.to_path_buf(),
+                    id: id.to_string(),
+                    why,
                 })?;
                 id.to_string()
             }
@@ -159,7 +175,7 @@ mod tests {
         let path = dir.path().join("data/host-id");
         let first = HostId::acquire(&path).unwrap();
         assert!(first.id().len() > 9, "{}", first.id());
-        let err = HostId::acquire(&path).unwrap_err();
+        let err = HostId::acquire(&path).unwrap_err().to_string();
         assert!(err.contains("another weir host"), "{err}");
         let id = first.id().to_string();
         drop(first);
@@ -185,7 +201,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("host-id");
         std::fs::write(&path, "a".repeat(10 << 20)).unwrap();
-        let err = HostId::acquire(&path).unwrap_err();
+        let err = HostId::acquire(&path).unwrap_err().to_string();
         assert!(err.contains("longer than 128 bytes"), "{err}");
         assert_eq!(HostId::peek(&path), None);
     }
@@ -195,7 +211,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("host-id");
         std::fs::write(&path, "bad id\n").unwrap();
-        let err = HostId::acquire(&path).unwrap_err();
+        let err = HostId::acquire(&path).unwrap_err().to_string();
         assert!(
             err.contains("not allowed") && err.contains("delete the file"),
             "{err}"

@@ -40,14 +40,9 @@ pub struct InvokeOptions {
 }
 
 /// Failures that stop `weir invoke` before or between events (exit status 2).
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
 pub struct InvokeError(pub String);
-
-impl std::fmt::Display for InvokeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 /// The per-event summary `weir invoke` ends with.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -106,7 +101,7 @@ pub async fn run(opts: &InvokeOptions, out: &mut dyn Write) -> Result<Summary, I
             temp.path().to_path_buf()
         }
     };
-    let backends = Backends::local(&storage_dir).map_err(InvokeError)?;
+    let backends = Backends::local(&storage_dir).map_err(|e| InvokeError(e.to_string()))?;
     // The sweep below carries out this plugin's deletions within its grants.
     backends.deletions.allow(
         &manifest.name,
@@ -116,11 +111,13 @@ pub async fn run(opts: &InvokeOptions, out: &mut dyn Write) -> Result<Summary, I
     // carry out the ones now due, as a running host would.
     let swept = match &opts.storage_dir {
         None => Default::default(),
-        Some(_) => backends
-            .deletions
-            .sweep(crate::capabilities::storage::now_ms())
-            .await
-            .map_err(|e| InvokeError(format!("cannot sweep scheduled deletions: {e}")))?,
+        Some(_) => match backends.deletions.store() {
+            Some(kept) => kept
+                .sweep(crate::capabilities::storage::now_ms())
+                .await
+                .map_err(|e| InvokeError(format!("cannot sweep scheduled deletions: {e}")))?,
+            None => Default::default(),
+        },
     };
     let runtime = author_runtime()?;
     let mut plugin = runtime

@@ -503,21 +503,36 @@ fn print_written(written: Result<Vec<PathBuf>, authoring::AuthoringError>) -> Ex
     }
 }
 
+/// Why `weir plugins` could not list the plugins.
+#[derive(Debug, thiserror::Error)]
+enum ListError {
+    #[error(transparent)]
+    Token(#[from] weir_host::config::TokenError),
+    #[error("the admin API at {0} refused the request: set the host's admin token in this config ([admin] token_file, or WEIR_ADMIN__TOKEN)")]
+    Refused(String),
+    #[error("unexpected answer from {addr}/plugins: {source}")]
+    Answer {
+        addr: String,
+        source: serde_json::Error,
+    },
+    #[error(transparent)]
+    Status(#[from] weir_host::status::StatusError),
+}
+
 /// The plugins as the running host's admin API reports them (live counters, lag,
 /// pause), else as `status::plugin_status` finds them; and a line saying which.
-async fn list_plugins(config: &Config) -> Result<(String, Vec<PluginReport>), String> {
+async fn list_plugins(config: &Config) -> Result<(String, Vec<PluginReport>), ListError> {
     if let Ok(addr) = client::address(config) {
         let token = config.admin.resolved_token()?;
         let answer = client::call_with_token(&addr, "GET", "/plugins", token.as_deref()).await;
         if let Ok((401, _)) = answer {
-            return Err(format!(
-                "the admin API at {addr} refused the request: set the host's admin token in this \
-                 config ([admin] token_file, or WEIR_ADMIN__TOKEN)"
-            ));
+            return Err(ListError::Refused(addr));
         }
         if let Ok((200, body)) = answer {
-            let list = serde_json::from_str(&body)
-                .map_err(|e| format!("unexpected answer from {addr}/plugins: {e}"))?;
+            let list = serde_json::from_str(&body).map_err(|source| ListError::Answer {
+                addr: addr.clone(),
+                source,
+            })?;
             return Ok((
                 format!("as reported by the running host (http://{addr})"),
                 list,

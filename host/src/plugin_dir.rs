@@ -42,6 +42,14 @@ pub fn read_plugin_file(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// The plugin directory could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read the plugin directory {}: {source}", dir.display())]
+pub struct DiscoverError {
+    pub dir: PathBuf,
+    pub source: std::io::Error,
+}
+
 /// A plugin found in the plugin directory: `<name>.wasm` beside `<name>.toml`.
 #[derive(Debug, Clone)]
 pub struct PluginFiles {
@@ -52,9 +60,11 @@ pub struct PluginFiles {
 
 /// The plugin pairs in `dir`, sorted by name. A lone `.wasm` or `.toml` is reported
 /// and skipped.
-pub fn discover(dir: &Path) -> Result<Vec<PluginFiles>, String> {
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| format!("cannot read the plugin directory {}: {e}", dir.display()))?;
+pub fn discover(dir: &Path) -> Result<Vec<PluginFiles>, DiscoverError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| DiscoverError {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
     let mut stems: BTreeMap<String, (bool, bool)> = BTreeMap::new();
     for entry in entries.flatten() {
         let path = entry.path();

@@ -20,18 +20,25 @@
 //! is `failed` on `/plugins` and `/health` is `Unhealthy` until it runs again.
 
 use crate::admin::view::{HostView, PluginView};
-use crate::capabilities::Backends;
+use crate::capabilities::{Backends, DeletionSchedule};
 use crate::config::Config;
+use crate::kafka::BrokerError;
 use crate::manifest::Manifest;
+use crate::manifest::ManifestError;
 use crate::pipeline::handle::ScheduleOutput;
 use crate::pipeline::outputs::Outputs;
 use crate::pipeline::stats::{Stats, StatsSnapshot};
 use crate::pipeline::{Pipeline, PluginWiring};
+use crate::plugin_dir::DiscoverError;
 use crate::plugin_dir::{discover, PluginFiles};
+use crate::reserved::ReservedError;
+use crate::runtime::{LoadError, RuntimeError};
 use crate::runtime::{Plugin, Runtime};
 use crate::schedule_topic::ScheduleOwner;
+use crate::schedule_topic::ScheduleTopicError;
 use crate::status::write_status_file;
 pub use crate::status::{plugin_status, read_status_file, PluginStatus};
+use crate::topics::TemplateError;
 use crate::topics::TopicNamer;
 use crate::versions::Versions;
 use sha2::{Digest, Sha256};
@@ -50,7 +57,7 @@ const MAX_RESTART_DELAY: Duration = Duration::from_secs(60);
 pub struct Pending {
     /// Every plugin the files ask for.
     wanted: BTreeSet<String>,
-    loaded: Vec<(PluginFiles, String, Result<Plugin, String>)>,
+    loaded: Vec<(PluginFiles, String, Result<Plugin, Rejected>)>,
 }
 
 /// What a run did, per plugin.
@@ -119,6 +126,47 @@ fn restart_delay(failures: u32) -> Duration {
     (Duration::from_secs(1) * 2u32.pow(failures.saturating_sub(1).min(6))).min(MAX_RESTART_DELAY)
 }
 
+/// Why the supervisor could not start, or a plugin's consumer could not.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Telemetry(#[from] crate::telemetry::TelemetryError),
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error(transparent)]
+    Output(#[from] crate::pipeline::outputs::OutputError),
+    #[error(transparent)]
+    ScheduleTopic(#[from] ScheduleTopicError),
+    #[error(transparent)]
+    Pipeline(#[from] crate::pipeline::StartError),
+    #[error("the schedule topic {topic} has cleanup.policy={policy}: it must be compacted, or pending deletions are lost when old segments are deleted (set it: kafka-configs.sh --alter --entity-type topics --entity-name {topic} --add-config cleanup.policy=compact)")]
+    ScheduleNotCompacted { topic: String, policy: String },
+}
+
+/// Why a plugin's new files were not loaded (the running version, if any, stays).
+#[derive(Debug, thiserror::Error)]
+pub enum Rejected {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("{} names the plugin {name:?}, but its file is {file:?}", manifest.display())]
+    Misnamed {
+        manifest: std::path::PathBuf,
+        name: String,
+        file: String,
+    },
+    #[error("{}: {source}", manifest.display())]
+    Reserved {
+        manifest: std::path::PathBuf,
+        source: ReservedError,
+    },
+    #[error(transparent)]
+    Load(#[from] LoadError),
+}
+
 pub struct Supervisor {
     config: Config,
     namer: TopicNamer,
@@ -143,7 +191,7 @@ impl Supervisor {
         config: Config,
         backends: Backends,
         view: Arc<HostView>,
-    ) -> Result<Supervisor, String> {
+    ) -> Result<Supervisor, SupervisorError> {
         let runtime = Runtime::with_compile_cache(config.plugins.cache_dir.clone())?;
         let existing_topics = crate::kafka::wait_for_broker(&config).await?;
         let tracing = crate::telemetry::Tracing::start(&config.telemetry)?;
@@ -189,13 +237,13 @@ impl Supervisor {
     pub fn spawn_sweeper(
         &self,
         interval: std::time::Duration,
-    ) -> Result<tokio::task::JoinHandle<()>, String> {
-        let deletions = self.backends.deletions.clone();
-        if !deletions.is_topic() {
-            return Ok(deletions.spawn_sweeper(interval));
-        }
+    ) -> Result<tokio::task::JoinHandle<()>, SupervisorError> {
+        let schedule = match &self.backends.deletions {
+            DeletionSchedule::Store(kept) => return Ok(kept.clone().spawn_sweeper(interval)),
+            DeletionSchedule::Topic(kept) => kept.clone(),
+        };
         Ok(crate::schedule_topic::spawn_sweeper(
-            deletions,
+            schedule,
             self.backends.storage.clone(),
             self.outputs.clone(),
             self.config.schedule_topic()?,
@@ -204,7 +252,7 @@ impl Supervisor {
     }
 
     /// The plugins wanted now: the directory's pairs and `[plugins] extra`.
-    fn desired(&self) -> Result<Vec<PluginFiles>, String> {
+    fn desired(&self) -> Result<Vec<PluginFiles>, DiscoverError> {
         let mut found = discover(&self.config.plugins.dir)?;
         for extra in &self.config.plugins.extra {
             let name = extra.name();
@@ -219,7 +267,7 @@ impl Supervisor {
 
     /// Bring the running plugins in line with the files. Errors only when the
     /// plugin directory itself cannot be read.
-    pub async fn reconcile(&mut self) -> Result<(), String> {
+    pub async fn reconcile(&mut self) -> Result<(), DiscoverError> {
         let pending = self.prepare().await?;
         self.commit(pending).await;
         Ok(())
@@ -228,7 +276,7 @@ impl Supervisor {
     /// The slow half of a reconcile: read what the files ask for and load every
     /// new or changed plugin (compile, instantiate, `init`, each bounded). It
     /// changes nothing, so it may be abandoned (a shutdown meanwhile).
-    pub async fn prepare(&self) -> Result<Pending, String> {
+    pub async fn prepare(&self) -> Result<Pending, DiscoverError> {
         let desired = self.desired()?;
         let wanted = desired.iter().map(|f| f.name.clone()).collect();
         // What every plugin's manifest takes (those that parse), so none takes
@@ -288,7 +336,7 @@ impl Supervisor {
         &mut self,
         files: PluginFiles,
         fingerprint: String,
-        loaded: Result<Plugin, String>,
+        loaded: Result<Plugin, Rejected>,
     ) {
         let name = files.name.clone();
         let entry = self.plugins.entry(name.clone()).or_insert_with(|| Managed {
@@ -313,7 +361,7 @@ impl Supervisor {
                 } else {
                     tracing::error!(plugin = %name, "plugin rejected: {reason}");
                 }
-                entry.rejected = Some(reason);
+                entry.rejected = Some(reason.to_string());
                 return;
             }
         };
@@ -345,7 +393,7 @@ impl Supervisor {
                     Err(reason) => {
                         tracing::error!(plugin = %name, "plugin cannot consume: {reason}");
                         let entry = self.plugins.get_mut(&name).expect("inserted above");
-                        entry.rejected = Some(reason);
+                        entry.rejected = Some(reason.to_string());
                         return;
                     }
                 }
@@ -360,22 +408,25 @@ impl Supervisor {
         &self,
         files: &PluginFiles,
         claims: &[crate::reserved::Claims],
-    ) -> Result<Plugin, String> {
-        let manifest = Manifest::load(&files.manifest).map_err(|e| e.to_string())?;
+    ) -> Result<Plugin, Rejected> {
+        let manifest = Manifest::load(&files.manifest)?;
         if manifest.name != files.name {
-            return Err(format!(
-                "{} names the plugin {:?}, but its file is {:?}",
-                files.manifest.display(),
-                manifest.name,
-                files.name
-            ));
+            return Err(Rejected::Misnamed {
+                manifest: files.manifest.clone(),
+                name: manifest.name,
+                file: files.name.clone(),
+            });
         }
-        crate::reserved::check(&self.config, &manifest, claims)
-            .map_err(|e| format!("{}: {e}", files.manifest.display()))?;
-        self.runtime
+        crate::reserved::check(&self.config, &manifest, claims).map_err(|source| {
+            Rejected::Reserved {
+                manifest: files.manifest.clone(),
+                source,
+            }
+        })?;
+        Ok(self
+            .runtime
             .load(&files.wasm, manifest, self.backends.clone())
-            .await
-            .map_err(|e| e.to_string())
+            .await?)
     }
 
     /// Make sure the plugin's topics exist, then start its consumer and workers.
@@ -384,7 +435,7 @@ impl Supervisor {
         versions: Arc<Versions>,
         stats: Arc<Stats>,
         paused: Arc<AtomicBool>,
-    ) -> Result<Running, String> {
+    ) -> Result<Running, SupervisorError> {
         let m = versions.current().plugin.manifest().clone();
         let mut needed = BTreeSet::new();
         for t in &m.topics {
@@ -430,9 +481,12 @@ impl Supervisor {
 
     /// Make sure the schedule topic exists and this host has joined the group
     /// that shares it; its full name.
-    async fn own_schedule(&mut self) -> Result<String, String> {
+    async fn own_schedule(&mut self) -> Result<String, SupervisorError> {
         let topic = self.config.schedule_topic()?;
-        if self.schedule_owner.is_some() || !self.backends.deletions.is_topic() {
+        let Some(schedule) = self.backends.deletions.topic().cloned() else {
+            return Ok(topic);
+        };
+        if self.schedule_owner.is_some() {
             return Ok(topic);
         }
         if !self.existing_topics.contains(&topic) {
@@ -450,16 +504,10 @@ impl Supervisor {
             let policy =
                 crate::kafka::topic_setting(&self.config, &topic, "cleanup.policy").await?;
             if let Some(policy) = policy.filter(|p| !p.split(',').any(|x| x.trim() == "compact")) {
-                return Err(format!(
-                    "the schedule topic {topic} has cleanup.policy={policy}: it must be compacted, or pending deletions are lost when old segments are deleted (set it: kafka-configs.sh --alter --entity-type topics --entity-name {topic} --add-config cleanup.policy=compact)"
-                ));
+                return Err(SupervisorError::ScheduleNotCompacted { topic, policy });
             }
         }
-        self.schedule_owner = Some(ScheduleOwner::start(
-            &self.config,
-            &topic,
-            self.backends.deletions.clone(),
-        )?);
+        self.schedule_owner = Some(ScheduleOwner::start(&self.config, &topic, schedule)?);
         tracing::info!(topic = %topic, group = %self.config.schedule_group()?, "joined the schedule group: this host carries out the deletions of the partitions it is given");
         Ok(topic)
     }

@@ -13,6 +13,23 @@
 use crate::config::Config;
 use crate::manifest::Manifest;
 
+/// A name the manifest takes that is the host's or another plugin's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReservedError {
+    #[error(transparent)]
+    Template(#[from] crate::topics::TemplateError),
+    #[error("{at} is the schedule topic (storage.schedule_topic): a record there is a deletion order; schedule deletions through the storage capability")]
+    ScheduleTopic { at: String },
+    #[error("{at} is the dead-letter topic of plugin {owner:?}: only the host writes dead letters (reject the event instead)")]
+    DeadLetterTopic { at: String, owner: String },
+    #[error("{at} is the schedule's consumer group (storage.schedule_group): name a group of the plugin's own")]
+    ScheduleGroup { at: String },
+    #[error("{at} is also plugin {other:?}'s group: two plugins in one group split each other's partitions; give each its own [consumer] group")]
+    SharedGroup { at: String, other: String },
+    #[error("capabilities.cache.namespace = {namespace:?} is plugin {other:?}'s private namespace: name a shared namespace that is not a plugin's name")]
+    Namespace { namespace: String, other: String },
+}
+
 /// What one plugin's manifest takes, in full names.
 #[derive(Debug, Clone)]
 pub struct Claims {
@@ -22,7 +39,7 @@ pub struct Claims {
 }
 
 impl Claims {
-    pub fn of(config: &Config, m: &Manifest) -> Result<Claims, String> {
+    pub fn of(config: &Config, m: &Manifest) -> Result<Claims, ReservedError> {
         let namer = config.namer()?;
         Ok(Claims {
             name: m.name.clone(),
@@ -45,7 +62,7 @@ fn group_of(config: &Config, m: &Manifest) -> String {
 
 /// Refuse `m` when it takes a name reserved for the host or for one of
 /// `plugins` (every plugin of the directory; `m`'s own entry is skipped).
-pub fn check(config: &Config, m: &Manifest, plugins: &[Claims]) -> Result<(), String> {
+pub fn check(config: &Config, m: &Manifest, plugins: &[Claims]) -> Result<(), ReservedError> {
     let namer = config.namer()?;
     let schedule_topic = config.schedule_topic()?;
     let others = || plugins.iter().filter(|c| c.name != m.name);
@@ -55,37 +72,30 @@ pub fn check(config: &Config, m: &Manifest, plugins: &[Claims]) -> Result<(), St
             let full = namer.full_name(topic);
             let at = format!("capabilities.publish.topics[{i}] = {topic:?} ({full})");
             if full == schedule_topic {
-                return Err(format!(
-                    "{at} is the schedule topic (storage.schedule_topic): a record there is a \
-                     deletion order; schedule deletions through the storage capability"
-                ));
+                return Err(ReservedError::ScheduleTopic { at });
             }
             let dead_letters = std::iter::once(&own).chain(others());
             if let Some(owner) = dead_letters
                 .into_iter()
                 .find(|c| c.dead_letter_topics.contains(&full))
             {
-                return Err(format!(
-                    "{at} is the dead-letter topic of plugin {:?}: only the host writes dead \
-                     letters (reject the event instead)",
-                    owner.name
-                ));
+                return Err(ReservedError::DeadLetterTopic {
+                    at,
+                    owner: owner.name.clone(),
+                });
             }
         }
     }
     let schedule_group = config.schedule_group()?;
     let at = format!("consumer.group = {:?}", own.group);
     if own.group == schedule_group {
-        return Err(format!(
-            "{at} is the schedule's consumer group (storage.schedule_group): name a group of the plugin's own"
-        ));
+        return Err(ReservedError::ScheduleGroup { at });
     }
     if let Some(other) = others().find(|c| c.group == own.group) {
-        return Err(format!(
-            "{at} is also plugin {:?}'s group: two plugins in one group split each other's \
-             partitions; give each its own [consumer] group",
-            other.name
-        ));
+        return Err(ReservedError::SharedGroup {
+            at,
+            other: other.name.clone(),
+        });
     }
     if let Some(ns) = m
         .capabilities
@@ -94,11 +104,10 @@ pub fn check(config: &Config, m: &Manifest, plugins: &[Claims]) -> Result<(), St
         .and_then(|c| c.namespace.as_ref())
     {
         if let Some(other) = others().find(|c| &c.name == ns) {
-            return Err(format!(
-                "capabilities.cache.namespace = {ns:?} is plugin {:?}'s private namespace: \
-                 name a shared namespace that is not a plugin's name",
-                other.name
-            ));
+            return Err(ReservedError::Namespace {
+                namespace: ns.clone(),
+                other: other.name.clone(),
+            });
         }
     }
     Ok(())
@@ -129,7 +138,11 @@ mod tests {
         let c = config();
         let other = manifest("name = \"other\"\ntopics = [\"audio\"]\n");
         let plugins = vec![Claims::of(&c, &other).unwrap()];
-        let refused = |toml: &str| check(&c, &manifest(toml), &plugins).unwrap_err();
+        let refused = |toml: &str| {
+            check(&c, &manifest(toml), &plugins)
+                .unwrap_err()
+                .to_string()
+        };
 
         let ok = "name = \"p\"\ntopics = [\"in\"]\n[capabilities.publish]\ntopics = [\"out\"]\n";
         check(&c, &manifest(ok), &plugins).unwrap();

@@ -16,9 +16,36 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+/// Why `weir run` stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cache.url: {0}")]
+    Cache(crate::capabilities::cache::RedisSetupError),
+    #[error(transparent)]
+    Store(#[from] crate::capabilities::StoreError),
+    #[error(transparent)]
+    HostId(#[from] crate::host_id::HostIdError),
+    #[error(transparent)]
+    Auth(#[from] crate::admin::auth::AuthError),
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminError),
+    #[error(transparent)]
+    Supervisor(#[from] crate::reload::SupervisorError),
+    #[error(transparent)]
+    Discover(#[from] crate::plugin_dir::DiscoverError),
+    #[error("cannot watch {}: {source}", dir.display())]
+    Watch {
+        dir: std::path::PathBuf,
+        source: notify::Error,
+    },
+}
+
 /// Run until `shutdown` completes, then drain, commit and return what happened.
 /// Scheduled deletions are records on the schedule topic.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<RunReport, String> {
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<RunReport, RunError> {
     let mut backends = backends(&config).await?;
     backends.deletions = DeletionSchedule::in_topic();
     run_with(config, backends, shutdown).await
@@ -27,13 +54,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<R
 /// The backends `weir.toml` asks for (`[cache]`, `[storage]`). Must run inside a
 /// tokio runtime. A Redis server that does not answer yet is not an error: it is
 /// reported, and cache calls are `unavailable` (events retried) until it answers.
-pub async fn backends(config: &Config) -> Result<Backends, String> {
+pub async fn backends(config: &Config) -> Result<Backends, RunError> {
     let cache: Arc<dyn CacheBackend> = match config.cache.backend {
         CacheKind::Memory => Arc::new(MemoryCache::new(config.cache.max_bytes.as_u64())),
         CacheKind::Redis => {
             let url = config.cache.url.as_deref().unwrap_or_default();
-            let redis = RedisCache::connect(url, config.cache.timeout)
-                .map_err(|e| format!("cache.url: {e}"))?;
+            let redis = RedisCache::connect(url, config.cache.timeout).map_err(RunError::Cache)?;
             match redis.ping().await {
                 Ok(()) => tracing::info!(cache = %redis.describe(), "cache backend reachable"),
                 Err(e) => tracing::warn!(
@@ -46,9 +72,9 @@ pub async fn backends(config: &Config) -> Result<Backends, String> {
         }
     };
     let storage = match config.storage.backend {
-        StorageKind::Local => storage::local_store(&config.storage.dir)?,
-        StorageKind::S3 => storage::s3_store(&config.storage.s3, config.storage.timeout)?,
-    };
+        StorageKind::Local => storage::local_store(&config.storage.dir),
+        StorageKind::S3 => storage::s3_store(&config.storage.s3, config.storage.timeout),
+    }?;
     tracing::info!(storage = %storage::describe_store(&config.storage), "storage backend");
     let mut backends = Backends::new(
         cache,
@@ -68,7 +94,7 @@ pub async fn run_with(
     mut config: Config,
     backends: Backends,
     shutdown: impl Future<Output = ()>,
-) -> Result<RunReport, String> {
+) -> Result<RunReport, RunError> {
     // The static member ids are this host's own: its id file is held (locked)
     // until the host stops.
     let _host_id = if config.kafka.consumer.instance_id.contains("{host_id}") {
@@ -96,7 +122,7 @@ pub async fn run_with(
             if let Some(admin) = admin {
                 admin.stop().await;
             }
-            return Err(e);
+            return Err(e.into());
         }
     };
     // The first load, like every later one, is abandoned by a shutdown: a
@@ -118,7 +144,7 @@ pub async fn run_with(
             if let Some(admin) = admin {
                 admin.stop().await;
             }
-            return Err(e);
+            return Err(e.into());
         }
         None => false,
     };
@@ -144,7 +170,7 @@ async fn reload_until(
     config: &Config,
     supervisor: &mut Supervisor,
     mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
-) -> Result<(), String> {
+) -> Result<(), RunError> {
     let (changed_tx, mut changed) = mpsc::unbounded_channel::<()>();
     let _watcher = if config.plugins.watch {
         Some(watch(config, changed_tx)?)
@@ -195,14 +221,17 @@ async fn reload_until(
 fn watch(
     config: &Config,
     changed: mpsc::UnboundedSender<()>,
-) -> Result<notify::RecommendedWatcher, String> {
+) -> Result<notify::RecommendedWatcher, RunError> {
     use notify::Watcher;
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if event.is_ok() {
             let _ = changed.send(());
         }
     })
-    .map_err(|e| format!("cannot watch the plugin directory: {e}"))?;
+    .map_err(|source| RunError::Watch {
+        dir: config.plugins.dir.clone(),
+        source,
+    })?;
     let mut dirs = BTreeSet::new();
     dirs.insert(config.plugins.dir.clone());
     for extra in &config.plugins.extra {
@@ -215,7 +244,10 @@ fn watch(
     for dir in dirs {
         watcher
             .watch(&dir, notify::RecursiveMode::NonRecursive)
-            .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+            .map_err(|source| RunError::Watch {
+                dir: dir.clone(),
+                source,
+            })?;
     }
     Ok(watcher)
 }

@@ -15,7 +15,7 @@
 //! a survivor, which reads them again and keeps the promises.
 
 use crate::capabilities::storage::now_ms;
-use crate::capabilities::{DeletionSchedule, ScheduleChange, ScheduledDeletion};
+use crate::capabilities::{ScheduleChange, ScheduledDeletion, TopicSchedule};
 use crate::config::Config;
 use crate::pipeline::outputs::{Outputs, Record};
 use object_store::ObjectStore;
@@ -25,6 +25,29 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Why this host could not join the schedule group or read the schedule topic.
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleTopicError {
+    #[error(transparent)]
+    Template(#[from] crate::topics::TemplateError),
+    #[error(transparent)]
+    Broker(#[from] crate::kafka::BrokerError),
+    #[error("cannot create the schedule consumer: {0}")]
+    Consumer(Box<rdkafka::error::KafkaError>),
+    #[error("cannot subscribe to the schedule topic {topic}: {source}")]
+    Subscribe {
+        topic: String,
+        source: Box<rdkafka::error::KafkaError>,
+    },
+    #[error("cannot start the schedule consumer: {0}")]
+    Thread(std::io::Error),
+    #[error("cannot read the schedule topic {topic}: {source}")]
+    Read {
+        topic: String,
+        source: crate::kafka::BrokerError,
+    },
+}
+
 /// The consumer that keeps this host's share of the schedule topic.
 pub struct ScheduleOwner {
     stop: Arc<AtomicBool>,
@@ -33,7 +56,7 @@ pub struct ScheduleOwner {
 
 struct OwnerContext {
     topic: String,
-    schedule: DeletionSchedule,
+    schedule: TopicSchedule,
 }
 
 impl ClientContext for OwnerContext {
@@ -86,8 +109,8 @@ impl ScheduleOwner {
     pub fn start(
         config: &Config,
         topic: &str,
-        schedule: DeletionSchedule,
-    ) -> Result<ScheduleOwner, String> {
+        schedule: TopicSchedule,
+    ) -> Result<ScheduleOwner, ScheduleTopicError> {
         let mut cfg = crate::kafka::base_config(config);
         let consumer_cfg = &config.kafka.consumer;
         cfg.set("group.id", config.schedule_group()?)
@@ -117,17 +140,20 @@ impl ScheduleOwner {
         };
         let consumer: BaseConsumer<OwnerContext> = cfg
             .create_with_context(context)
-            .map_err(|e| format!("cannot create the schedule consumer: {e}"))?;
+            .map_err(|e| ScheduleTopicError::Consumer(Box::new(e)))?;
         consumer
             .subscribe(&[topic])
-            .map_err(|e| format!("cannot subscribe to the schedule topic {topic}: {e}"))?;
+            .map_err(|source| ScheduleTopicError::Subscribe {
+                topic: topic.to_string(),
+                source: Box::new(source),
+            })?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
         let topic = topic.to_string();
         let thread = std::thread::Builder::new()
             .name("weir-schedule".into())
             .spawn(move || follow(consumer, &topic, &schedule, &stopping))
-            .map_err(|e| format!("cannot start the schedule consumer: {e}"))?;
+            .map_err(ScheduleTopicError::Thread)?;
         Ok(ScheduleOwner {
             stop,
             thread: Some(thread),
@@ -153,7 +179,7 @@ impl Drop for ScheduleOwner {
 fn follow(
     consumer: BaseConsumer<OwnerContext>,
     topic: &str,
-    schedule: &DeletionSchedule,
+    schedule: &TopicSchedule,
     stop: &AtomicBool,
 ) {
     let mut bad = 0u64;
@@ -192,7 +218,7 @@ fn follow(
 /// the object, write the tombstone (acknowledged), forget it. A failure is
 /// retried by the next sweep.
 pub fn spawn_sweeper(
-    schedule: DeletionSchedule,
+    schedule: TopicSchedule,
     storage: Arc<dyn ObjectStore>,
     outputs: Outputs,
     topic: String,
@@ -202,8 +228,8 @@ pub fn spawn_sweeper(
         let mut tick = tokio::time::interval(interval);
         loop {
             tick.tick().await;
-            let swept = schedule
-                .sweep_with(&*storage, now_ms(), |change| {
+            schedule
+                .sweep(&*storage, now_ms(), |change| {
                     let (outputs, topic) = (outputs.clone(), topic.clone());
                     async move {
                         let (key, payload) = change.record();
@@ -219,9 +245,6 @@ pub fn spawn_sweeper(
                     }
                 })
                 .await;
-            if let Err(e) = swept {
-                tracing::warn!(error = %e, "scheduled-deletion sweep failed; will retry");
-            }
         }
     })
 }
@@ -231,7 +254,7 @@ pub fn spawn_sweeper(
 pub async fn pending_in_topic(
     config: &Config,
     topic: &str,
-) -> Result<Vec<ScheduledDeletion>, String> {
+) -> Result<Vec<ScheduledDeletion>, ScheduleTopicError> {
     let cfg = crate::kafka::base_config(config);
     let topic = topic.to_string();
     tokio::task::spawn_blocking(move || {
@@ -241,9 +264,12 @@ pub async fn pending_in_topic(
                 changes.push(change);
             }
         })
-        .map_err(|e| format!("cannot read the schedule topic {topic}: {e}"))?;
+        .map_err(|source| ScheduleTopicError::Read {
+            topic: topic.clone(),
+            source,
+        })?;
         Ok(crate::capabilities::schedule::fold(&changes))
     })
     .await
-    .map_err(|e| e.to_string())?
+    .map_err(crate::kafka::BrokerError::from)?
 }

@@ -48,10 +48,21 @@ pub fn read_status_file(path: &std::path::Path) -> Option<Vec<PluginStatus>> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
+/// Why the plugins could not be checked.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error(transparent)]
+    Runtime(#[from] crate::runtime::RuntimeError),
+    #[error(transparent)]
+    Store(#[from] crate::capabilities::StoreError),
+    #[error(transparent)]
+    Discover(#[from] crate::plugin_dir::DiscoverError),
+}
+
 /// The plugins' status: the running host's (from its status file) if there is
 /// one, otherwise each plugin of the directory loaded and checked now. The text
 /// says which.
-pub async fn plugin_status(config: &Config) -> Result<(String, Vec<PluginStatus>), String> {
+pub async fn plugin_status(config: &Config) -> Result<(String, Vec<PluginStatus>), StatusError> {
     let path = &config.plugins.status_file;
     if let Some(list) = read_status_file(path).filter(|l| !l.is_empty()) {
         return Ok((

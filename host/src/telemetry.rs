@@ -24,6 +24,11 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+/// The OTLP exporter could not be built from `[telemetry]`.
+#[derive(Debug, thiserror::Error)]
+#[error("telemetry: cannot build the OTLP exporter: {0}")]
+pub struct TelemetryError(String);
+
 /// A handle on the tracer; `Tracing::off()` when telemetry is disabled (then every
 /// method is a no-op and the runtime records nothing for it).
 #[derive(Clone, Default)]
@@ -41,7 +46,7 @@ impl Tracing {
     }
 
     /// The tracer `[telemetry]` (and the standard `OTEL_*` variables) configure.
-    pub fn start(config: &TelemetryConfig) -> Result<Tracing, String> {
+    pub fn start(config: &TelemetryConfig) -> Result<Tracing, TelemetryError> {
         if !config.enabled {
             return Ok(Tracing::off());
         }
@@ -54,7 +59,7 @@ impl Tracing {
         let exporter = exporter
             .with_timeout(Duration::from_secs(10))
             .build()
-            .map_err(|e| format!("telemetry: cannot build the OTLP exporter: {e}"))?;
+            .map_err(|e| TelemetryError(e.to_string()))?;
         let service = std::env::var("OTEL_SERVICE_NAME")
             .ok()
             .filter(|s| !s.is_empty())

@@ -8,6 +8,19 @@
 
 use std::collections::BTreeMap;
 
+/// What is wrong with a topic (or group) template.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    #[error("topic template {0:?} has no {{topic}}")]
+    NoTopic(String),
+    #[error("topic template {template:?} uses {{{name}}}, which is not set (set `{name}` beside `template`)")]
+    Unset { template: String, name: String },
+    #[error("{template:?} uses {{{name}}}, which is not a [topics] variable")]
+    NotAVariable { template: String, name: String },
+    #[error("template {0:?} has an unclosed `{{`")]
+    Unclosed(String),
+}
+
 #[derive(Debug, Clone)]
 pub struct TopicNamer {
     template: String,
@@ -16,15 +29,16 @@ pub struct TopicNamer {
 
 impl TopicNamer {
     /// A namer for `template`; every `{name}` in it except `{topic}` must be in `vars`.
-    pub fn new(template: &str, vars: BTreeMap<String, String>) -> Result<Self, String> {
+    pub fn new(template: &str, vars: BTreeMap<String, String>) -> Result<Self, TemplateError> {
         if !template.contains("{topic}") {
-            return Err(format!("topic template {template:?} has no {{topic}}"));
+            return Err(TemplateError::NoTopic(template.to_string()));
         }
         for name in placeholders(template)? {
             if name != "topic" && !vars.contains_key(name) {
-                return Err(format!(
-                    "topic template {template:?} uses {{{name}}}, which is not set (set `{name}` beside `template`)"
-                ));
+                return Err(TemplateError::Unset {
+                    template: template.to_string(),
+                    name: name.to_string(),
+                });
             }
         }
         Ok(TopicNamer {
@@ -60,13 +74,13 @@ impl TopicNamer {
 }
 
 /// The `{name}` placeholders of a template, in order.
-pub fn placeholders(template: &str) -> Result<Vec<&str>, String> {
+pub fn placeholders(template: &str) -> Result<Vec<&str>, TemplateError> {
     let mut names = Vec::new();
     let mut rest = template;
     while let Some(start) = rest.find('{') {
         let end = rest[start..]
             .find('}')
-            .ok_or_else(|| format!("template {template:?} has an unclosed `{{`"))?;
+            .ok_or_else(|| TemplateError::Unclosed(template.to_string()))?;
         names.push(&rest[start + 1..start + end]);
         rest = &rest[start + end + 1..];
     }
@@ -101,7 +115,9 @@ mod tests {
 
     #[test]
     fn missing_variables_are_named() {
-        let err = TopicNamer::new("{env}-{topic}", BTreeMap::new()).unwrap_err();
+        let err = TopicNamer::new("{env}-{topic}", BTreeMap::new())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("{env}"), "{err}");
         assert!(TopicNamer::new("static", BTreeMap::new()).is_err());
     }

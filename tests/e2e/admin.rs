@@ -8,7 +8,9 @@ use weir_host::admin::client;
 
 /// One request to the admin API: (status code, body).
 async fn http(port: u16, method: &str, path: &str) -> Result<(u16, String), String> {
-    client::call(&format!("127.0.0.1:{port}"), method, path).await
+    client::call(&format!("127.0.0.1:{port}"), method, path)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 async fn get_json(port: u16, path: &str) -> (u16, Value) {

@@ -9,7 +9,7 @@
 
 use crate::kafka_support::{wait_ready, JsonPayload, PATIENCE};
 use crate::support::workspace_root;
-use object_store::{path::Path as StorePath, ObjectStore, PutPayload};
+use object_store::{path::Path as StorePath, ObjectStoreExt, PutPayload};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};

@@ -351,7 +351,7 @@ impl HostFiles {
 /// A host running in this process; `stop` drains it and returns its report.
 pub struct InProcessHost {
     stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<weir_host::run::RunReport, String>>,
+    task: tokio::task::JoinHandle<Result<weir_host::run::RunReport, weir_host::run::RunError>>,
 }
 
 impl InProcessHost {

@@ -3,7 +3,7 @@
 //! turned into `unavailable`, then a circuit breaker that opens and closes again.
 
 use crate::support::{event, example_manifest, s3, wasm, TestHost};
-use object_store::{path::Path as StorePath, ObjectStore, PutPayload};
+use object_store::{path::Path as StorePath, ObjectStore, ObjectStoreExt, PutPayload};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir_host::bindings::weir::plugin::storage::Host as StorageHost;
@@ -159,6 +159,8 @@ async fn the_seed_plugins_store_and_delete_on_s3() {
     let swept = host
         .backends
         .deletions
+        .store()
+        .expect("a store-kept schedule")
         .sweep(weir_host::capabilities::storage::now_ms())
         .await
         .unwrap();

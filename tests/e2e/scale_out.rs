@@ -5,7 +5,7 @@
 
 use crate::kafka_support::*;
 use crate::support::{example_manifest, redis, s3, wasm, TestS3};
-use object_store::{path::Path as StorePath, ObjectStore, PutPayload};
+use object_store::{path::Path as StorePath, ObjectStore, ObjectStoreExt, PutPayload};
 use serde_json::json;
 use std::time::{Duration, SystemTime};
 

@@ -59,7 +59,7 @@ fn far_future() -> i64 {
 /// A host in this process whose deletion schedule the test can read.
 struct ScheduleHost {
     deletions: DeletionSchedule,
-    host: tokio::task::JoinHandle<Result<weir_host::run::RunReport, String>>,
+    host: tokio::task::JoinHandle<Result<weir_host::run::RunReport, weir_host::run::RunError>>,
     stop: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -337,7 +337,8 @@ async fn a_schedule_topic_that_is_not_compacted_stops_the_host() {
     .unwrap();
     let err = weir_host::run::run(config, async {})
         .await
-        .expect_err("the host refuses a schedule topic that is not compacted");
+        .expect_err("the host refuses a schedule topic that is not compacted")
+        .to_string();
     assert!(
         err.contains("cleanup.policy=delete") && err.contains("cleanup.policy=compact"),
         "{err}"

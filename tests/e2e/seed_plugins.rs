@@ -1,7 +1,7 @@
 //! The seed plugins, compiled to components, doing their jobs through the host.
 
 use crate::support::{event, example_manifest, wasm, TestHost};
-use object_store::{path::Path as StorePath, ObjectStore, PutPayload};
+use object_store::{path::Path as StorePath, ObjectStoreExt, PutPayload};
 use weir_host::capabilities::CacheBackend;
 use weir_host::runtime::Outcome;
 
@@ -219,6 +219,8 @@ async fn scheduled_deletions_survive_a_restart_and_are_carried_out_when_due() {
     );
     let swept = restarted
         .deletions
+        .store()
+        .expect("a store-kept schedule")
         .sweep(weir_host::capabilities::storage::now_ms())
         .await
         .unwrap();

@@ -48,19 +48,22 @@ impl std::fmt::Debug for Auth {
     }
 }
 
+/// Why `[admin]` gives no usable rule.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error(transparent)]
+    Token(#[from] crate::config::TokenError),
+    #[error("admin.listen = {0:?} is reachable from other machines and no admin token is set: anyone reaching the port could pause plugins. Set admin.token_file (or WEIR_ADMIN__TOKEN), listen on 127.0.0.1, or accept it with admin.allow_unauthenticated = true (WEIR_ADMIN__ALLOW_UNAUTHENTICATED=true)")]
+    Exposed(String),
+}
+
 impl Auth {
     /// The rule `[admin]` sets; an error when the API would be reachable from other
     /// machines without a token and the operator did not opt out.
-    pub fn from_config(admin: &AdminConfig) -> Result<Auth, String> {
+    pub fn from_config(admin: &AdminConfig) -> Result<Auth, AuthError> {
         let token = admin.resolved_token()?;
         if token.is_none() && !admin.allow_unauthenticated && !is_loopback(&admin.listen) {
-            return Err(format!(
-                "admin.listen = {:?} is reachable from other machines and no admin token is set: \
-                 anyone reaching the port could pause plugins. Set admin.token_file (or \
-                 WEIR_ADMIN__TOKEN), listen on 127.0.0.1, or accept it with \
-                 admin.allow_unauthenticated = true (WEIR_ADMIN__ALLOW_UNAUTHENTICATED=true)",
-                admin.listen
-            ));
+            return Err(AuthError::Exposed(admin.listen.clone()));
         }
         Ok(Auth {
             token,
@@ -266,7 +269,7 @@ pub async fn layer(State(auth): State<Arc<Auth>>, request: Request, next: Next) 
 mod tests {
     use super::*;
 
-    fn auth(token: Option<&str>, open: &[&str], listen: &str) -> Result<Auth, String> {
+    fn auth(token: Option<&str>, open: &[&str], listen: &str) -> Result<Auth, AuthError> {
         Auth::from_config(&AdminConfig {
             listen: listen.into(),
             token: token.map(|t| crate::config::Secret(t.into())),
@@ -295,7 +298,7 @@ mod tests {
     fn without_a_token_only_loopback_is_accepted() {
         assert!(auth(None, &[], "127.0.0.1:9464").is_ok());
         assert!(auth(None, &[], "localhost:9464").is_ok());
-        let err = auth(None, &[], "0.0.0.0:9464").unwrap_err();
+        let err = auth(None, &[], "0.0.0.0:9464").unwrap_err().to_string();
         assert!(err.contains("allow_unauthenticated"), "{err}");
         assert!(auth(Some("t"), &[], "0.0.0.0:9464").is_ok());
     }

@@ -8,20 +8,40 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use std::time::Duration;
 
+/// Why a call to the admin API got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("the admin API is disabled ([admin] enabled = false)")]
+    Disabled,
+    #[error("admin.listen {0:?} is not ip:port")]
+    Listen(String),
+    #[error("the admin API at {0} did not answer within 10 s")]
+    Timeout(String),
+    #[error("no admin API at {addr} (is the host running?): {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("admin API at {addr}: {source}")]
+    Http { addr: String, source: hyper::Error },
+    #[error("admin request: {0}")]
+    Request(#[from] hyper::http::Error),
+}
+
 /// How long a call may take, connecting included.
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The address to reach the admin API of the host configured by `config`: its
 /// `admin.listen`, with an unspecified IP (`0.0.0.0`, `[::]`) replaced by loopback.
-pub fn address(config: &Config) -> Result<String, String> {
+pub fn address(config: &Config) -> Result<String, ClientError> {
     if !config.admin.enabled {
-        return Err("the admin API is disabled ([admin] enabled = false)".into());
+        return Err(ClientError::Disabled);
     }
     let mut addr: std::net::SocketAddr = config
         .admin
         .listen
         .parse()
-        .map_err(|_| format!("admin.listen {:?} is not ip:port", config.admin.listen))?;
+        .map_err(|_| ClientError::Listen(config.admin.listen.clone()))?;
     if addr.ip().is_unspecified() {
         addr.set_ip(if addr.is_ipv4() {
             std::net::Ipv4Addr::LOCALHOST.into()
@@ -33,7 +53,7 @@ pub fn address(config: &Config) -> Result<String, String> {
 }
 
 /// `method path` on the admin API at `addr`: the status code and the body.
-pub async fn call(addr: &str, method: &str, path: &str) -> Result<(u16, String), String> {
+pub async fn call(addr: &str, method: &str, path: &str) -> Result<(u16, String), ClientError> {
     call_with_token(addr, method, path, None).await
 }
 
@@ -44,10 +64,10 @@ pub async fn call_with_token(
     method: &str,
     path: &str,
     token: Option<&str>,
-) -> Result<(u16, String), String> {
+) -> Result<(u16, String), ClientError> {
     tokio::time::timeout(TIMEOUT, request(addr, method, path, token))
         .await
-        .map_err(|_| format!("the admin API at {addr} did not answer within 10 s"))?
+        .map_err(|_| ClientError::Timeout(addr.to_string()))?
 }
 
 async fn request(
@@ -55,13 +75,20 @@ async fn request(
     method: &str,
     path: &str,
     token: Option<&str>,
-) -> Result<(u16, String), String> {
+) -> Result<(u16, String), ClientError> {
+    let http_error = |source| ClientError::Http {
+        addr: addr.to_string(),
+        source,
+    };
     let stream = tokio::net::TcpStream::connect(addr)
         .await
-        .map_err(|e| format!("no admin API at {addr} (is the host running?): {e}"))?;
+        .map_err(|source| ClientError::Connect {
+            addr: addr.to_string(),
+            source,
+        })?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| format!("admin API at {addr}: {e}"))?;
+        .map_err(http_error)?;
     tokio::spawn(connection);
     let mut request = Request::builder()
         .method(method)
@@ -71,19 +98,14 @@ async fn request(
     if let Some(token) = token {
         request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
     }
-    let request = request
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| e.to_string())?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| format!("admin API at {addr}: {e}"))?;
+    let request = request.body(Empty::<Bytes>::new())?;
+    let response = sender.send_request(request).await.map_err(http_error)?;
     let code = response.status().as_u16();
     let body = response
         .into_body()
         .collect()
         .await
-        .map_err(|e| format!("admin API at {addr}: {e}"))?
+        .map_err(http_error)?
         .to_bytes();
     Ok((code, String::from_utf8_lossy(&body).into_owned()))
 }

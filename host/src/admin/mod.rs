@@ -58,6 +58,16 @@ pub struct AdminServer {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// The admin API could not listen.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("cannot listen on admin.listen = {listen:?}: {source}; set another address in [admin] listen (WEIR_ADMIN__LISTEN), or enabled = false")]
+    Bind {
+        listen: String,
+        source: std::io::Error,
+    },
+}
+
 impl AdminServer {
     /// Bind `listen` and serve `view`. A bind failure is an error that says which
     /// key to change.
@@ -65,14 +75,15 @@ impl AdminServer {
         listen: &str,
         auth: auth::Auth,
         view: Arc<HostView>,
-    ) -> Result<AdminServer, String> {
-        let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
-            format!(
-                "cannot listen on admin.listen = {listen:?}: {e}; set another address in \
-                 [admin] listen (WEIR_ADMIN__LISTEN), or enabled = false"
-            )
-        })?;
-        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    ) -> Result<AdminServer, AdminError> {
+        let bind_error = |source| AdminError::Bind {
+            listen: listen.to_string(),
+            source,
+        };
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(bind_error)?;
+        let addr = listener.local_addr().map_err(bind_error)?;
         let mut registry = metrics::registry(view.clone());
         // Every route group from the start at 0, so the series exist before a refusal.
         for route in auth::ROUTE_GROUPS {
@@ -456,7 +467,8 @@ mod tests {
         let e = AdminServer::start(&listen, auth::Auth::open(), view)
             .await
             .err()
-            .unwrap();
+            .unwrap()
+            .to_string();
         assert!(e.contains("admin.listen"), "{e}");
         assert!(e.contains("WEIR_ADMIN__LISTEN"), "{e}");
     }

@@ -8,6 +8,7 @@
 use crate::capabilities::breaker::BreakerState;
 use crate::capabilities::{Backends, CacheBackend, DeletionSchedule, Guards};
 use crate::config::Config;
+use crate::kafka::BrokerError;
 use crate::pipeline::fetch::{PartitionView, Shared as SourceShared};
 use crate::pipeline::stats::Stats;
 use crate::status::PluginStatus;
@@ -190,7 +191,7 @@ impl HostView {
     }
 
     /// Ask the broker for its metadata: how many brokers answered, or why not.
-    pub async fn check_broker(&self, timeout: Duration) -> Result<usize, String> {
+    pub async fn check_broker(&self, timeout: Duration) -> Result<usize, BrokerError> {
         let probe = {
             let mut probe = self
                 .probe
@@ -200,7 +201,10 @@ impl HostView {
                 let consumer: BaseConsumer = crate::kafka::base_config(&self.config)
                     .set("client.id", "weir-health")
                     .create()
-                    .map_err(|e| format!("cannot create a client: {e}"))?;
+                    .map_err(|source| BrokerError::Client {
+                        what: "health client",
+                        source: Box::new(source),
+                    })?;
                 *probe = Some(Arc::new(consumer));
             }
             probe.clone().expect("set above")
@@ -209,9 +213,8 @@ impl HostView {
             probe
                 .fetch_metadata(None, timeout)
                 .map(|md| md.brokers().len())
-                .map_err(|e| e.to_string())
+                .map_err(|e| BrokerError::Metadata(Box::new(e)))
         })
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
     }
 }

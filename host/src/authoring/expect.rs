@@ -86,25 +86,25 @@ pub fn outcome_name(outcome: &Outcome) -> &'static str {
         .map_or(label, |(name, _)| name)
 }
 
+/// Why an `expect` value is not an expectation.
+#[derive(Debug, thiserror::Error)]
+pub enum ExpectError {
+    #[error("`expect` is not understood: {0} (fields: outcome, reason, cache, storage, publish)")]
+    NotUnderstood(serde_json::Error),
+    #[error("`expect.outcome` {0:?} is not an outcome: use one of {names}", names = OUTCOMES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "))]
+    Outcome(String),
+}
+
 impl Expect {
     /// Parse the `expect` value of an event line; the error names the problem.
-    pub fn parse(value: &Value) -> Result<Expect, String> {
-        let expect: Expect = serde_json::from_value(value.clone()).map_err(|e| {
-            format!("`expect` is not understood: {e} (fields: outcome, reason, cache, storage, publish)")
-        })?;
+    pub fn parse(value: &Value) -> Result<Expect, ExpectError> {
+        let expect: Expect =
+            serde_json::from_value(value.clone()).map_err(ExpectError::NotUnderstood)?;
         if !OUTCOMES
             .iter()
             .any(|(_, names)| names.contains(&expect.outcome.as_str()))
         {
-            return Err(format!(
-                "`expect.outcome` {:?} is not an outcome: use one of {}",
-                expect.outcome,
-                OUTCOMES
-                    .iter()
-                    .map(|(n, _)| *n)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
+            return Err(ExpectError::Outcome(expect.outcome));
         }
         Ok(expect)
     }
@@ -464,9 +464,13 @@ mod tests {
         let m = e.check(&r);
         assert_eq!(m[0].field, "outcome");
         assert_eq!(m[0].got, json!("reject: payload is not valid JSON"));
-        let bad = Expect::parse(&json!({"outcome": "fine"})).unwrap_err();
+        let bad = Expect::parse(&json!({"outcome": "fine"}))
+            .unwrap_err()
+            .to_string();
         assert!(bad.contains("handled, retry, reject"), "{bad}");
-        let unknown = Expect::parse(&json!({"outcom": "handled"})).unwrap_err();
+        let unknown = Expect::parse(&json!({"outcom": "handled"}))
+            .unwrap_err()
+            .to_string();
         assert!(unknown.contains("outcom"), "{unknown}");
     }
 }

@@ -82,7 +82,7 @@ pub async fn run(
     }
 
     let storage = tempdir().map_err(|e| AuthoringError(e.0))?;
-    let backends = Backends::local(storage.path()).map_err(AuthoringError)?;
+    let backends = Backends::local(storage.path()).map_err(|e| AuthoringError(e.to_string()))?;
     let runtime = author_runtime().map_err(|e| AuthoringError(e.0))?;
     let mut plugin = runtime
         .load(&wasm, project.manifest.clone(), backends)

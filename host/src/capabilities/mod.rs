@@ -29,7 +29,11 @@ use std::time::Duration;
 
 pub use cache::{CacheBackend, CacheError, MemoryCache, RedisCache};
 pub use publish::OutgoingMessage;
-pub use schedule::{DeletionSchedule, ScheduleChange, ScheduledDeletion, SweepReport};
+pub use schedule::{
+    DeletionSchedule, ScheduleChange, ScheduleError, ScheduledDeletion, StoreSchedule, SweepReport,
+    TopicSchedule,
+};
+pub use stores::StoreError;
 
 /// The backends every plugin of one host shares.
 #[derive(Clone)]
@@ -72,7 +76,7 @@ impl Default for Guards {
 
 impl Backends {
     /// In-memory cache and a local directory for storage (created if missing).
-    pub fn local(storage_dir: &std::path::Path) -> Result<Self, String> {
+    pub fn local(storage_dir: &std::path::Path) -> Result<Self, StoreError> {
         Self::with_cache(storage_dir, Arc::new(MemoryCache::new(256 * 1024 * 1024)))
     }
 
@@ -80,7 +84,7 @@ impl Backends {
     pub fn with_cache(
         storage_dir: &std::path::Path,
         cache: Arc<dyn CacheBackend>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, StoreError> {
         let storage = storage::local_store(storage_dir)?;
         Ok(Self::new(cache, storage, Guards::default()))
     }

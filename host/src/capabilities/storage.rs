@@ -15,7 +15,7 @@ use crate::bindings::weir::plugin::storage::{DeletionTime, Host, ObjectInfo};
 use crate::bindings::CapabilityError;
 use crate::storage_key::{self, KeyError, RESERVED_PREFIX};
 use futures::TryStreamExt;
-use object_store::{path::Path as StorePath, ObjectStore, PutPayload};
+use object_store::{path::Path as StorePath, ObjectStore, ObjectStoreExt, PutPayload};
 use std::sync::Arc;
 use std::time::Duration;
 

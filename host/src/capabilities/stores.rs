@@ -3,16 +3,43 @@
 //! own module so that `storage` (the WIT interface) and `schedule` (the
 //! deletions) both use it and neither imports the other's internals.
 
-use object_store::{path::Path as StorePath, ObjectStore};
+use object_store::{path::Path as StorePath, ObjectStore, ObjectStoreExt};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// Why an object store could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create storage directory {}: {source}", dir.display())]
+    CreateDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot use storage directory {}: {source}", dir.display())]
+    UseDir {
+        dir: PathBuf,
+        source: object_store::Error,
+    },
+    #[error("storage.s3: cannot use bucket {bucket:?}: {source} (credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")]
+    Bucket {
+        bucket: String,
+        source: object_store::Error,
+    },
+}
+
 /// A local directory as an object store (created if missing).
-pub fn local_store(dir: &std::path::Path) -> Result<Arc<dyn ObjectStore>, String> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| format!("cannot create storage directory {}: {e}", dir.display()))?;
-    let store = object_store::local::LocalFileSystem::new_with_prefix(dir)
-        .map_err(|e| format!("cannot use storage directory {}: {e}", dir.display()))?;
+pub fn local_store(dir: &std::path::Path) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
+    let store = object_store::local::LocalFileSystem::new_with_prefix(dir).map_err(|source| {
+        StoreError::UseDir {
+            dir: dir.to_path_buf(),
+            source,
+        }
+    })?;
     Ok(Arc::new(store))
 }
 
@@ -22,7 +49,7 @@ pub fn local_store(dir: &std::path::Path) -> Result<Arc<dyn ObjectStore>, String
 pub fn s3_store(
     s3: &crate::config::S3Config,
     timeout: std::time::Duration,
-) -> Result<Arc<dyn ObjectStore>, String> {
+) -> Result<Arc<dyn ObjectStore>, StoreError> {
     s3_store_with_env(s3, timeout, std::env::vars())
 }
 
@@ -32,7 +59,7 @@ pub fn s3_store_with_env(
     s3: &crate::config::S3Config,
     timeout: std::time::Duration,
     env: impl IntoIterator<Item = (String, String)>,
-) -> Result<Arc<dyn ObjectStore>, String> {
+) -> Result<Arc<dyn ObjectStore>, StoreError> {
     use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
     use object_store::{BackoffConfig, ClientOptions, RetryConfig};
     let mut builder = AmazonS3Builder::new();
@@ -63,11 +90,9 @@ pub fn s3_store_with_env(
     if !s3.endpoint.is_empty() {
         builder = builder.with_endpoint(&s3.endpoint);
     }
-    let store = builder.build().map_err(|e| {
-        format!(
-            "storage.s3: cannot use bucket {:?}: {e} (credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)",
-            s3.bucket
-        )
+    let store = builder.build().map_err(|source| StoreError::Bucket {
+        bucket: s3.bucket.clone(),
+        source,
     })?;
     Ok(Arc::new(store))
 }
@@ -88,13 +113,14 @@ pub fn describe_store(config: &crate::config::StorageConfig) -> String {
     }
 }
 
+/// Delete `path`; one already gone is no error.
 pub(crate) async fn delete_quietly(
     store: &dyn ObjectStore,
     path: &StorePath,
-) -> Result<(), String> {
+) -> Result<(), object_store::Error> {
     match store.delete(path).await {
         Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e),
     }
 }
 

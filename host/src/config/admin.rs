@@ -39,26 +39,39 @@ impl Default for AdminConfig {
 /// The route groups `[admin] open` may name.
 pub const ADMIN_ROUTE_GROUPS: &[&str] = &["health", "metrics", "plugins"];
 
+/// Why the admin token cannot be had. Never holds the token itself.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("admin.token and admin.token_file are both set: keep one (token_file for files, WEIR_ADMIN__TOKEN for the environment)")]
+    Both,
+    #[error("admin.token_file {}: cannot be read: {source}", file.display())]
+    Unreadable {
+        file: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("admin.token_file {} is empty", .0.display())]
+    EmptyFile(std::path::PathBuf),
+    #[error("admin.token is empty")]
+    Empty,
+}
+
 impl AdminConfig {
     /// The bearer token, read from `token_file` or `token`; `None` when neither is set.
-    pub fn resolved_token(&self) -> Result<Option<String>, String> {
+    pub fn resolved_token(&self) -> Result<Option<String>, TokenError> {
         match (&self.token_file, &self.token) {
-            (Some(_), Some(_)) => Err(
-                "admin.token and admin.token_file are both set: keep one (token_file for files, \
-                 WEIR_ADMIN__TOKEN for the environment)"
-                    .into(),
-            ),
+            (Some(_), Some(_)) => Err(TokenError::Both),
             (Some(file), None) => {
-                let text = read_small_file(file).map_err(|e| {
-                    format!("admin.token_file {}: cannot be read: {e}", file.display())
+                let text = read_small_file(file).map_err(|source| TokenError::Unreadable {
+                    file: file.clone(),
+                    source,
                 })?;
                 let token = text.lines().next().unwrap_or("").trim().to_string();
                 if token.is_empty() {
-                    return Err(format!("admin.token_file {} is empty", file.display()));
+                    return Err(TokenError::EmptyFile(file.clone()));
                 }
                 Ok(Some(token))
             }
-            (None, Some(token)) if token.0.trim().is_empty() => Err("admin.token is empty".into()),
+            (None, Some(token)) if token.0.trim().is_empty() => Err(TokenError::Empty),
             (None, Some(token)) => Ok(Some(token.0.trim().to_string())),
             (None, None) => Ok(None),
         }

@@ -4,7 +4,7 @@
 //! `WEIR_KAFKA__BOOTSTRAP_SERVERS`, `WEIR_TOPICS__PREFIX`), as containers expect.
 //! Unknown keys and bad values are errors naming the key and where it came from.
 
-use crate::topics::TopicNamer;
+use crate::topics::{TemplateError, TopicNamer};
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::Deserialize;
@@ -173,7 +173,8 @@ impl Config {
                 ),
             ));
         }
-        self.namer().map_err(|e| ("topics.template".into(), e))?;
+        self.namer()
+            .map_err(|e| ("topics.template".into(), e.to_string()))?;
         if !["earliest", "latest"].contains(&self.kafka.consumer.auto_offset_reset.as_str()) {
             return Err((
                 "kafka.consumer.auto_offset_reset".into(),
@@ -188,15 +189,15 @@ impl Config {
             "plugin",
             &self.topics.vars,
         )
-        .map_err(|e| ("kafka.consumer.group_template".into(), e))?;
+        .map_err(|e| ("kafka.consumer.group_template".into(), e.to_string()))?;
         check_template(&self.dlq.template, "topic", &self.topics.vars)
-            .map_err(|e| ("dlq.template".into(), e))?;
+            .map_err(|e| ("dlq.template".into(), e.to_string()))?;
         check_template(
             &self.kafka.consumer.instance_id.replace("{host_id}", ""),
             "hostname",
             &self.topics.vars,
         )
-        .map_err(|e| ("kafka.consumer.instance_id".into(), e))?;
+        .map_err(|e| ("kafka.consumer.instance_id".into(), e.to_string()))?;
         if !["none", "gzip", "snappy", "lz4", "zstd"]
             .contains(&self.kafka.producer.compression.as_str())
         {
@@ -254,7 +255,7 @@ impl Config {
             return Err(("storage.schedule_topic".into(), "is empty".into()));
         }
         check_template(&storage.schedule_group, "", &self.topics.vars)
-            .map_err(|e| ("storage.schedule_group".into(), e))?;
+            .map_err(|e| ("storage.schedule_group".into(), e.to_string()))?;
         if storage.timeout.is_zero() {
             return Err(("storage.timeout".into(), "must be more than zero".into()));
         }
@@ -312,7 +313,7 @@ impl Config {
     }
 
     /// The topic namer of `[topics]`.
-    pub fn namer(&self) -> Result<TopicNamer, String> {
+    pub fn namer(&self) -> Result<TopicNamer, TemplateError> {
         TopicNamer::new(&self.topics.template, self.topics.vars.clone())
     }
 
@@ -344,7 +345,7 @@ impl Config {
     }
 
     /// The consumer group that shares the schedule topic among hosts.
-    pub fn schedule_group(&self) -> Result<String, String> {
+    pub fn schedule_group(&self) -> Result<String, TemplateError> {
         if self.storage.schedule_group.trim().is_empty() {
             return self.schedule_topic();
         }
@@ -352,7 +353,7 @@ impl Config {
     }
 
     /// The full name of the schedule topic.
-    pub fn schedule_topic(&self) -> Result<String, String> {
+    pub fn schedule_topic(&self) -> Result<String, TemplateError> {
         Ok(self.namer()?.full_name(&self.storage.schedule_topic))
     }
 
@@ -410,12 +411,13 @@ fn check_template(
     template: &str,
     extra: &str,
     vars: &BTreeMap<String, String>,
-) -> Result<(), String> {
+) -> Result<(), TemplateError> {
     for name in crate::topics::placeholders(template)? {
         if name != extra && name != "plugin" && name != "topic" && !vars.contains_key(name) {
-            return Err(format!(
-                "{template:?} uses {{{name}}}, which is not a [topics] variable"
-            ));
+            return Err(TemplateError::NotAVariable {
+                template: template.to_string(),
+                name: name.to_string(),
+            });
         }
     }
     Ok(())

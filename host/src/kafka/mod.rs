@@ -6,11 +6,65 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use std::collections::BTreeSet;
 use std::time::Duration;
+
+/// What went wrong reaching the broker or managing its topics.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot create the {what}: {source}")]
+    Client {
+        what: &'static str,
+        source: Box<KafkaError>,
+    },
+    #[error("broker {servers} not reachable after {attempts} attempts: {last} (check kafka.bootstrap_servers and [kafka.connect])")]
+    Unreachable {
+        servers: String,
+        attempts: u32,
+        last: String,
+    },
+    /// A metadata request failed (librdkafka's reason).
+    #[error("{0}")]
+    Metadata(Box<KafkaError>),
+    #[error("topics missing on the broker: {} (create them, or set [topics] create = {{ partitions = N, replication = M }})", .0.join(", "))]
+    TopicsMissing(Vec<String>),
+    #[error("cannot create topics: {0}")]
+    CreateTopics(Box<KafkaError>),
+    #[error("the broker refused to create topic {topic} with {settings}: {code} (create it by hand with these settings, or use a broker that supports them)")]
+    SettingRefused {
+        topic: String,
+        settings: String,
+        code: RDKafkaErrorCode,
+    },
+    #[error("cannot create topic {topic}: {code}")]
+    CreateTopic {
+        topic: String,
+        code: RDKafkaErrorCode,
+    },
+    #[error("cannot read the settings of topic {topic}: {source}")]
+    TopicSettings {
+        topic: String,
+        source: Box<KafkaError>,
+    },
+    #[error("cannot look up {topic}'s offsets by time: {source}")]
+    OffsetsByTime {
+        topic: String,
+        source: Box<KafkaError>,
+    },
+    #[error("reading {topic}: {source}")]
+    Read {
+        topic: String,
+        source: Box<KafkaError>,
+    },
+    #[error("reading {topic} made no progress for {seconds} s before its end")]
+    Stalled { topic: String, seconds: u64 },
+    #[error("a blocking Kafka call did not finish: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
 
 /// A record's headers as (key, value); a header without a value reads as empty.
 ///
@@ -76,23 +130,24 @@ pub fn consumer_protocol(config: &Config) -> bool {
 }
 
 /// An admin client for the configured brokers.
-fn admin_client(config: &Config) -> Result<AdminClient<DefaultClientContext>, String> {
+fn admin_client(config: &Config) -> Result<AdminClient<DefaultClientContext>, BrokerError> {
     base_config(config)
         .create()
-        .map_err(|e| format!("cannot create the admin client: {e}"))
+        .map_err(|source| BrokerError::Client {
+            what: "admin client",
+            source: Box::new(source),
+        })
 }
 
 /// The broker's topic names, asked with a bounded timeout, retried with backoff
 /// as `[kafka.connect]` says, logging each failed attempt.
-pub async fn wait_for_broker(config: &Config) -> Result<BTreeSet<String>, String> {
+pub async fn wait_for_broker(config: &Config) -> Result<BTreeSet<String>, BrokerError> {
     let connect = &config.kafka.connect;
     let mut attempt = 1;
     loop {
         let cfg = base_config(config);
         let timeout = connect.timeout;
-        let result = tokio::task::spawn_blocking(move || list_topics(&cfg, timeout))
-            .await
-            .map_err(|e| e.to_string())?;
+        let result = tokio::task::spawn_blocking(move || list_topics(&cfg, timeout)).await?;
         match result {
             Ok(topics) => {
                 if attempt > 1 {
@@ -113,24 +168,36 @@ pub async fn wait_for_broker(config: &Config) -> Result<BTreeSet<String>, String
                 attempt += 1;
             }
             Err(e) => {
-                return Err(format!(
-                    "broker {} not reachable after {attempt} attempts: {e} (check kafka.bootstrap_servers and [kafka.connect])",
-                    config.kafka.bootstrap_servers
-                ))
+                return Err(BrokerError::Unreachable {
+                    servers: config.kafka.bootstrap_servers.clone(),
+                    attempts: attempt,
+                    last: e.to_string(),
+                })
             }
         }
     }
 }
 
-fn list_topics(cfg: &ClientConfig, timeout: Duration) -> Result<BTreeSet<String>, String> {
-    let consumer: BaseConsumer = cfg.create().map_err(|e| e.to_string())?;
+/// The topic names, or why the broker did not answer (its reason alone: the
+/// caller says which broker).
+fn list_topics(cfg: &ClientConfig, timeout: Duration) -> Result<BTreeSet<String>, KafkaOrEmpty> {
+    let consumer: BaseConsumer = cfg.create().map_err(KafkaOrEmpty::Kafka)?;
     let md = consumer
         .fetch_metadata(None, timeout)
-        .map_err(|e| e.to_string())?;
+        .map_err(KafkaOrEmpty::Kafka)?;
     if md.brokers().is_empty() {
-        return Err("the cluster reported no brokers".into());
+        return Err(KafkaOrEmpty::NoBrokers);
     }
     Ok(md.topics().iter().map(|t| t.name().to_string()).collect())
+}
+
+/// Why one metadata request failed.
+#[derive(Debug, thiserror::Error)]
+enum KafkaOrEmpty {
+    #[error(transparent)]
+    Kafka(KafkaError),
+    #[error("the cluster reported no brokers")]
+    NoBrokers,
 }
 
 /// Make sure every topic in `needed` exists: create the missing ones when
@@ -139,7 +206,7 @@ pub async fn ensure_topics(
     config: &Config,
     existing: &BTreeSet<String>,
     needed: &BTreeSet<String>,
-) -> Result<(), String> {
+) -> Result<(), BrokerError> {
     ensure_topics_with(config, existing, needed, &[]).await
 }
 
@@ -151,15 +218,14 @@ pub async fn ensure_topics_with(
     existing: &BTreeSet<String>,
     needed: &BTreeSet<String>,
     settings: &[(&str, &str)],
-) -> Result<(), String> {
+) -> Result<(), BrokerError> {
     let missing: Vec<&String> = needed.difference(existing).collect();
     if missing.is_empty() {
         return Ok(());
     }
     let Some(create) = &config.topics.create else {
-        return Err(format!(
-            "topics missing on the broker: {} (create them, or set [topics] create = {{ partitions = N, replication = M }})",
-            missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        return Err(BrokerError::TopicsMissing(
+            missing.iter().map(|s| s.to_string()).collect(),
         ));
     };
     let admin = admin_client(config)?;
@@ -182,24 +248,25 @@ pub async fn ensure_topics_with(
             &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
         )
         .await
-        .map_err(|e| format!("cannot create topics: {e}"))?;
+        .map_err(|e| BrokerError::CreateTopics(Box::new(e)))?;
     for r in results {
         match r {
             Ok(name) => {
                 tracing::info!(topic = %name, partitions = create.partitions, settings = ?settings, "created topic")
             }
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((name, code)) if !settings.is_empty() => {
-                return Err(format!(
-                    "the broker refused to create topic {name} with {}: {code} (create it by hand with these settings, or use a broker that supports them)",
-                    settings
+            Err((topic, code)) if !settings.is_empty() => {
+                return Err(BrokerError::SettingRefused {
+                    topic,
+                    settings: settings
                         .iter()
                         .map(|(k, v)| format!("{k}={v}"))
                         .collect::<Vec<_>>()
-                        .join(", ")
-                ))
+                        .join(", "),
+                    code,
+                })
             }
-            Err((name, code)) => return Err(format!("cannot create topic {name}: {code}")),
+            Err((topic, code)) => return Err(BrokerError::CreateTopic { topic, code }),
         }
     }
     Ok(())
@@ -211,7 +278,7 @@ pub async fn topic_setting(
     config: &Config,
     topic: &str,
     name: &str,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, BrokerError> {
     use rdkafka::admin::ResourceSpecifier;
     let admin = admin_client(config)?;
     let results = admin
@@ -219,10 +286,13 @@ pub async fn topic_setting(
             &[ResourceSpecifier::Topic(topic)],
             &AdminOptions::new().request_timeout(Some(Duration::from_secs(10))),
         )
-        .await
-        .map_err(|e| format!("cannot read the settings of topic {topic}: {e}"))?;
-    for r in results {
-        let resource = r.map_err(|e| format!("cannot read the settings of topic {topic}: {e}"))?;
+        .await;
+    let settings_error = |source| BrokerError::TopicSettings {
+        topic: topic.to_string(),
+        source: Box::new(source),
+    };
+    for r in results.map_err(settings_error)? {
+        let resource = r.map_err(|code| settings_error(KafkaError::AdminOp(code)))?;
         if let Some(entry) = resource.get(name) {
             return Ok(entry.value.clone());
         }
@@ -245,8 +315,7 @@ impl rdkafka::ClientContext for EndAware {
 impl rdkafka::consumer::ConsumerContext for EndAware {}
 
 /// Whether an error a client reported is a partition's end (not worth a log line).
-pub fn is_partition_end(error: &rdkafka::error::KafkaError) -> bool {
-    use rdkafka::error::KafkaError;
+pub fn is_partition_end(error: &KafkaError) -> bool {
     matches!(
         error,
         KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
@@ -261,7 +330,7 @@ pub fn read_to_end(
     topic: &str,
     group: &str,
     visit: impl FnMut(&BorrowedMessage<'_>),
-) -> Result<u64, String> {
+) -> Result<u64, BrokerError> {
     read_to_end_since(cfg, topic, group, None, visit)
 }
 
@@ -273,19 +342,26 @@ pub fn read_to_end_since(
     group: &str,
     since: Option<std::time::SystemTime>,
     mut visit: impl FnMut(&BorrowedMessage<'_>),
-) -> Result<u64, String> {
+) -> Result<u64, BrokerError> {
+    let read_error = |source| BrokerError::Read {
+        topic: topic.to_string(),
+        source: Box::new(source),
+    };
     cfg.set("group.id", group)
         .set("enable.auto.commit", "false")
         // A partition's last offsets may hold no record (compacted away, or
         // transaction markers): its EOF ends it.
         .set("enable.partition.eof", "true");
-    let consumer: BaseConsumer<EndAware> = cfg
-        .create_with_context(EndAware)
-        .map_err(|e| e.to_string())?;
+    let consumer: BaseConsumer<EndAware> =
+        cfg.create_with_context(EndAware)
+            .map_err(|source| BrokerError::Client {
+                what: "topic reader",
+                source: Box::new(source),
+            })?;
     let timeout = Duration::from_secs(10);
     let md = consumer
         .fetch_metadata(Some(topic), timeout)
-        .map_err(|e| e.to_string())?;
+        .map_err(read_error)?;
     let mut ends = std::collections::BTreeMap::new();
     let mut tpl = TopicPartitionList::new();
     for p in md
@@ -296,11 +372,11 @@ pub fn read_to_end_since(
     {
         let (lo, hi) = consumer
             .fetch_watermarks(topic, p.id(), timeout)
-            .map_err(|e| e.to_string())?;
+            .map_err(read_error)?;
         if hi > lo {
             ends.insert(p.id(), hi);
             tpl.add_partition_offset(topic, p.id(), Offset::Offset(lo))
-                .map_err(|e| e.to_string())?;
+                .map_err(read_error)?;
         }
     }
     if let Some(since) = since.filter(|_| !ends.is_empty()) {
@@ -312,18 +388,21 @@ pub fn read_to_end_since(
         for p in ends.keys() {
             by_time
                 .add_partition_offset(topic, *p, Offset::Offset(ms))
-                .map_err(|e| e.to_string())?;
+                .map_err(read_error)?;
         }
         let starts = consumer
             .offsets_for_times(by_time, timeout)
-            .map_err(|e| format!("cannot look up {topic}'s offsets by time: {e}"))?;
+            .map_err(|source| BrokerError::OffsetsByTime {
+                topic: topic.to_string(),
+                source: Box::new(source),
+            })?;
         tpl = TopicPartitionList::new();
         for e in starts.elements() {
             let end = ends.get(&e.partition()).copied().unwrap_or(0);
             match e.offset() {
                 Offset::Offset(start) if start < end => {
                     tpl.add_partition_offset(topic, e.partition(), Offset::Offset(start))
-                        .map_err(|e| e.to_string())?;
+                        .map_err(read_error)?;
                 }
                 // No record at or after the time (End), or past the end as of now.
                 _ => {
@@ -336,19 +415,19 @@ pub fn read_to_end_since(
     if ends.is_empty() {
         return Ok(read);
     }
-    consumer.assign(&tpl).map_err(|e| e.to_string())?;
+    consumer.assign(&tpl).map_err(read_error)?;
     let patience = Duration::from_secs(30);
     let mut progress = std::time::Instant::now();
     while !ends.is_empty() {
         if progress.elapsed() > patience {
-            return Err(format!(
-                "reading {topic} made no progress for {} s before its end",
-                patience.as_secs()
-            ));
+            return Err(BrokerError::Stalled {
+                topic: topic.to_string(),
+                seconds: patience.as_secs(),
+            });
         }
         match consumer.poll(Duration::from_millis(200)) {
             None => {}
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+            Some(Err(KafkaError::PartitionEOF(p))) => {
                 progress = std::time::Instant::now();
                 ends.remove(&p);
             }

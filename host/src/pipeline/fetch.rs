@@ -28,6 +28,7 @@ use super::acks::{EventAck, Ticket};
 use super::lanes::lane_of;
 use super::offsets::{OffsetBook, Rewind, Tp};
 use super::stats::Stats;
+use super::StartError;
 use crate::event::EventRecord;
 use crate::topics::TopicNamer;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
@@ -346,7 +347,7 @@ impl Fetch {
         settings: FetchSettings,
         stats: Arc<Stats>,
         dispatch: impl FnMut(Vec<Ticket>) + Send + 'static,
-    ) -> Result<Fetch, String> {
+    ) -> Result<Fetch, StartError> {
         let shared = Arc::new(Shared::default());
         let consumer_cfg = &config.kafka.consumer;
         let mut c = crate::kafka::base_config(config);
@@ -440,7 +441,10 @@ impl Fetch {
                         *failed.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
                     }
                 })
-                .map_err(|e| format!("cannot start the fetch thread: {e}"))?,
+                .map_err(|source| StartError::Thread {
+                    what: "fetch",
+                    source,
+                })?,
         );
         Ok(Fetch {
             stop,
@@ -511,7 +515,7 @@ impl Recipe {
         &self,
         settings: &FetchSettings,
         instance_id: Option<&str>,
-    ) -> Result<FetchConsumer, String> {
+    ) -> Result<FetchConsumer, StartError> {
         let mut c = self.client.clone();
         if let Some(id) = instance_id {
             c.set("group.instance.id", id);
@@ -525,19 +529,21 @@ impl Recipe {
             operator: settings.paused.clone(),
             topics: self.topics.clone(),
         };
-        let consumer: FetchConsumer = c.create_with_context(context).map_err(|e| {
-            format!(
-                "plugin {}: cannot create its consumer: {e}",
-                settings.plugin
-            )
-        })?;
+        let consumer: FetchConsumer =
+            c.create_with_context(context)
+                .map_err(|source| StartError::Client {
+                    plugin: settings.plugin.clone(),
+                    what: "consumer",
+                    source: Box::new(source),
+                })?;
         let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
-        consumer.subscribe(&topics).map_err(|e| {
-            format!(
-                "plugin {}: cannot subscribe to {topics:?}: {e}",
-                settings.plugin
-            )
-        })?;
+        consumer
+            .subscribe(&topics)
+            .map_err(|source| StartError::Subscribe {
+                plugin: settings.plugin.clone(),
+                topics: settings.topics.clone(),
+                source: Box::new(source),
+            })?;
         Ok(consumer)
     }
 }

@@ -17,7 +17,7 @@
 
 use super::acks::Ticket;
 use super::lanes::{BatchLimits, Lanes};
-use super::outputs::{Outputs, Record};
+use super::outputs::{OutputError, Outputs, Record};
 use super::stats::Stats;
 use crate::manifest::RetryPolicy;
 use crate::runtime::{Outcome, Plugin, Report};
@@ -311,7 +311,7 @@ impl Worker {
                         self.lanes.dropped(&ticket);
                         return;
                     }
-                    Err(e) => Outcome::Retry(e),
+                    Err(e) => Outcome::Retry(e.to_string()),
                 }
             }
             other => other,
@@ -421,7 +421,7 @@ async fn hand_over(
     traceparent: Option<&str>,
     ticket: &Ticket,
     report: &Report,
-) -> Result<(), String> {
+) -> Result<(), OutputError> {
     let outputs = &context.outputs;
     outputs
         .enqueue_published(
@@ -436,7 +436,7 @@ async fn hand_over(
         return Ok(());
     }
     let Some(target) = &context.schedule else {
-        return Err("scheduled deletions need a schedule topic, and none is configured".into());
+        return Err(OutputError::NoScheduleTopic);
     };
     for change in &report.schedule {
         let (key, payload) = change.record();

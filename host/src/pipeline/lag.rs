@@ -6,6 +6,7 @@
 //! consumer's connection these requests would queue behind long-polling fetches.
 
 use super::fetch::Shared;
+use super::StartError;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::topic_partition_list::TopicPartitionList;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,14 +23,18 @@ pub fn spawn(
     shared: Arc<Shared>,
     interval: Duration,
     stop: Arc<AtomicBool>,
-) -> Result<std::thread::JoinHandle<()>, String> {
+) -> Result<std::thread::JoinHandle<()>, StartError> {
     // Same group, never joining it: only reads the group's committed offsets.
     let probe: BaseConsumer = crate::kafka::base_config(config)
         .set("group.id", group)
         .set("client.id", format!("weir-{plugin}-lag"))
         .set("enable.auto.commit", "false")
         .create()
-        .map_err(|e| format!("plugin {plugin}: cannot create its lag client: {e}"))?;
+        .map_err(|source| StartError::Client {
+            plugin: plugin.to_string(),
+            what: "lag client",
+            source: Box::new(source),
+        })?;
     std::thread::Builder::new()
         .name(format!("weir-lag-{plugin}"))
         .spawn(move || {
@@ -42,7 +47,10 @@ pub fn spawn(
                 std::thread::sleep(TICK);
             }
         })
-        .map_err(|e| format!("cannot start the lag thread: {e}"))
+        .map_err(|source| StartError::Thread {
+            what: "lag",
+            source,
+        })
 }
 
 /// High watermark minus the committed offset (minus the low watermark before the

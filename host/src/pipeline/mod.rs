@@ -29,6 +29,28 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 
+/// Why a plugin's pipeline could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("plugin {plugin}: cannot create its {what}: {source}")]
+    Client {
+        plugin: String,
+        what: &'static str,
+        source: Box<rdkafka::error::KafkaError>,
+    },
+    #[error("plugin {plugin}: cannot subscribe to {topics:?}: {source}")]
+    Subscribe {
+        plugin: String,
+        topics: Vec<String>,
+        source: Box<rdkafka::error::KafkaError>,
+    },
+    #[error("cannot start the {what} thread: {source}")]
+    Thread {
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
 /// What a plugin's pipeline is made from besides its manifest and the config.
 pub struct PluginWiring {
     pub versions: Arc<crate::versions::Versions>,
@@ -57,7 +79,7 @@ impl Pipeline {
         config: &crate::config::Config,
         namer: crate::topics::TopicNamer,
         wiring: PluginWiring,
-    ) -> Result<Pipeline, String> {
+    ) -> Result<Pipeline, StartError> {
         let m = wiring.versions.current().plugin.manifest().clone();
         let settings = FetchSettings {
             plugin: m.name.clone(),
@@ -113,7 +135,7 @@ impl Pipeline {
         settings: FetchSettings,
         workers: usize,
         mut context: WorkerContext,
-    ) -> Result<Pipeline, String> {
+    ) -> Result<Pipeline, StartError> {
         let (stopping, stopping_rx) = watch::channel(false);
         context.stopping = stopping_rx;
         let (senders, queues): (Vec<_>, Vec<_>) = (0..workers.max(1))

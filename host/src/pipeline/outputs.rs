@@ -36,10 +36,31 @@ pub const PROPAGATED_HEADERS: &[&str] = &[
     "tracestate",
 ];
 
-/// Dead-letter headers (besides the original ones).
-/// Why a stale event's record is refused.
-const STALE: &str = "its partition was revoked or rewound since it was read; not sent";
+/// Why a record was not produced.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum OutputError {
+    #[error("cannot create the producer: {0}")]
+    Producer(KafkaError),
+    #[error(transparent)]
+    Template(#[from] crate::topics::TemplateError),
+    #[error("publishing to {topic} failed: {source}")]
+    Publish { topic: String, source: KafkaError },
+    /// The event's partition was revoked (or fenced) or rewound while it was
+    /// handed over: the next owner handles it again.
+    #[error("its partition was revoked or rewound since it was read; not sent")]
+    Stale,
+    #[error("dead-lettering to {topic} failed: {source}")]
+    DeadLetter {
+        topic: String,
+        source: Box<OutputError>,
+    },
+    #[error("scheduled deletions need a schedule topic, and none is configured")]
+    NoScheduleTopic,
+    #[error("the producer was dropped before it reported on the record")]
+    Dropped,
+}
 
+/// Dead-letter headers (besides the original ones).
 pub const H_ERROR: &str = "weir-error";
 pub const H_PLUGIN: &str = "weir-plugin";
 pub const H_TOPIC: &str = "weir-original-topic";
@@ -53,7 +74,7 @@ pub enum Delivery {
     /// A record of an event in flight.
     Event { ack: Arc<EventAck> },
     /// Someone awaiting it ([`Outputs::send`]).
-    Waiter(tokio::sync::oneshot::Sender<Result<(i32, i64), String>>),
+    Waiter(tokio::sync::oneshot::Sender<Result<(i32, i64), OutputError>>),
 }
 
 /// The producer's callbacks: delivery reports and librdkafka's log lines.
@@ -84,8 +105,11 @@ impl ProducerContext for OutputContext {
             (Delivery::Waiter(tx), Ok(m)) => {
                 let _ = tx.send(Ok((m.partition(), m.offset())));
             }
-            (Delivery::Waiter(tx), Err((e, _))) => {
-                let _ = tx.send(Err(e.to_string()));
+            (Delivery::Waiter(tx), Err((e, m))) => {
+                let _ = tx.send(Err(OutputError::Publish {
+                    topic: m.topic().to_string(),
+                    source: e.clone(),
+                }));
             }
         }
     }
@@ -115,7 +139,7 @@ pub struct Outputs {
 }
 
 impl Outputs {
-    pub fn new(config: &Config) -> Result<Self, String> {
+    pub fn new(config: &Config) -> Result<Self, OutputError> {
         let producer = &config.kafka.producer;
         let mut c = crate::kafka::base_config(config);
         c.set("enable.idempotence", "true")
@@ -132,7 +156,7 @@ impl Outputs {
             );
         let created = c
             .create_with_context(OutputContext)
-            .map_err(|e| format!("cannot create the producer: {e}"))?;
+            .map_err(OutputError::Producer)?;
         Ok(Outputs {
             producer: Arc::new(ArcSwap::from_pointee(created)),
             client_config: Arc::new(c),
@@ -144,7 +168,7 @@ impl Outputs {
 
     /// Hand one record to the producer; `delivery` hears how it went. Waits only
     /// while librdkafka's queue is full.
-    pub async fn enqueue(&self, record: Record<'_>, delivery: Delivery) -> Result<(), String> {
+    pub async fn enqueue(&self, record: Record<'_>, delivery: Delivery) -> Result<(), OutputError> {
         let mut owned = OwnedHeaders::new_with_capacity(record.headers.len());
         for (k, v) in record.headers {
             owned = owned.insert(Header {
@@ -171,7 +195,10 @@ impl Outputs {
                 }
                 Err((e, _)) => {
                     self.replace_if_fatal(&producer);
-                    return Err(format!("publishing to {} failed: {e}", record.topic));
+                    return Err(OutputError::Publish {
+                        topic: record.topic.to_string(),
+                        source: e,
+                    });
                 }
             }
         }
@@ -186,7 +213,7 @@ impl Outputs {
         cloudevents_source: Option<&str>,
         traceparent: Option<&str>,
         ack: &Arc<EventAck>,
-    ) -> Result<(), String> {
+    ) -> Result<(), OutputError> {
         for (i, m) in messages.iter().enumerate() {
             let mut headers = m.headers.clone();
             // The event's own span, when traced, continues the trace (over the
@@ -223,12 +250,10 @@ impl Outputs {
         &self,
         record: Record<'_>,
         ack: &Arc<EventAck>,
-    ) -> Result<(), String> {
+    ) -> Result<(), OutputError> {
         if ack.is_stale() {
-            // Its partition was revoked (or fenced) or rewound while the event
-            // was handed over: the next owner handles it again, and nothing of
-            // it may be sent from here any more.
-            return Err(STALE.into());
+            // Nothing of it may be sent from here any more.
+            return Err(OutputError::Stale);
         }
         ack.expect(1);
         let delivery = Delivery::Event { ack: ack.clone() };
@@ -248,7 +273,7 @@ impl Outputs {
         error: &str,
         attempts: u32,
         ack: &Arc<EventAck>,
-    ) -> Result<(), String> {
+    ) -> Result<(), OutputError> {
         let letter = DeadLetter::new(event, plugin, error, attempts, self.max_record);
         self.enqueue_counted(
             Record {
@@ -260,7 +285,10 @@ impl Outputs {
             ack,
         )
         .await
-        .map_err(|e| format!("dead-lettering to {dlq_topic} failed: {e}"))
+        .map_err(|e| OutputError::DeadLetter {
+            topic: dlq_topic.to_string(),
+            source: Box::new(e),
+        })
     }
 
     /// Send one record to a full topic name and wait for its acknowledgement:
@@ -271,7 +299,7 @@ impl Outputs {
         key: Option<&[u8]>,
         payload: &[u8],
         headers: &[(String, Vec<u8>)],
-    ) -> Result<(i32, i64), String> {
+    ) -> Result<(i32, i64), OutputError> {
         self.send_record(Record {
             topic,
             key,
@@ -282,13 +310,11 @@ impl Outputs {
     }
 
     /// [`Outputs::send`] for any record (a tombstone, say).
-    pub async fn send_record(&self, record: Record<'_>) -> Result<(i32, i64), String> {
+    pub async fn send_record(&self, record: Record<'_>) -> Result<(i32, i64), OutputError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.enqueue(record, Delivery::Waiter(tx)).await?;
         let producer = self.producer.load_full();
-        let result = rx
-            .await
-            .unwrap_or_else(|_| Err("the producer was dropped".into()));
+        let result = rx.await.unwrap_or(Err(OutputError::Dropped));
         if result.is_err() {
             self.replace_if_fatal(&producer);
         }

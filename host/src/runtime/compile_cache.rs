@@ -49,8 +49,52 @@ pub struct CompileStats {
     pub cache_hits: u64,
 }
 
+/// Why the compile cache cannot be used (the host then refuses to start: its
+/// entries are run as native code).
+#[derive(Debug, thiserror::Error)]
+pub enum CompileCacheError {
+    #[error("cannot create the compile cache {}: {source}", dir.display())]
+    Create {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("compile cache key {}: {why} (delete it to make a new one; the cache is then rebuilt)", path.display())]
+    Key { path: PathBuf, why: String },
+    #[error("{what} {}: {source}", path.display())]
+    Inspect {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{what} {} belongs to uid {owner}, not to this host's uid {me}{hint}", path.display())]
+    NotOurs {
+        what: &'static str,
+        path: PathBuf,
+        owner: u32,
+        me: u32,
+        hint: &'static str,
+    },
+    #[error("{what} {} is open to others and cannot be made private: {source}", path.display())]
+    NotPrivate {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Why one entry of the cache is not used (it is then compiled again).
+#[derive(Debug, thiserror::Error)]
+enum EntryError {
+    #[error("too short to carry a tag")]
+    Short,
+    #[error("its tag does not match: not written by this host for this component")]
+    Tag,
+    #[error("{0}")]
+    Deserialize(String),
+}
+
 impl CompileCache {
-    pub fn open(dir: PathBuf, engine: &Engine) -> Result<Self, String> {
+    pub fn open(dir: PathBuf, engine: &Engine) -> Result<Self, CompileCacheError> {
         private_dir(&dir)?;
         let key = cache_key(&key_file(&dir))?;
         let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -151,19 +195,20 @@ impl CompileCache {
     }
 
     /// An entry's component, if its tag is this cache's for that entry name.
-    fn load(&self, engine: &Engine, name: &str, entry: &[u8]) -> Result<Component, String> {
+    fn load(&self, engine: &Engine, name: &str, entry: &[u8]) -> Result<Component, EntryError> {
         let Some(split) = entry.len().checked_sub(TAG_LEN) else {
-            return Err("too short to carry a tag".into());
+            return Err(EntryError::Short);
         };
         let (compiled, tag) = entry.split_at(split);
-        self.tag(name, compiled).verify_slice(tag).map_err(|_| {
-            "its tag does not match: not written by this host for this component".to_string()
-        })?;
+        self.tag(name, compiled)
+            .verify_slice(tag)
+            .map_err(|_| EntryError::Tag)?;
         // SAFETY: `compiled` was written by `Component::serialize` of an engine
         // with the same compatibility hash, for this component: the tag, made
         // with a key only this host reads, was checked on these very bytes.
         // wasmtime still checks the header and rejects what does not match.
-        unsafe { Component::deserialize(engine, compiled) }.map_err(|e| e.to_string())
+        unsafe { Component::deserialize(engine, compiled) }
+            .map_err(|e| EntryError::Deserialize(e.to_string()))
     }
 }
 
@@ -175,14 +220,12 @@ fn key_file(dir: &Path) -> PathBuf {
 }
 
 /// The cache's key, made (random, mode 0600) the first time.
-fn cache_key(path: &Path) -> Result<[u8; 32], String> {
+fn cache_key(path: &Path) -> Result<[u8; 32], CompileCacheError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let problem = |e: &dyn std::fmt::Display| {
-        format!(
-            "compile cache key {}: {e} (delete it to make a new one; the cache is then rebuilt)",
-            path.display()
-        )
+    let problem = |e: &dyn std::fmt::Display| CompileCacheError::Key {
+        path: path.to_path_buf(),
+        why: e.to_string(),
     };
     let mut fresh = [0u8; 32];
     rand::fill(&mut fresh);
@@ -209,13 +252,16 @@ fn cache_key(path: &Path) -> Result<[u8; 32], String> {
 
 /// Create `dir` (and its parents) with mode 0700 if missing; refuse one that
 /// another user owns, and make one that others may write to private.
-fn private_dir(dir: &Path) -> Result<(), String> {
+fn private_dir(dir: &Path) -> Result<(), CompileCacheError> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|e| format!("cannot create the compile cache {}: {e}", dir.display()))?;
+        .map_err(|source| CompileCacheError::Create {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
     let made_private = own_and_private(
         dir,
         "the compile cache",
@@ -230,7 +276,7 @@ fn private_dir(dir: &Path) -> Result<(), String> {
 }
 
 /// Refuse a key file another user owns; make one others may read private.
-fn private_file(path: &Path) -> Result<(), String> {
+fn private_file(path: &Path) -> Result<(), CompileCacheError> {
     own_and_private(path, "the compile cache key", 0o600, 0o077, "").map(|_| ())
 }
 
@@ -239,30 +285,37 @@ fn private_file(path: &Path) -> Result<(), String> {
 /// permission bits. Whether it had to be changed.
 fn own_and_private(
     path: &Path,
-    what: &str,
+    what: &'static str,
     mode: u32,
     forbidden: u32,
-    hint: &str,
-) -> Result<bool, String> {
+    hint: &'static str,
+) -> Result<bool, CompileCacheError> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let meta = std::fs::metadata(path).map_err(|e| format!("{what} {}: {e}", path.display()))?;
+    let meta = std::fs::metadata(path).map_err(|source| CompileCacheError::Inspect {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })?;
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
     if meta.uid() != me {
-        return Err(format!(
-            "{what} {} belongs to uid {}, not to this host's uid {me}{hint}",
-            path.display(),
-            meta.uid()
-        ));
+        return Err(CompileCacheError::NotOurs {
+            what,
+            path: path.to_path_buf(),
+            owner: meta.uid(),
+            me,
+            hint,
+        });
     }
     if meta.mode() & forbidden == 0 {
         return Ok(false);
     }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| {
-        format!(
-            "{what} {} is open to others and cannot be made private: {e}",
-            path.display()
-        )
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
+        CompileCacheError::NotPrivate {
+            what,
+            path: path.to_path_buf(),
+            source,
+        }
     })?;
     Ok(true)
 }

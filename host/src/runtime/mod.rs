@@ -30,6 +30,15 @@ use wasmtime::{Engine, Store, UpdateDeadline};
 /// a running guest's yields to the async executor.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// Why the runtime could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot start the runtime: {0}")]
+    Engine(String),
+    #[error(transparent)]
+    CompileCache(#[from] compile_cache::CompileCacheError),
+}
+
 /// One engine and linker shared by every plugin of a host.
 pub struct Runtime {
     engine: Engine,
@@ -72,8 +81,8 @@ impl Runtime {
     }
 
     /// A runtime that keeps precompiled components in `dir` and reuses them.
-    pub fn with_compile_cache(dir: std::path::PathBuf) -> Result<Self, String> {
-        let mut runtime = Self::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
+    pub fn with_compile_cache(dir: std::path::PathBuf) -> Result<Self, RuntimeError> {
+        let mut runtime = Self::new().map_err(|e| RuntimeError::Engine(e.to_string()))?;
         runtime.cache = Some(Arc::new(compile_cache::CompileCache::open(
             dir,
             &runtime.engine,

@@ -7,7 +7,7 @@
 mod memory;
 mod redis;
 
-pub use self::redis::RedisCache;
+pub use self::redis::{RedisCache, RedisSetupError};
 pub use memory::MemoryCache;
 
 use super::{not_granted, CallRecord};
@@ -21,20 +21,14 @@ pub const MAX_KEY_LEN: usize = 1024;
 pub const MAX_VALUE_LEN: usize = 8 * 1024 * 1024;
 
 /// Why a backend call failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CacheError {
     /// The backend cannot answer now (down, slow, refused): the call may succeed later.
+    #[error("{0}")]
     Unavailable(String),
     /// The call cannot succeed as made (e.g. the key holds another kind of value).
+    #[error("{0}")]
     Invalid(String),
-}
-
-impl std::fmt::Display for CacheError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CacheError::Unavailable(m) | CacheError::Invalid(m) => f.write_str(m),
-        }
-    }
 }
 
 pub type CacheResult<T> = Result<T, CacheError>;

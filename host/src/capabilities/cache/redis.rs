@@ -27,12 +27,25 @@ pub struct RedisCache {
     target: String,
 }
 
+/// Why a Redis backend could not be set up (nothing was contacted).
+#[derive(Debug, thiserror::Error)]
+pub enum RedisSetupError {
+    /// Why the URL is not usable (the URL itself, with its password, is not repeated).
+    #[error("{0}")]
+    Url(String),
+    #[error("cannot set up the {target} connection: {source}")]
+    Manager {
+        target: String,
+        source: redis::RedisError,
+    },
+}
+
 impl RedisCache {
     /// A backend for `url`. Nothing is contacted yet: the first call connects.
     /// Must be called inside a tokio runtime (the manager runs a task on it).
-    pub fn connect(url: &str, timeout: Duration) -> Result<RedisCache, String> {
-        let client =
-            redis::Client::open(url).map_err(|e| crate::config::redis_url_error(url, &e))?;
+    pub fn connect(url: &str, timeout: Duration) -> Result<RedisCache, RedisSetupError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| RedisSetupError::Url(crate::config::redis_url_error(url, &e)))?;
         let info = client.get_connection_info();
         let target = format!("redis {}/{}", info.addr(), info.redis_settings().db());
         let config = ConnectionManagerConfig::new()
@@ -43,8 +56,12 @@ impl RedisCache {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(timeout);
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| format!("cannot set up the {target} connection: {e}"))?;
+        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(|source| {
+            RedisSetupError::Manager {
+                target: target.clone(),
+                source,
+            }
+        })?;
         Ok(RedisCache {
             conn,
             timeout,

@@ -2,30 +2,33 @@
 //!
 //! A plugin's `schedule-deletion` / `cancel-deletion` is a [`ScheduleChange`]
 //! that belongs to its event, like a published message: it takes effect only if
-//! the handler succeeds. Where it goes depends on how the host runs:
+//! the handler succeeds. Where it is kept depends on how the host runs, one
+//! module each:
 //!
-//! - **topic** (`weir run`): the change is a record on the schedule topic, sent
+//! - [`topic`] (`weir run`): the change is a record on the schedule topic, sent
 //!   with the event's other outputs; the event's offset moves only once it is
 //!   acknowledged. The hosts share the topic's partitions through a consumer
-//!   group (see `schedule_topic`): the owner of a partition reads it from its
-//!   start into this schedule, and once caught up carries out its deletions when
-//!   due. A host that dies hands its partitions, and so its promises, to another.
-//! - **store** (`weir invoke`, the runtime alone): the change is written to the
+//!   group (`crate::schedule_topic` reads them into a [`TopicSchedule`]); the
+//!   owner of a partition, once caught up, carries out its deletions when due.
+//!   A host that dies hands its partitions, and so its promises, to another.
+//! - [`store`] (`weir invoke`, the runtime alone): the change is written to the
 //!   object store under `_weir/scheduled-deletions/` once the event is handled,
 //!   and read back from there.
+//!
+//! This module holds what both share: the entries and their record format, the
+//! grants a due deletion is checked against, and the sweep.
 
-use object_store::{path::Path as StorePath, ObjectStore, PutPayload};
+pub mod store;
+pub mod topic;
+
+use object_store::{path::Path as StorePath, ObjectStore};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::stores::delete_quietly;
-
-const SCHEDULE_DIR: &str = "_weir/scheduled-deletions";
-
-const TOPIC_WRITES: &str =
-    "a topic-kept schedule changes only through records on the schedule topic";
+pub use store::StoreSchedule;
+pub use topic::{PartitionStatus, TopicSchedule};
 
 /// One pending deletion.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -44,6 +47,35 @@ pub enum ScheduleChange {
     Schedule(ScheduledDeletion),
     /// Forget it (cancelled, or carried out).
     Cancel { plugin: String, key: String },
+}
+
+/// Why a schedule could not be read or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    #[error("cannot {action} the scheduled-deletion entry {path}: {source}")]
+    Entry {
+        action: &'static str,
+        path: StorePath,
+        source: object_store::Error,
+    },
+    #[error("cannot list the scheduled deletions under {prefix}: {source}")]
+    List {
+        prefix: StorePath,
+        source: object_store::Error,
+    },
+    #[error("a topic-kept schedule changes only through records on the schedule topic")]
+    TopicKept,
+}
+
+/// Why a record of the schedule topic is not a schedule change.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RecordError {
+    #[error("a schedule record without a UTF-8 key")]
+    KeyNotUtf8,
+    #[error("schedule record key {0:?} is not plugin/key")]
+    KeyShape(String),
+    #[error("schedule record {key:?}: {why}")]
+    Value { key: String, why: String },
 }
 
 impl ScheduleChange {
@@ -75,13 +107,13 @@ impl ScheduleChange {
     }
 
     /// Read a record of the schedule topic back.
-    pub fn from_record(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Self, String> {
+    pub fn from_record(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Self, RecordError> {
         let key = key
             .and_then(|k| std::str::from_utf8(k).ok())
-            .ok_or("a schedule record without a UTF-8 key")?;
+            .ok_or(RecordError::KeyNotUtf8)?;
         let (plugin, object) = key
             .split_once('/')
-            .ok_or_else(|| format!("schedule record key {key:?} is not plugin/key"))?;
+            .ok_or_else(|| RecordError::KeyShape(key.to_string()))?;
         match value {
             None => Ok(ScheduleChange::Cancel {
                 plugin: plugin.to_string(),
@@ -89,7 +121,10 @@ impl ScheduleChange {
             }),
             Some(v) => serde_json::from_slice(v)
                 .map(ScheduleChange::Schedule)
-                .map_err(|e| format!("schedule record {key:?}: {e}")),
+                .map_err(|e| RecordError::Value {
+                    key: key.to_string(),
+                    why: e.to_string(),
+                }),
         }
     }
 }
@@ -111,60 +146,9 @@ pub struct SweepReport {
 /// Due times kept in memory, per plugin then object key: (due, scheduled at),
 /// milliseconds since the Unix epoch. Compact, since a topic's worth of pending
 /// deletions can run into the millions.
-type Pending = HashMap<String, HashMap<Box<str>, (i64, i64)>>;
+pub(crate) type Pending = HashMap<String, HashMap<Box<str>, (i64, i64)>>;
 
-/// One owned partition of the schedule topic.
-#[derive(Default)]
-struct Partition {
-    /// The partition's end when it was assigned: until it is read that far, its
-    /// schedule is incomplete (a later cancel may not be known yet), so nothing
-    /// of it is carried out. `None` until the end is known.
-    end: Option<i64>,
-    /// The next offset to read.
-    next: i64,
-    pending: Pending,
-}
-
-impl Partition {
-    fn ready(&self) -> bool {
-        self.end.is_some_and(|end| self.next >= end)
-    }
-}
-
-/// What the host knows of one owned partition of the schedule topic.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct PartitionStatus {
-    pub partition: i32,
-    /// Read up to its end as of assignment: its deletions are carried out.
-    pub ready: bool,
-    pub pending: usize,
-    pub next_offset: i64,
-}
-
-#[derive(Clone)]
-pub struct DeletionSchedule {
-    kind: Arc<Kind>,
-    /// The storage prefixes of each plugin loaded on this host (its latest
-    /// version's; `None`: storage not granted). A deletion is carried out only
-    /// within them: anyone who can write the schedule topic can name any
-    /// (plugin, key), so an entry is no proof of a grant.
-    grants: Arc<Mutex<HashMap<String, Option<Vec<String>>>>>,
-}
-
-/// Whether a due deletion may be carried out here.
-enum Authority {
-    Granted,
-    /// The plugin was never loaded on this host.
-    Unknown,
-    Refused(String),
-}
-
-enum Kind {
-    Store(Arc<dyn ObjectStore>),
-    Topic(Mutex<BTreeMap<i32, Partition>>),
-}
-
-fn apply_to(pending: &mut Pending, change: &ScheduleChange) {
+pub(crate) fn apply_to(pending: &mut Pending, change: &ScheduleChange) {
     match change {
         ScheduleChange::Schedule(d) => {
             let keys = match pending.get_mut(&d.plugin) {
@@ -181,7 +165,7 @@ fn apply_to(pending: &mut Pending, change: &ScheduleChange) {
     }
 }
 
-fn entries_of(pending: &Pending) -> impl Iterator<Item = ScheduledDeletion> + '_ {
+pub(crate) fn entries_of(pending: &Pending) -> impl Iterator<Item = ScheduledDeletion> + '_ {
     pending.iter().flat_map(|(plugin, keys)| {
         keys.iter().map(|(key, (due_ms, at))| ScheduledDeletion {
             plugin: plugin.clone(),
@@ -192,6 +176,11 @@ fn entries_of(pending: &Pending) -> impl Iterator<Item = ScheduledDeletion> + '_
     })
 }
 
+/// Soonest first, then by key.
+fn sort(entries: &mut [ScheduledDeletion]) {
+    entries.sort_by(|a, b| (a.due_ms, &a.key).cmp(&(b.due_ms, &b.key)));
+}
+
 /// Fold schedule records, in order, into the deletions still pending.
 pub fn fold<'a>(changes: impl IntoIterator<Item = &'a ScheduleChange>) -> Vec<ScheduledDeletion> {
     let mut pending = Pending::default();
@@ -199,33 +188,28 @@ pub fn fold<'a>(changes: impl IntoIterator<Item = &'a ScheduleChange>) -> Vec<Sc
         apply_to(&mut pending, c);
     }
     let mut out: Vec<_> = entries_of(&pending).collect();
-    out.sort_by(|a, b| (a.due_ms, &a.key).cmp(&(b.due_ms, &b.key)));
+    sort(&mut out);
     out
 }
 
-impl DeletionSchedule {
-    /// Kept in `store` under `_weir/scheduled-deletions/`, one small JSON object
-    /// per (plugin, key): `weir invoke` and the runtime alone.
-    pub fn in_store(store: Arc<dyn ObjectStore>) -> Self {
-        DeletionSchedule {
-            kind: Arc::new(Kind::Store(store)),
-            grants: Default::default(),
-        }
-    }
+/// The storage prefixes of each plugin loaded on this host (its latest
+/// version's; `None`: storage not granted). A deletion is carried out only
+/// within them: anyone who can write the schedule topic can name any
+/// (plugin, key), so an entry is no proof of a grant.
+#[derive(Clone, Default)]
+struct ScheduleGrants(Arc<Mutex<HashMap<String, Option<Vec<String>>>>>);
 
-    /// Kept as records on the schedule topic; this host holds the partitions it
-    /// owns (`weir run`).
-    pub fn in_topic() -> Self {
-        DeletionSchedule {
-            kind: Arc::new(Kind::Topic(Mutex::new(BTreeMap::new()))),
-            grants: Default::default(),
-        }
-    }
+/// Whether a due deletion may be carried out here.
+enum Authority {
+    Granted,
+    /// The plugin was never loaded on this host.
+    Unknown,
+    Refused(String),
+}
 
-    /// `plugin` was loaded with these storage prefixes (`None`: no storage):
-    /// its due deletions are carried out within them from now on.
-    pub fn allow(&self, plugin: &str, prefixes: Option<Vec<String>>) {
-        self.grants
+impl ScheduleGrants {
+    fn allow(&self, plugin: &str, prefixes: Option<Vec<String>>) {
+        self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(plugin.to_string(), prefixes);
@@ -233,7 +217,7 @@ impl DeletionSchedule {
 
     fn authority(&self, entry: &ScheduledDeletion) -> Authority {
         let grants = self
-            .grants
+            .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let Some(prefixes) = grants.get(&entry.plugin) else {
@@ -248,381 +232,182 @@ impl DeletionSchedule {
             | Err(crate::storage_key::KeyError::Denied(why)) => Authority::Refused(why),
         }
     }
+}
+
+/// The deletion schedule of one host, kept in one of two places.
+#[derive(Clone)]
+pub enum DeletionSchedule {
+    Store(StoreSchedule),
+    Topic(TopicSchedule),
+}
+
+impl DeletionSchedule {
+    /// Kept in `store` under `_weir/scheduled-deletions/`, one small JSON object
+    /// per (plugin, key): `weir invoke` and the runtime alone.
+    pub fn in_store(store: Arc<dyn ObjectStore>) -> Self {
+        DeletionSchedule::Store(StoreSchedule::new(store))
+    }
+
+    /// Kept as records on the schedule topic; this host holds the partitions it
+    /// owns (`weir run`).
+    pub fn in_topic() -> Self {
+        DeletionSchedule::Topic(TopicSchedule::new())
+    }
+
+    fn grants(&self) -> &ScheduleGrants {
+        match self {
+            DeletionSchedule::Store(s) => &s.grants,
+            DeletionSchedule::Topic(t) => &t.grants,
+        }
+    }
+
+    /// `plugin` was loaded with these storage prefixes (`None`: no storage):
+    /// its due deletions are carried out within them from now on.
+    pub fn allow(&self, plugin: &str, prefixes: Option<Vec<String>>) {
+        self.grants().allow(plugin, prefixes)
+    }
+
+    /// The store-kept schedule, under `weir invoke`.
+    pub fn store(&self) -> Option<&StoreSchedule> {
+        match self {
+            DeletionSchedule::Store(s) => Some(s),
+            DeletionSchedule::Topic(_) => None,
+        }
+    }
+
+    /// The topic-kept schedule, under `weir run`.
+    pub fn topic(&self) -> Option<&TopicSchedule> {
+        match self {
+            DeletionSchedule::Topic(t) => Some(t),
+            DeletionSchedule::Store(_) => None,
+        }
+    }
 
     /// Whether changes are records sent with the event's outputs (`weir run`)
     /// rather than written by the host once the event is handled.
     pub fn is_topic(&self) -> bool {
-        matches!(*self.kind, Kind::Topic(_))
+        self.topic().is_some()
     }
 
-    fn partitions(&self) -> Option<std::sync::MutexGuard<'_, BTreeMap<i32, Partition>>> {
-        match &*self.kind {
-            Kind::Topic(parts) => Some(
-                parts
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner),
-            ),
-            Kind::Store(_) => None,
+    /// Write a change now (a store-kept schedule; a topic-kept one refuses).
+    pub async fn write(&self, change: &ScheduleChange) -> Result<(), ScheduleError> {
+        match self {
+            DeletionSchedule::Store(s) => s.write(change).await,
+            DeletionSchedule::Topic(_) => Err(ScheduleError::TopicKept),
         }
-    }
-
-    /// This host now owns `partition`: it will be read from its start.
-    pub fn assign(&self, partition: i32) {
-        if let Some(mut parts) = self.partitions() {
-            parts.insert(partition, Partition::default());
-        }
-    }
-
-    /// This host no longer owns `partition`: forget what it held.
-    pub fn revoke(&self, partition: i32) {
-        if let Some(mut parts) = self.partitions() {
-            parts.remove(&partition);
-        }
-    }
-
-    /// Owned partitions whose end is not known yet.
-    pub fn without_end(&self) -> Vec<i32> {
-        self.partitions()
-            .map(|parts| {
-                parts
-                    .iter()
-                    .filter(|(_, p)| p.end.is_none())
-                    .map(|(id, _)| *id)
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// The watermarks of an owned partition as of its assignment.
-    pub fn set_end(&self, partition: i32, low: i64, high: i64) {
-        if let Some(mut parts) = self.partitions() {
-            if let Some(p) = parts.get_mut(&partition) {
-                p.end = Some(high);
-                p.next = p.next.max(low);
-            }
-        }
-    }
-
-    /// Apply the record at `offset` of an owned partition (ignored otherwise).
-    pub fn apply_at(&self, partition: i32, offset: i64, change: Option<&ScheduleChange>) {
-        if let Some(mut parts) = self.partitions() {
-            if let Some(p) = parts.get_mut(&partition) {
-                if let Some(change) = change {
-                    apply_to(&mut p.pending, change);
-                }
-                p.next = offset + 1;
-            }
-        }
-    }
-
-    /// The consumer reached the end of an owned partition (librdkafka's
-    /// partition EOF, which counts offsets that hold no record for the consumer:
-    /// records the cleaner compacted away, transaction markers). Everything up to
-    /// its end as of assignment has been read.
-    pub fn reached_end(&self, partition: i32) {
-        if let Some(mut parts) = self.partitions() {
-            if let Some(p) = parts.get_mut(&partition) {
-                if let Some(end) = p.end {
-                    p.next = p.next.max(end);
-                }
-            }
-        }
-    }
-
-    /// What this host holds of the schedule topic, partition by partition.
-    pub fn owned(&self) -> Vec<PartitionStatus> {
-        self.partitions()
-            .map(|parts| {
-                parts
-                    .iter()
-                    .map(|(id, p)| PartitionStatus {
-                        partition: *id,
-                        ready: p.ready(),
-                        pending: p.pending.values().map(|k| k.len()).sum(),
-                        next_offset: p.next,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// Forget a carried-out deletion, unless it was rescheduled meanwhile.
-    fn forget(&self, done: &ScheduledDeletion) {
-        if let Some(mut parts) = self.partitions() {
-            for p in parts.values_mut() {
-                if let Some(keys) = p.pending.get_mut(&done.plugin) {
-                    if keys.get(done.key.as_str()) == Some(&(done.due_ms, done.scheduled_at_ms)) {
-                        keys.remove(done.key.as_str());
-                    }
-                }
-            }
-        }
-    }
-
-    fn entry_path(plugin: &str, key: &str) -> StorePath {
-        let digest = hex::encode(Sha256::digest(key.as_bytes()));
-        StorePath::from(format!("{SCHEDULE_DIR}/{plugin}/{digest}.json"))
-    }
-
-    /// Write a change now (a store-kept schedule).
-    pub async fn write(&self, change: &ScheduleChange) -> Result<(), String> {
-        match change {
-            ScheduleChange::Schedule(d) => self.schedule(d).await,
-            ScheduleChange::Cancel { plugin, key } => self.cancel(plugin, key).await.map(|_| ()),
-        }
-    }
-
-    /// Schedule (or reschedule) the deletion of `key` for `plugin`.
-    pub async fn schedule(&self, entry: &ScheduledDeletion) -> Result<(), String> {
-        match &*self.kind {
-            Kind::Store(store) => {
-                let body = serde_json::to_vec(entry).map_err(|e| e.to_string())?;
-                store
-                    .put(
-                        &Self::entry_path(&entry.plugin, &entry.key),
-                        PutPayload::from(body),
-                    )
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            }
-            Kind::Topic(_) => Err(TOPIC_WRITES.into()),
-        }
-    }
-
-    /// Drop a scheduled deletion; whether there was one.
-    pub async fn cancel(&self, plugin: &str, key: &str) -> Result<bool, String> {
-        let Kind::Store(store) = &*self.kind else {
-            return Err(TOPIC_WRITES.into());
-        };
-        let was = self.is_scheduled(plugin, key).await?;
-        if was {
-            delete_quietly(&**store, &Self::entry_path(plugin, key)).await?
-        }
-        Ok(was)
     }
 
     /// Whether a deletion of `key` is scheduled for `plugin`, as far as this
     /// host knows: under `weir run`, in the schedule partitions it owns.
-    pub async fn is_scheduled(&self, plugin: &str, key: &str) -> Result<bool, String> {
-        match &*self.kind {
-            Kind::Store(store) => match store.head(&Self::entry_path(plugin, key)).await {
-                Ok(_) => Ok(true),
-                Err(object_store::Error::NotFound { .. }) => Ok(false),
-                Err(e) => Err(e.to_string()),
-            },
-            Kind::Topic(parts) => Ok(parts
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .values()
-                .any(|p| p.pending.get(plugin).is_some_and(|k| k.contains_key(key)))),
+    pub async fn is_scheduled(&self, plugin: &str, key: &str) -> Result<bool, ScheduleError> {
+        match self {
+            DeletionSchedule::Store(s) => s.is_scheduled(plugin, key).await,
+            DeletionSchedule::Topic(t) => Ok(t.is_scheduled(plugin, key)),
         }
     }
 
     /// Every pending deletion this host knows of, soonest first.
-    pub async fn list(&self) -> Result<Vec<ScheduledDeletion>, String> {
-        self.entries_where(|_| true).await
-    }
-
-    /// The pending deletions this host may carry out: all of a store-kept
-    /// schedule; those of the owned partitions read up to their end.
-    async fn entries_where(
-        &self,
-        include: impl Fn(&Partition) -> bool,
-    ) -> Result<Vec<ScheduledDeletion>, String> {
-        let mut out: Vec<ScheduledDeletion> = match &*self.kind {
-            Kind::Store(_) => self.entries().await?.into_iter().map(|(_, e)| e).collect(),
-            Kind::Topic(parts) => parts
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .values()
-                .filter(|p| include(p))
-                .flat_map(|p| entries_of(&p.pending).collect::<Vec<_>>())
-                .collect(),
-        };
-        out.sort_by(|a, b| (a.due_ms, &a.key).cmp(&(b.due_ms, &b.key)));
-        Ok(out)
-    }
-
-    /// Every entry of a store-kept schedule with its path.
-    async fn entries(&self) -> Result<Vec<(StorePath, ScheduledDeletion)>, String> {
-        use futures::TryStreamExt;
-        let Kind::Store(store) = &*self.kind else {
-            return Ok(Vec::new());
-        };
-        let prefix = StorePath::from(SCHEDULE_DIR);
-        let metas: Vec<_> = store
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut out = Vec::new();
-        for meta in metas {
-            let bytes = match store.get(&meta.location).await {
-                Ok(r) => r.bytes().await.map_err(|e| e.to_string())?,
-                Err(object_store::Error::NotFound { .. }) => continue, // swept meanwhile
-                Err(e) => return Err(e.to_string()),
-            };
-            match serde_json::from_slice::<ScheduledDeletion>(&bytes) {
-                Ok(entry) => out.push((meta.location, entry)),
-                Err(e) => {
-                    tracing::warn!(entry = %meta.location, error = %e, "ignoring an unreadable scheduled-deletion entry")
-                }
-            }
+    pub async fn list(&self) -> Result<Vec<ScheduledDeletion>, ScheduleError> {
+        match self {
+            DeletionSchedule::Store(s) => s.list().await,
+            DeletionSchedule::Topic(t) => Ok(t.list()),
         }
-        Ok(out)
     }
 
-    /// Delete from `storage` every object whose deletion is due at `now_ms`, then
-    /// forget it with `forget` (for a store-kept schedule: remove its entry). A
-    /// failed deletion stays scheduled and is retried by the next sweep.
-    pub async fn sweep_with<F, Fut>(
-        &self,
-        storage: &dyn ObjectStore,
-        now_ms: i64,
-        mut forget: F,
-    ) -> Result<SweepReport, String>
-    where
-        F: FnMut(ScheduleChange) -> Fut,
-        Fut: std::future::Future<Output = Result<(), String>>,
-    {
-        let mut report = SweepReport::default();
-        for entry in self.entries_where(Partition::ready).await? {
-            if entry.due_ms > now_ms {
+    /// What this host holds of the schedule topic, partition by partition
+    /// (nothing for a store-kept schedule).
+    pub fn owned(&self) -> Vec<PartitionStatus> {
+        self.topic().map(TopicSchedule::owned).unwrap_or_default()
+    }
+}
+
+/// Carry out the due ones of `entries` (the deletions this host may carry out,
+/// soonest first): delete each object from `storage` within its plugin's
+/// grants, then `forget` it (write its cancellation) and `done` (drop it from
+/// memory). A refused entry is forgotten without deleting anything; a failed
+/// deletion stays scheduled and is retried by the next sweep.
+async fn sweep_entries<F, Fut, E>(
+    entries: Vec<ScheduledDeletion>,
+    grants: &ScheduleGrants,
+    storage: &dyn ObjectStore,
+    now_ms: i64,
+    mut forget: F,
+    done: impl Fn(&ScheduledDeletion),
+) -> SweepReport
+where
+    F: FnMut(ScheduleChange) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let mut report = SweepReport::default();
+    for entry in entries {
+        if entry.due_ms > now_ms {
+            report.pending += 1;
+            continue;
+        }
+        let change = ScheduleChange::Cancel {
+            plugin: entry.plugin.clone(),
+            key: entry.key.clone(),
+        };
+        match grants.authority(&entry) {
+            Authority::Granted => {}
+            Authority::Unknown => {
+                report.held += 1;
                 report.pending += 1;
                 continue;
             }
-            let change = ScheduleChange::Cancel {
-                plugin: entry.plugin.clone(),
-                key: entry.key.clone(),
-            };
-            match self.authority(&entry) {
-                Authority::Granted => {}
-                Authority::Unknown => {
-                    report.held += 1;
-                    report.pending += 1;
+            Authority::Refused(why) => {
+                if let Err(e) = forget(change).await {
+                    report.failed.push((entry, e.to_string()));
                     continue;
                 }
-                Authority::Refused(why) => {
-                    if let Err(e) = forget(change).await {
-                        report.failed.push((entry, e));
-                        continue;
-                    }
-                    self.forget(&entry);
-                    tracing::error!(
-                        plugin = %entry.plugin,
-                        key = %entry.key,
-                        "scheduled deletion refused and dropped, nothing deleted: {why} \
-                         (a record on the schedule topic that this plugin did not write?)"
-                    );
-                    report.refused.push((entry, why));
-                    continue;
-                }
-            }
-            let target = StorePath::from(entry.key.as_str());
-            let done = match delete_quietly(storage, &target).await {
-                Ok(()) => forget(change).await,
-                Err(e) => Err(e),
-            };
-            match done {
-                Ok(()) => {
-                    self.forget(&entry);
-                    tracing::info!(plugin = %entry.plugin, key = %entry.key, "scheduled deletion carried out");
-                    report.deleted.push(entry);
-                }
-                Err(e) => {
-                    tracing::warn!(plugin = %entry.plugin, key = %entry.key, error = %e, "scheduled deletion failed; will retry");
-                    report.failed.push((entry, e));
-                }
+                done(&entry);
+                tracing::error!(
+                    plugin = %entry.plugin,
+                    key = %entry.key,
+                    "scheduled deletion refused and dropped, nothing deleted: {why} \
+                     (a record on the schedule topic that this plugin did not write?)"
+                );
+                report.refused.push((entry, why));
+                continue;
             }
         }
-        Ok(report)
-    }
-
-    /// Sweep a store-kept schedule: the objects live in the same store.
-    pub async fn sweep(&self, now_ms: i64) -> Result<SweepReport, String> {
-        let Kind::Store(store) = &*self.kind else {
-            return Err("this schedule is swept by the host that keeps its records".into());
+        let target = StorePath::from(entry.key.as_str());
+        let result = match delete_quietly(storage, &target).await {
+            Ok(()) => forget(change).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
         };
-        let store = store.clone();
-        self.sweep_with(&*store, now_ms, |change| {
-            let schedule = self.clone();
-            async move { schedule.write(&change).await }
-        })
-        .await
-    }
-
-    /// Sweep a store-kept schedule every `interval` until the task is dropped.
-    pub fn spawn_sweeper(self, interval: std::time::Duration) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            loop {
-                tick.tick().await;
-                if let Err(e) = self.sweep(super::stores::now_ms()).await {
-                    tracing::warn!(error = %e, "scheduled-deletion sweep failed; will retry");
-                }
+        match result {
+            Ok(()) => {
+                done(&entry);
+                tracing::info!(plugin = %entry.plugin, key = %entry.key, "scheduled deletion carried out");
+                report.deleted.push(entry);
             }
-        })
+            Err(e) => {
+                tracing::warn!(plugin = %entry.plugin, key = %entry.key, error = %e, "scheduled deletion failed; will retry");
+                report.failed.push((entry, e));
+            }
+        }
+    }
+    report
+}
+
+#[cfg(test)]
+pub(crate) fn entry(key: &str, due_ms: i64) -> ScheduledDeletion {
+    ScheduledDeletion {
+        plugin: "p".into(),
+        key: key.into(),
+        due_ms,
+        scheduled_at_ms: 0,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::capabilities::storage::local_store;
 
-    fn entry(key: &str, due_ms: i64) -> ScheduledDeletion {
-        ScheduledDeletion {
-            plugin: "p".into(),
-            key: key.into(),
-            due_ms,
-            scheduled_at_ms: 0,
-        }
-    }
-
-    #[tokio::test]
-    async fn a_store_kept_schedule_persists_and_sweeps_when_due() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = local_store(dir.path()).unwrap();
-        store
-            .put(&StorePath::from("audio/a.mp3"), PutPayload::from(vec![1u8]))
-            .await
-            .unwrap();
-        let schedule = DeletionSchedule::in_store(store.clone());
-        schedule
-            .schedule(&entry("audio/a.mp3", 1_000))
-            .await
-            .unwrap();
-        schedule
-            .schedule(&entry("audio/b.mp3", 9_000))
-            .await
-            .unwrap();
-        // Rescheduling replaces, it does not duplicate.
-        schedule
-            .schedule(&entry("audio/a.mp3", 2_000))
-            .await
-            .unwrap();
-
-        // A new schedule over the same directory (a restarted host) sees both.
-        let restarted = DeletionSchedule::in_store(local_store(dir.path()).unwrap());
-        restarted.allow("p", Some(vec!["audio/".into()]));
-        let pending = restarted.list().await.unwrap();
-        assert_eq!(
-            pending,
-            vec![entry("audio/a.mp3", 2_000), entry("audio/b.mp3", 9_000)]
-        );
-
-        let report = restarted.sweep(5_000).await.unwrap();
-        assert_eq!(report.deleted, vec![entry("audio/a.mp3", 2_000)]);
-        assert_eq!(report.pending, 1);
-        assert!(store.head(&StorePath::from("audio/a.mp3")).await.is_err());
-        assert_eq!(restarted.list().await.unwrap().len(), 1);
-        assert!(restarted.cancel("p", "audio/b.mp3").await.unwrap());
-        assert!(restarted.list().await.unwrap().is_empty());
-    }
-
-    #[tokio::test]
-    async fn records_round_trip_and_rebuild_the_same_schedule() {
+    #[test]
+    fn records_round_trip_and_fold_into_what_is_pending() {
         let changes = [
             ScheduleChange::Schedule(entry("audio/a.mp3", 5)),
             ScheduleChange::Schedule(entry("audio/b/c.mp3", 7)),
@@ -632,127 +417,22 @@ mod tests {
                 key: "audio/b/c.mp3".into(),
             },
         ];
-        let schedule = DeletionSchedule::in_topic();
-        schedule.assign(0);
-        let mut back = Vec::new();
-        for (offset, c) in changes.iter().enumerate() {
-            let (key, value) = c.record();
-            let change =
-                ScheduleChange::from_record(Some(key.as_bytes()), value.as_deref()).unwrap();
-            assert_eq!(&change, c);
-            schedule.apply_at(0, offset as i64, Some(&change));
-            back.push(change);
-        }
-        // A partition this host does not own is ignored.
-        schedule.apply_at(1, 0, Some(&changes[1]));
+        let back: Vec<ScheduleChange> = changes
+            .iter()
+            .map(|c| {
+                let (key, value) = c.record();
+                ScheduleChange::from_record(Some(key.as_bytes()), value.as_deref()).unwrap()
+            })
+            .collect();
+        assert_eq!(back, changes);
         assert_eq!(fold(&back), vec![entry("audio/a.mp3", 6)]);
         assert_eq!(
-            schedule.list().await.unwrap(),
-            vec![entry("audio/a.mp3", 6)]
+            ScheduleChange::from_record(Some(b"nokey"), None),
+            Err(RecordError::KeyShape("nokey".into()))
         );
-        assert!(schedule.is_scheduled("p", "audio/a.mp3").await.unwrap());
-        assert!(!schedule.is_scheduled("p", "audio/b/c.mp3").await.unwrap());
-        assert!(ScheduleChange::from_record(Some(b"nokey"), None).is_err());
-    }
-
-    #[tokio::test]
-    async fn only_an_owned_partition_read_to_its_end_is_swept() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = local_store(dir.path()).unwrap();
-        let schedule = DeletionSchedule::in_topic();
-        schedule.allow("p", Some(vec!["audio/".into()]));
-        schedule.assign(2);
-        schedule.apply_at(
-            2,
-            0,
-            Some(&ScheduleChange::Schedule(entry("audio/a.mp3", 1))),
-        );
-        let forget = |_c: ScheduleChange| async { Ok::<(), String>(()) };
-        // Its end is not known yet: a later record might cancel it.
-        let report = schedule.sweep_with(&*store, 10, forget).await.unwrap();
-        assert!(report.deleted.is_empty());
-        schedule.set_end(2, 0, 2);
-        let report = schedule.sweep_with(&*store, 10, forget).await.unwrap();
-        assert!(report.deleted.is_empty(), "offset 1 not read yet");
-        schedule.apply_at(2, 1, None);
-        assert!(schedule.owned()[0].ready);
-        let report = schedule.sweep_with(&*store, 10, forget).await.unwrap();
-        assert_eq!(report.deleted, vec![entry("audio/a.mp3", 1)]);
-        assert!(schedule.list().await.unwrap().is_empty());
-        // Revoked: forgotten; assigned again: read again from the start.
-        schedule.apply_at(
-            2,
-            2,
-            Some(&ScheduleChange::Schedule(entry("audio/b.mp3", 1))),
-        );
-        schedule.revoke(2);
-        assert!(schedule.owned().is_empty());
-        assert!(schedule.list().await.unwrap().is_empty());
-    }
-
-    /// Issue 20: one record written to the schedule topic by anyone made the
-    /// host delete `private/secret.txt` for a plugin granted only `audio/`.
-    #[tokio::test]
-    async fn the_sweeper_deletes_only_within_the_plugins_grants() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = local_store(dir.path()).unwrap();
-        for key in ["private/secret.txt", "audio/a.mp3", "other/x"] {
-            store
-                .put(&StorePath::from(key), PutPayload::from(vec![1u8]))
-                .await
-                .unwrap();
-        }
-        let schedule = DeletionSchedule::in_topic();
-        schedule.assign(0);
-        schedule.set_end(0, 0, 4);
-        let forged = |plugin: &str, key: &str| {
-            ScheduleChange::Schedule(ScheduledDeletion {
-                plugin: plugin.into(),
-                ..entry(key, 0)
-            })
-        };
-        schedule.apply_at(0, 0, Some(&forged("p", "private/secret.txt")));
-        schedule.apply_at(0, 1, Some(&forged("p", "audio/a.mp3")));
-        schedule.apply_at(0, 2, Some(&forged("nostorage", "audio/a.mp3")));
-        schedule.apply_at(0, 3, Some(&forged("absent", "other/x")));
-        schedule.allow("p", Some(vec!["audio/".into()]));
-        schedule.allow("nostorage", None);
-        let forgotten = Mutex::new(Vec::new());
-        let report = schedule
-            .sweep_with(&*store, 10, |c| {
-                forgotten.lock().unwrap().push(c);
-                async { Ok::<(), String>(()) }
-            })
-            .await
-            .unwrap();
-        assert_eq!(report.deleted, vec![entry("audio/a.mp3", 0)]);
-        let refused: Vec<(&str, &str)> = report
-            .refused
-            .iter()
-            .map(|(e, _)| (e.plugin.as_str(), e.key.as_str()))
-            .collect();
         assert_eq!(
-            refused,
-            [("nostorage", "audio/a.mp3"), ("p", "private/secret.txt")]
-        );
-        assert!(report
-            .refused
-            .iter()
-            .any(|(_, why)| why.contains("not granted storage")));
-        assert_eq!(
-            (report.held, report.pending),
-            (1, 1),
-            "a plugin never loaded here waits"
-        );
-        assert!(store
-            .head(&StorePath::from("private/secret.txt"))
-            .await
-            .is_ok());
-        assert!(store.head(&StorePath::from("other/x")).await.is_ok());
-        assert_eq!(
-            forgotten.lock().unwrap().len(),
-            3,
-            "refused entries are tombstoned too"
+            ScheduleChange::from_record(Some(&[0xff, b'/']), None),
+            Err(RecordError::KeyNotUtf8)
         );
     }
 }
