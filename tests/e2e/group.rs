@@ -47,18 +47,31 @@ async fn partitions_handed_back_after_a_rebalance_under_backpressure_flow_to_the
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let out = b.read("grp-out", n);
+    // Settled: every partition committed to its end, and the late joiners have
+    // their share (on a slow machine one host can drain the whole backlog
+    // before the others have compiled the plugin and joined; their assignment
+    // then comes after, and the positions must still be at the end).
     let deadline = Instant::now() + PATIENCE;
-    let settled = loop {
+    let logs_of = || -> Vec<String> {
+        std::iter::once(&a)
+            .chain(&others)
+            .map(|h| h.log_text())
+            .collect()
+    };
+    let assigned = |logs: &[String]| {
+        logs.iter()
+            .filter(|l| l.contains("partitions assigned"))
+            .count()
+    };
+    let (settled, logs) = loop {
         let now = b.positions("grp-echo", "grp-in", 3);
-        if now.iter().all(|(at, high)| at == high) || Instant::now() > deadline {
-            break now;
+        let logs = logs_of();
+        let done = now.iter().all(|(at, high)| at == high) && assigned(&logs) >= 2;
+        if done || Instant::now() > deadline {
+            break (now, logs);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let logs: Vec<String> = std::iter::once(&a)
-        .chain(&others)
-        .map(|h| h.log_text())
-        .collect();
     drop(a);
     drop(others);
 
@@ -77,10 +90,7 @@ async fn partitions_handed_back_after_a_rebalance_under_backpressure_flow_to_the
             logs.join("\n---\n")
         );
     }
-    let shared = logs
-        .iter()
-        .filter(|l| l.contains("partitions assigned"))
-        .count();
+    let shared = assigned(&logs);
     assert!(
         shared >= 2,
         "the partitions were shared: {shared} host(s) got some"
