@@ -115,6 +115,33 @@ pub struct ConsumerSettings {
     /// Events handed to the plugin in one call at most (when it exports
     /// `handle-batch`; one event per (partition, key) per call).
     pub batch: u32,
+    /// What a reader of the outputs sees after a crash: `at-least-once` (the
+    /// events since the last commit are handled and published again) or
+    /// `exactly-once` (outputs and consumed offsets commit in one Kafka
+    /// transaction; a `read_committed` reader sees each input's outputs once).
+    pub delivery: DeliveryMode,
+    /// Exactly-once: how often the open transaction is committed (Kafka
+    /// Streams' `commit.interval.ms`). Longer: fewer commits, more latency.
+    #[serde(with = "humantime_serde")]
+    pub transaction_interval: Duration,
+}
+
+/// `[consumer] delivery`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeliveryMode {
+    #[default]
+    AtLeastOnce,
+    ExactlyOnce,
+}
+
+impl DeliveryMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryMode::AtLeastOnce => "at-least-once",
+            DeliveryMode::ExactlyOnce => "exactly-once",
+        }
+    }
 }
 
 impl Default for ConsumerSettings {
@@ -125,6 +152,8 @@ impl Default for ConsumerSettings {
             max_in_flight: 5_000,
             max_in_flight_bytes: ByteSize::mib(16),
             batch: 128,
+            delivery: DeliveryMode::AtLeastOnce,
+            transaction_interval: Duration::from_millis(100),
         }
     }
 }
@@ -351,6 +380,16 @@ impl Manifest {
                 ),
             );
         }
+        let interval = self.consumer.transaction_interval;
+        if interval < Duration::from_millis(10) || interval > Duration::from_secs(60) {
+            return bad(
+                "consumer.transaction_interval",
+                format!(
+                    "{} is out of range: use 10ms to 60s",
+                    humantime::format_duration(interval)
+                ),
+            );
+        }
         if let Some(group) = &self.consumer.group {
             if group.trim().is_empty() {
                 return bad("consumer.group", "is empty".into());
@@ -481,6 +520,26 @@ mod tests {
         assert_eq!(m.retry.attempts, 5);
         assert!(m.capabilities.cache.is_none());
         assert_eq!(m.cache_namespace(), None);
+    }
+
+    #[test]
+    fn delivery_defaults_to_at_least_once_and_names_a_bad_mode() {
+        let m = parse("name = \"p\"\ntopics = [\"t\"]\n").unwrap();
+        assert_eq!(m.consumer.delivery, DeliveryMode::AtLeastOnce);
+        let m = parse(
+            "name = \"p\"\ntopics = [\"t\"]\n[consumer]\ndelivery = \"exactly-once\"\ntransaction_interval = \"250ms\"\n",
+        )
+        .unwrap();
+        assert_eq!(m.consumer.delivery, DeliveryMode::ExactlyOnce);
+        assert_eq!(m.consumer.transaction_interval, Duration::from_millis(250));
+        let e = parse("name = \"p\"\ntopics = [\"t\"]\n[consumer]\ndelivery = \"exactly_once\"\n")
+            .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("consumer.delivery"));
+        assert!(e.reason.contains("exactly-once"), "{e}");
+        let e =
+            parse("name = \"p\"\ntopics = [\"t\"]\n[consumer]\ntransaction_interval = \"1ms\"\n")
+                .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("consumer.transaction_interval"));
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod compose;
 mod config_check;
 mod container;
 mod dashboard;
+mod exactly_once;
 mod faults;
 mod group;
 mod hostile;

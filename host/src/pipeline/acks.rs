@@ -66,6 +66,17 @@ impl PartitionSignal {
     }
 }
 
+/// A record an exactly-once event holds until its offset is sent with a
+/// transaction: owned, so it can wait in the event's acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldRecord {
+    pub topic: String,
+    pub key: Option<Vec<u8>>,
+    /// `None`: a tombstone.
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
 /// The acknowledgement state of one event.
 #[derive(Debug)]
 pub struct EventAck {
@@ -77,6 +88,9 @@ pub struct EventAck {
     partition: Arc<PartitionSignal>,
     /// The partition's generation when the event was fetched.
     generation: u64,
+    /// Exactly-once: the records the event produced, held until its offset is
+    /// next in its partition (then sent into the open transaction).
+    held: Mutex<Vec<HeldRecord>>,
 }
 
 impl EventAck {
@@ -88,6 +102,7 @@ impl EventAck {
             state: AtomicU8::new(PENDING),
             generation: partition.generation(),
             partition,
+            held: Mutex::new(Vec::new()),
         })
     }
 
@@ -103,6 +118,19 @@ impl EventAck {
     /// `n` more records will be acknowledged for this event (call before sending them).
     pub fn expect(&self, n: u32) {
         self.remaining.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// Exactly-once: keep `records` with the event (call before [`EventAck::released`]).
+    pub fn hold(&self, records: impl IntoIterator<Item = HeldRecord>) {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(records);
+    }
+
+    /// The records held (once finished, by the transaction's sender).
+    pub fn take_held(&self) -> Vec<HeldRecord> {
+        std::mem::take(&mut *self.held.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// The plugin is done with the event (its records, if any, were handed over).

@@ -28,6 +28,7 @@ use super::acks::{EventAck, Ticket};
 use super::lanes::lane_of;
 use super::offsets::{OffsetBook, Rewind, Tp};
 use super::stats::Stats;
+use super::transaction::{Transaction, TransactionSettings};
 use super::StartError;
 use crate::event::EventRecord;
 use crate::topics::TopicNamer;
@@ -162,6 +163,8 @@ pub struct FetchSettings {
     pub stall_timeout: Duration,
     /// Set by an operator (admin API): consumption paused until cleared.
     pub paused: Arc<AtomicBool>,
+    /// Exactly-once: outputs and offsets commit in transactions.
+    pub transaction: Option<TransactionSettings>,
 }
 
 /// The consumer's callbacks: rebalances and librdkafka's log lines. Called on
@@ -176,6 +179,8 @@ pub struct FetchContext {
     operator: Arc<AtomicBool>,
     /// Names of the subscribed topics, shared by every event read from them.
     topics: Vec<(Arc<str>, Arc<str>)>,
+    /// Exactly-once: the transactional producer (kept across consumers).
+    txn: Option<Arc<Mutex<Transaction>>>,
 }
 
 impl ClientContext for FetchContext {
@@ -197,7 +202,9 @@ impl ConsumerContext for FetchContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
             let tps = self.tps_of(list);
-            if consumer.assignment_lost() {
+            if let Some(txn) = &self.txn {
+                self.revoke_transactional(consumer, txn, &tps);
+            } else if consumer.assignment_lost() {
                 tracing::warn!(plugin = %self.plugin, partitions = %describe(&tps), "partitions lost (session timed out?); their events in flight will be read again by the new owner");
             } else {
                 let deadline = Instant::now() + self.drain_timeout;
@@ -279,6 +286,58 @@ impl ConsumerContext for FetchContext {
 }
 
 impl FetchContext {
+    /// Exactly-once, before `tps` go: wait for their events (up to the drain
+    /// timeout), send what finished and commit; lost partitions (or a commit
+    /// that fails) abort, and the partitions that stay are read again from
+    /// what the aborted transaction carried.
+    fn revoke_transactional(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        txn: &Mutex<Transaction>,
+        tps: &[Tp],
+    ) {
+        let mut txn = txn.lock().unwrap_or_else(PoisonError::into_inner);
+        let aborted = if consumer.assignment_lost() {
+            tracing::warn!(plugin = %self.plugin, partitions = %describe(tps), "partitions lost (session timed out?); the open transaction is aborted and their events read again by the new owner");
+            Some(txn.abort("partitions lost".into(), None))
+        } else {
+            let deadline = Instant::now() + self.drain_timeout;
+            loop {
+                let unsettled = {
+                    let mut book = self.book.lock().unwrap_or_else(PoisonError::into_inner);
+                    book.advance_with(|tp, a| txn.send(tp, a), |_, _| {});
+                    book.unsettled(Some(tps))
+                };
+                if unsettled == 0 {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    tracing::warn!(plugin = %self.plugin, "partitions revoked before their in-flight events finished; those events will be read again");
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            txn.commit(consumer.group_metadata()).err()
+        };
+        if let Some(aborted) = aborted {
+            let rewinds = self
+                .book
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .rewind_all(|tp| aborted.first.get(tp).copied(), &aborted.reason);
+            for r in rewinds.iter().filter(|r| !tps.contains(&r.tp)) {
+                if let Err(e) = consumer.seek(
+                    &r.tp.0,
+                    r.tp.1,
+                    Offset::Offset(r.from),
+                    Duration::from_secs(5),
+                ) {
+                    tracing::error!(plugin = %self.plugin, partition = %format!("{}/{}", r.tp.0, r.tp.1), error = %e, "cannot seek back after an aborted transaction");
+                }
+            }
+        }
+    }
+
     /// The shared names of a subscribed topic.
     fn names(&self, topic: &str) -> (Arc<str>, Arc<str>) {
         self.topics
@@ -351,9 +410,13 @@ impl Fetch {
         let shared = Arc::new(Shared::default());
         let consumer_cfg = &config.kafka.consumer;
         let mut c = crate::kafka::base_config(config);
+        let exactly_once = settings.transaction.is_some();
         c.set("group.id", &settings.group)
             .set("client.id", format!("weir-{}", settings.plugin))
-            .set("enable.auto.commit", "true")
+            // Exactly-once commits offsets in its transactions, and reads
+            // only what other transactions committed.
+            .set("enable.auto.commit", (!exactly_once).to_string())
+            .set("isolation.level", "read_committed")
             .set("enable.auto.offset.store", "false")
             .set(
                 "auto.commit.interval.ms",
@@ -405,10 +468,22 @@ impl Fetch {
                 (Arc::from(full.as_str()), Arc::from(logical.as_str()))
             })
             .collect();
+        let txn = match &settings.transaction {
+            Some(t) => Some(Arc::new(Mutex::new(
+                Transaction::start(config, &settings.plugin, t.clone(), stats.clone()).map_err(
+                    |source| StartError::Transaction {
+                        plugin: settings.plugin.clone(),
+                        source: Box::new(source),
+                    },
+                )?,
+            ))),
+            None => None,
+        };
         let recipe = Recipe {
             client: c,
             topics,
             shared: shared.clone(),
+            txn,
         };
         let consumer = recipe.create(&settings, settings.instance_id.as_deref())?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -508,6 +583,7 @@ struct Recipe {
     client: rdkafka::ClientConfig,
     topics: Vec<(Arc<str>, Arc<str>)>,
     shared: Arc<Shared>,
+    txn: Option<Arc<Mutex<Transaction>>>,
 }
 
 impl Recipe {
@@ -528,6 +604,7 @@ impl Recipe {
             drain_timeout: settings.drain_timeout,
             operator: settings.paused.clone(),
             topics: self.topics.clone(),
+            txn: self.txn.clone(),
         };
         let consumer: FetchConsumer =
             c.create_with_context(context)
@@ -615,6 +692,9 @@ impl Fetcher {
     /// Move positions over finished events, rewind partitions whose deliveries
     /// failed; the events and bytes in flight.
     fn settle(&mut self) -> (usize, usize) {
+        if self.recipe.txn.is_some() {
+            return self.settle_transactional(false);
+        }
         let ctx = self.consumer.context();
         let mut book = ctx.book.lock().unwrap_or_else(PoisonError::into_inner);
         let redo = &mut self.redo;
@@ -628,27 +708,82 @@ impl Fetcher {
         let (events, bytes) = book.in_flight();
         drop(book);
         for rewind in rewinds {
-            self.rewind(rewind);
+            self.rewind(rewind, None);
         }
+        self.publish_in_flight(events, bytes)
+    }
+
+    fn publish_in_flight(&self, events: usize, bytes: usize) -> (usize, usize) {
         self.shared.in_flight.store(events, Ordering::Relaxed);
         self.shared.in_flight_bytes.store(bytes, Ordering::Relaxed);
         (events, bytes)
     }
 
+    /// Exactly-once [`Fetcher::settle`]: send the records of the events that
+    /// are next in their partitions into the open transaction, and commit it
+    /// when it is due (or now, with `force`); an aborted one rewinds every
+    /// partition to what it carried.
+    fn settle_transactional(&mut self, force: bool) -> (usize, usize) {
+        let Some(txn) = self.recipe.txn.clone() else {
+            return (0, 0);
+        };
+        let mut txn = txn.lock().unwrap_or_else(PoisonError::into_inner);
+        let ctx = self.consumer.context();
+        let mut book = ctx.book.lock().unwrap_or_else(PoisonError::into_inner);
+        book.advance_with(|tp, a| txn.send(tp, a), |_, _| {});
+        let mut rewinds = Vec::new();
+        let mut blame = None;
+        if txn.is_due() || (force && !txn.is_empty()) {
+            match txn.commit(self.consumer.group_metadata()) {
+                Ok(committed) => {
+                    for (tp, next) in committed {
+                        if self.redo.get(&tp).is_some_and(|r| r.offset < next) {
+                            self.redo.remove(&tp);
+                        }
+                    }
+                }
+                Err(aborted) => {
+                    rewinds = book.rewind_all(|tp| aborted.first.get(tp).copied(), &aborted.reason);
+                    blame = aborted.blame;
+                }
+            }
+        }
+        let (events, bytes) = book.in_flight();
+        drop(book);
+        drop(txn);
+        for rewind in rewinds {
+            let at = blame
+                .as_ref()
+                .filter(|(tp, _)| *tp == rewind.tp)
+                .map(|(_, offset)| *offset);
+            self.rewind(rewind, Some(at));
+        }
+        self.publish_in_flight(events, bytes)
+    }
+
     /// Read the partition again from the first unfinished event, after a pause
-    /// that grows while the same event keeps failing.
-    fn rewind(&mut self, rewind: Rewind) {
+    /// that grows while the same event keeps failing. An aborted transaction
+    /// (`blame` is `Some`) rewinds every partition: the failure counts against
+    /// the event whose record failed, if it was of this partition, and
+    /// against none otherwise.
+    fn rewind(&mut self, rewind: Rewind, blame: Option<Option<i64>>) {
         let Rewind {
             tp,
             from,
             again,
             reason,
         } = rewind;
-        let count = match self.redo.get(&tp) {
-            Some(r) if r.offset == from => r.count + 1,
-            _ => 1,
+        let blamed = match blame {
+            None => Some(from),
+            Some(at) => at,
         };
-        let pause = Duration::from_millis(100 * (1u64 << (count - 1).min(7)));
+        let count = match (self.redo.get(&tp), blamed) {
+            (Some(r), Some(at)) if r.offset == at => r.count + 1,
+            (Some(r), None) => r.count,
+            (_, Some(_)) => 1,
+            (None, None) => 0,
+        };
+        let pause = Duration::from_millis(100 * (1u64 << count.saturating_sub(1).min(7)));
         tracing::warn!(
             plugin = %self.settings.plugin,
             partition = %format!("{}/{}", tp.0, tp.1),
@@ -669,14 +804,16 @@ impl Fetcher {
         {
             tracing::error!(plugin = %self.settings.plugin, partition = %format!("{}/{}", tp.0, tp.1), error = %e, "cannot seek back; the consumer will be restarted by the next rebalance");
         }
-        self.redo.insert(
-            tp.clone(),
-            Redo {
-                offset: from,
-                count,
-                reason: reason.into(),
-            },
-        );
+        if let Some(at) = blamed {
+            self.redo.insert(
+                tp.clone(),
+                Redo {
+                    offset: at,
+                    count,
+                    reason: reason.into(),
+                },
+            );
+        }
         self.backoff.insert(tp, Instant::now() + pause);
     }
 
@@ -900,6 +1037,12 @@ impl Fetcher {
     /// Then a new consumer joins as a dynamic member, so this host keeps
     /// consuming; the problem stays on `/health` until the ids are fixed.
     fn replace_fatal(&mut self, reason: String) {
+        if let Some(txn) = &self.recipe.txn {
+            // Its offsets can no longer commit: nothing of it may be seen.
+            txn.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .abort("the consumer was fenced".into(), None);
+        }
         let (dropped, partitions) = {
             let ctx = self.consumer.context();
             let mut book = ctx.book.lock().unwrap_or_else(PoisonError::into_inner);
@@ -973,13 +1116,27 @@ impl Fetcher {
             // Serve callbacks (a rebalance) while waiting.
             let _ = self.consumer.poll(Duration::from_millis(5));
         };
-        let (left, _) = self.settle();
+        let aborted_before = self.stats.transactions_aborted.load(Ordering::Relaxed);
+        let (left, _) = if self.recipe.txn.is_some() {
+            self.settle_transactional(true)
+        } else {
+            self.settle()
+        };
         if !drained {
             tracing::warn!(
                 plugin,
                 unfinished = left,
                 "drain timeout: unfinished events will be read again"
             );
+        }
+        if self.recipe.txn.is_some() {
+            // Committed (or aborted, and said so) by the settle above.
+            if self.stats.transactions_aborted.load(Ordering::Relaxed) == aborted_before {
+                tracing::info!(plugin, "offsets committed");
+            }
+            self.consumer.unsubscribe();
+            tracing::info!(plugin, drained, "source stopped");
+            return;
         }
         match commit(&self.consumer) {
             Ok(()) => tracing::info!(plugin, "offsets committed"),

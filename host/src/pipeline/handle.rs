@@ -15,7 +15,7 @@
 //! waiting for a retry are abandoned (read again by the next owner) instead of
 //! holding the drain.
 
-use super::acks::Ticket;
+use super::acks::{HeldRecord, Ticket};
 use super::lanes::{BatchLimits, Lanes};
 use super::outputs::{OutputError, Outputs, Record};
 use super::stats::Stats;
@@ -54,6 +54,9 @@ pub struct WorkerContext {
     pub limits: BatchLimits,
     /// Spans per attempt, when telemetry is on.
     pub tracing: crate::telemetry::Tracing,
+    /// Exactly-once: an event's records are held with it, and sent by the
+    /// fetch stage into its transaction (`transaction.rs`).
+    pub exactly_once: bool,
 }
 
 /// The running workers of one plugin.
@@ -250,7 +253,7 @@ impl Worker {
     }
 
     /// Decide what happens to one event after an attempt.
-    async fn settle(&mut self, mut ticket: Ticket, report: Report) {
+    async fn settle(&mut self, mut ticket: Ticket, mut report: Report) {
         let stats = self.context.stats.clone();
         stats
             .durations
@@ -296,12 +299,11 @@ impl Worker {
             Outcome::Handled => {
                 let cloudevents = self.cloudevents();
                 let trace = traceparent.as_deref();
-                match hand_over(&self.context, cloudevents, trace, &ticket, &report).await {
+                let published = report.published.len() as u64;
+                match hand_over(&self.context, cloudevents, trace, &ticket, &mut report).await {
                     Ok(()) => {
                         stats.handled.fetch_add(1, Ordering::Relaxed);
-                        stats
-                            .published
-                            .fetch_add(report.published.len() as u64, Ordering::Relaxed);
+                        stats.published.fetch_add(published, Ordering::Relaxed);
                         self.finish(ticket);
                         return;
                     }
@@ -383,12 +385,17 @@ impl Worker {
             error = %error,
             "event dead-lettered"
         );
-        match self
-            .context
-            .outputs
-            .enqueue_dead_letter(&dlq, &ticket.event, &name, &error, attempts, &ticket.ack)
-            .await
-        {
+        let outputs = &self.context.outputs;
+        let sent = if self.context.exactly_once {
+            let letter = outputs.held_dead_letter(&dlq, &ticket.event, &name, &error, attempts);
+            ticket.ack.hold([letter]);
+            Ok(())
+        } else {
+            outputs
+                .enqueue_dead_letter(&dlq, &ticket.event, &name, &error, attempts, &ticket.ack)
+                .await
+        };
+        match sent {
             Ok(()) => {
                 self.context
                     .stats
@@ -414,15 +421,41 @@ impl Worker {
     }
 }
 
-/// Hand a handled event's records to the producer.
+/// Hand a handled event's records to the producer (exactly-once: hold them
+/// with the event).
 async fn hand_over(
     context: &WorkerContext,
     cloudevents: Option<String>,
     traceparent: Option<&str>,
     ticket: &Ticket,
-    report: &Report,
+    report: &mut Report,
 ) -> Result<(), OutputError> {
     let outputs = &context.outputs;
+    if context.exactly_once {
+        let target = match (&context.schedule, report.schedule.is_empty()) {
+            (None, false) => return Err(OutputError::NoScheduleTopic),
+            (target, _) => target,
+        };
+        let mut held = outputs.held_published(
+            &ticket.event,
+            std::mem::take(&mut report.published),
+            cloudevents.as_deref(),
+            traceparent,
+        );
+        if let Some(target) = target {
+            held.extend(report.schedule.iter().map(|change| {
+                let (key, payload) = change.record();
+                HeldRecord {
+                    topic: target.topic.clone(),
+                    key: Some(key.into_bytes()),
+                    payload,
+                    headers: Vec::new(),
+                }
+            }));
+        }
+        ticket.ack.hold(held);
+        return Ok(());
+    }
     outputs
         .enqueue_published(
             &ticket.event,

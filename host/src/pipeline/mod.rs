@@ -21,6 +21,7 @@ pub mod lanes;
 pub mod offsets;
 pub mod outputs;
 pub mod stats;
+pub mod transaction;
 
 use acks::Ticket;
 use fetch::{Fetch, FetchSettings, Shared};
@@ -43,6 +44,11 @@ pub enum StartError {
         plugin: String,
         topics: Vec<String>,
         source: Box<rdkafka::error::KafkaError>,
+    },
+    #[error("plugin {plugin}: cannot start its transactional producer (delivery = \"exactly-once\"): {source}")]
+    Transaction {
+        plugin: String,
+        source: Box<transaction::TransactionError>,
     },
     #[error("cannot start the {what} thread: {source}")]
     Thread {
@@ -81,20 +87,28 @@ impl Pipeline {
         wiring: PluginWiring,
     ) -> Result<Pipeline, StartError> {
         let m = wiring.versions.current().plugin.manifest().clone();
+        let group = m
+            .consumer
+            .group
+            .clone()
+            .unwrap_or_else(|| config.group_for(&m.name));
+        let instance_id = config.instance_id_for(&m.name);
+        let exactly_once = m.consumer.delivery == crate::manifest::DeliveryMode::ExactlyOnce;
+        let transaction = exactly_once.then(|| transaction::TransactionSettings {
+            id: transaction::transactional_id(&group, instance_id.as_deref()),
+            interval: m.consumer.transaction_interval,
+        });
         let settings = FetchSettings {
             plugin: m.name.clone(),
-            group: m
-                .consumer
-                .group
-                .clone()
-                .unwrap_or_else(|| config.group_for(&m.name)),
-            instance_id: config.instance_id_for(&m.name),
+            group,
+            instance_id,
             topics: m.topics.iter().map(|t| namer.full_name(t)).collect(),
             max_in_flight: m.consumer.max_in_flight as usize,
             max_in_flight_bytes: m.consumer.max_in_flight_bytes.as_u64() as usize,
             drain_timeout: config.shutdown.drain_timeout,
             stall_timeout: config.kafka.consumer.stall_timeout,
             paused: wiring.paused,
+            transaction,
         };
         let dlq_config = config.clone();
         let plugin_name = m.name.clone();
@@ -112,6 +126,7 @@ impl Pipeline {
                 bytes: 4 * 1024 * 1024,
             },
             tracing: wiring.tracing,
+            exactly_once,
         };
         Self::start(
             config,

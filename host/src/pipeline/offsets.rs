@@ -84,7 +84,17 @@ impl OffsetBook {
 
     /// Move every partition's position over its finished prefix; `store(tp,
     /// last)` is called with the last finished offset of each that moved.
-    pub fn advance(&mut self, mut store: impl FnMut(&Tp, i64)) {
+    pub fn advance(&mut self, store: impl FnMut(&Tp, i64)) {
+        self.advance_with(|_, _| {}, store);
+    }
+
+    /// [`OffsetBook::advance`], and `each(tp, event)` for every event passed
+    /// over, in offset order (exactly-once sends their held records).
+    pub fn advance_with(
+        &mut self,
+        mut each: impl FnMut(&Tp, &EventAck),
+        mut store: impl FnMut(&Tp, i64),
+    ) {
         for (tp, p) in &mut self.partitions {
             let mut last = None;
             while p.pending.front().is_some_and(|a| a.is_finished()) {
@@ -92,6 +102,7 @@ impl OffsetBook {
                 self.events -= 1;
                 self.bytes -= a.bytes();
                 last = Some(a.offset());
+                each(tp, &a);
             }
             if let Some(last) = last {
                 p.progress = Instant::now();
@@ -125,6 +136,35 @@ impl OffsetBook {
                 from,
                 again,
                 reason,
+            });
+        }
+        rewinds
+    }
+
+    /// Exactly-once, after an aborted transaction: every partition is read
+    /// again from `committed(tp)` (the first offset the aborted transaction
+    /// carried) or else its first pending event; what is pending is made stale.
+    pub fn rewind_all(
+        &mut self,
+        committed: impl Fn(&Tp) -> Option<i64>,
+        reason: &str,
+    ) -> Vec<Rewind> {
+        let mut rewinds = Vec::new();
+        for (tp, p) in &mut self.partitions {
+            let Some(from) = committed(tp).or_else(|| p.pending.front().map(|a| a.offset())) else {
+                continue;
+            };
+            p.signal.bump();
+            let again = p.pending.len();
+            for a in p.pending.drain(..) {
+                self.events -= 1;
+                self.bytes -= a.bytes();
+            }
+            rewinds.push(Rewind {
+                tp: tp.clone(),
+                from,
+                again,
+                reason: reason.to_string(),
             });
         }
         rewinds
@@ -291,6 +331,41 @@ mod tests {
         );
         assert_eq!(book.in_flight(), (0, 0));
         assert!(book.take_rewinds().is_empty());
+    }
+
+    #[test]
+    fn exactly_once_sends_held_records_in_offset_order_and_rewinds_to_the_transaction() {
+        let (mut book, acks) = book_with(0, [0, 1, 2, 3]);
+        let signal = book.signal(&tp(0)).unwrap().clone();
+        let held = |n: u8| crate::pipeline::acks::HeldRecord {
+            topic: "out".into(),
+            key: None,
+            payload: Some(vec![n]),
+            headers: Vec::new(),
+        };
+        // Finished out of order: 1 and 3 before 0; 2 still with the plugin.
+        for i in [1usize, 3, 0] {
+            acks[i].hold([held(i as u8)]);
+            acks[i].released();
+        }
+        let mut sent = Vec::new();
+        book.advance_with(
+            |_, a| sent.extend(a.take_held().into_iter().map(|r| r.payload.unwrap()[0])),
+            |_, _| {},
+        );
+        assert_eq!(sent, vec![0, 1], "only the prefix, in offset order");
+        assert_eq!(book.in_flight(), (2, 20));
+        // The transaction carrying 0 and 1 aborts: read again from 0.
+        let g = signal.generation();
+        let rewinds = book.rewind_all(|_| Some(0), "commit failed");
+        assert_eq!(rewinds.len(), 1);
+        assert_eq!((rewinds[0].from, rewinds[0].again), (0, 2));
+        assert_ne!(signal.generation(), g, "events in flight are stale");
+        assert_eq!(book.in_flight(), (0, 0));
+        // A partition the transaction did not carry goes back to its first pending event.
+        let (mut other, _acks) = book_with(1, [7, 8]);
+        let rewinds = other.rewind_all(|_| None, "commit failed");
+        assert_eq!(rewinds[0].from, 7);
     }
 
     #[test]

@@ -13,7 +13,8 @@
 //! partitions. [`Outputs::send`] is the awaited form, for tools (DLQ replay, the
 //! demo) and the schedule sweeper.
 
-use super::acks::EventAck;
+use super::acks::{EventAck, HeldRecord};
+use super::offsets::Tp;
 use crate::capabilities::storage::{now_ms, rfc3339};
 use crate::capabilities::OutgoingMessage;
 use crate::config::Config;
@@ -73,6 +74,13 @@ pub const H_FAILED_AT: &str = "weir-failed-at";
 pub enum Delivery {
     /// A record of an event in flight.
     Event { ack: Arc<EventAck> },
+    /// A record of an exactly-once transaction: a failure dooms the transaction
+    /// (its commit fails) and names the event's partition.
+    InTransaction {
+        failures: Arc<TransactionFailures>,
+        tp: Tp,
+        offset: i64,
+    },
     /// Someone awaiting it ([`Outputs::send`]).
     Waiter(tokio::sync::oneshot::Sender<Result<(i32, i64), OutputError>>),
 }
@@ -102,6 +110,21 @@ impl ProducerContext for OutputContext {
             (Delivery::Event { ack }, Err((e, m))) => {
                 ack.failed(format!("publishing to {} failed: {e}", m.topic()));
             }
+            (Delivery::InTransaction { .. }, Ok(_)) => {}
+            (
+                Delivery::InTransaction {
+                    failures,
+                    tp,
+                    offset,
+                },
+                Err((e, m)),
+            ) => {
+                failures.note(
+                    tp,
+                    offset,
+                    format!("publishing to {} failed: {e}", m.topic()),
+                );
+            }
             (Delivery::Waiter(tx), Ok(m)) => {
                 let _ = tx.send(Ok((m.partition(), m.offset())));
             }
@@ -115,7 +138,140 @@ impl ProducerContext for OutputContext {
     }
 }
 
-type KafkaProducer = ThreadedProducer<OutputContext>;
+pub(super) type KafkaProducer = ThreadedProducer<OutputContext>;
+
+/// The first record of an open transaction that failed: its event's
+/// partition and offset, and why (reported by the producer's thread).
+#[derive(Debug, Default)]
+pub struct TransactionFailures {
+    first: std::sync::Mutex<Option<(Tp, i64, String)>>,
+}
+
+impl TransactionFailures {
+    pub fn note(&self, tp: Tp, offset: i64, reason: String) {
+        let mut first = self.first.lock().unwrap_or_else(|e| e.into_inner());
+        if first.is_none() {
+            *first = Some((tp, offset, reason));
+        }
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.first
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    pub fn take(&self) -> Option<(Tp, i64, String)> {
+        self.first.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+impl HeldRecord {
+    pub fn as_record(&self) -> Record<'_> {
+        Record {
+            topic: &self.topic,
+            key: self.key.as_deref(),
+            payload: self.payload.as_deref(),
+            headers: &self.headers,
+        }
+    }
+
+    /// Bytes it holds (for the budget of what is held).
+    pub fn size(&self) -> usize {
+        self.topic.len()
+            + self.key.as_ref().map_or(0, Vec::len)
+            + self.payload.as_ref().map_or(0, Vec::len)
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+    }
+}
+
+/// The producer settings of every output producer: idempotent, `acks=all`,
+/// the `[kafka.producer]` section.
+pub fn producer_config(config: &Config) -> ClientConfig {
+    let producer = &config.kafka.producer;
+    let mut c = crate::kafka::base_config(config);
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set(
+            "message.timeout.ms",
+            producer.message_timeout.as_millis().to_string(),
+        )
+        .set("linger.ms", producer.linger.as_millis().to_string())
+        .set("compression.type", &producer.compression)
+        .set(
+            "message.max.bytes",
+            producer.message_max_bytes.as_u64().to_string(),
+        );
+    c
+}
+
+/// Hand one record to `producer`, waiting only while librdkafka's queue is
+/// full (`pause` between tries).
+pub(super) fn send_to(
+    producer: &KafkaProducer,
+    record: Record<'_>,
+    delivery: Delivery,
+    mut pause: impl FnMut(),
+) -> Result<(), KafkaError> {
+    let mut headers = Some(owned_headers(record.headers));
+    let mut opaque = Box::new(delivery);
+    loop {
+        match try_send(producer, &record, &mut headers, opaque) {
+            Attempt::Sent => return Ok(()),
+            Attempt::QueueFull(back) => {
+                opaque = back;
+                pause();
+            }
+            Attempt::Failed(e) => return Err(e),
+        }
+    }
+}
+
+fn owned_headers(headers: &[(String, Vec<u8>)]) -> OwnedHeaders {
+    let mut owned = OwnedHeaders::new_with_capacity(headers.len());
+    for (k, v) in headers {
+        owned = owned.insert(Header {
+            key: k,
+            value: Some(v),
+        });
+    }
+    owned
+}
+
+enum Attempt {
+    Sent,
+    /// librdkafka's queue is full: try again once deliveries drained.
+    QueueFull(Box<Delivery>),
+    Failed(KafkaError),
+}
+
+/// One try at handing `record` over; on a full queue the headers come back in
+/// `headers` and the opaque in the answer.
+fn try_send(
+    producer: &KafkaProducer,
+    record: &Record<'_>,
+    headers: &mut Option<OwnedHeaders>,
+    opaque: Box<Delivery>,
+) -> Attempt {
+    let mut base: BaseRecord<'_, [u8], [u8], Box<Delivery>> =
+        BaseRecord::with_opaque_to(record.topic, opaque);
+    base.key = record.key;
+    base.payload = record.payload;
+    base.headers = headers.take();
+    match producer.send(base) {
+        Ok(()) => Attempt::Sent,
+        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+            *headers = back.headers;
+            Attempt::QueueFull(back.delivery_opaque)
+        }
+        Err((e, _)) => Attempt::Failed(e),
+    }
+}
 
 /// One record to produce, by full topic name.
 pub struct Record<'a> {
@@ -141,19 +297,7 @@ pub struct Outputs {
 impl Outputs {
     pub fn new(config: &Config) -> Result<Self, OutputError> {
         let producer = &config.kafka.producer;
-        let mut c = crate::kafka::base_config(config);
-        c.set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set(
-                "message.timeout.ms",
-                producer.message_timeout.as_millis().to_string(),
-            )
-            .set("linger.ms", producer.linger.as_millis().to_string())
-            .set("compression.type", &producer.compression)
-            .set(
-                "message.max.bytes",
-                producer.message_max_bytes.as_u64().to_string(),
-            );
+        let c = producer_config(config);
         let created = c
             .create_with_context(OutputContext)
             .map_err(OutputError::Producer)?;
@@ -169,31 +313,19 @@ impl Outputs {
     /// Hand one record to the producer; `delivery` hears how it went. Waits only
     /// while librdkafka's queue is full.
     pub async fn enqueue(&self, record: Record<'_>, delivery: Delivery) -> Result<(), OutputError> {
-        let mut owned = OwnedHeaders::new_with_capacity(record.headers.len());
-        for (k, v) in record.headers {
-            owned = owned.insert(Header {
-                key: k,
-                value: Some(v),
-            });
-        }
+        let mut headers = Some(owned_headers(record.headers));
         let mut opaque = Box::new(delivery);
-        let mut headers = Some(owned);
+        // (Not `send_to`: the wait on a full queue is async here.)
         loop {
             let producer = self.producer.load_full();
-            let mut base: BaseRecord<'_, [u8], [u8], Box<Delivery>> =
-                BaseRecord::with_opaque_to(record.topic, opaque);
-            base.key = record.key;
-            base.payload = record.payload;
-            base.headers = headers.take();
-            match producer.send(base) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+            match try_send(&producer, &record, &mut headers, opaque) {
+                Attempt::Sent => return Ok(()),
+                Attempt::QueueFull(back) => {
                     // Backpressure from librdkafka's queue: let deliveries drain.
-                    opaque = back.delivery_opaque;
-                    headers = back.headers;
+                    opaque = back;
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
-                Err((e, _)) => {
+                Attempt::Failed(e) => {
                     self.replace_if_fatal(&producer);
                     return Err(OutputError::Publish {
                         topic: record.topic.to_string(),
@@ -215,20 +347,7 @@ impl Outputs {
         ack: &Arc<EventAck>,
     ) -> Result<(), OutputError> {
         for (i, m) in messages.iter().enumerate() {
-            let mut headers = m.headers.clone();
-            // The event's own span, when traced, continues the trace (over the
-            // incoming traceparent, unless the plugin set one).
-            if let Some(tp) = traceparent {
-                set_default(&mut headers, "traceparent", tp.as_bytes().to_vec());
-            }
-            for name in PROPAGATED_HEADERS {
-                if let Some(v) = source.header(name) {
-                    set_default(&mut headers, name, v.to_vec());
-                }
-            }
-            if let Some(ce_source) = cloudevents_source {
-                add_cloudevent_headers(&mut headers, source, i, ce_source, m);
-            }
+            let headers = output_headers(source, i, m, cloudevents_source, traceparent);
             let topic = self.namer.full_name(&m.topic);
             self.enqueue_counted(
                 Record {
@@ -242,6 +361,48 @@ impl Outputs {
             .await?;
         }
         Ok(())
+    }
+
+    /// An exactly-once event's published messages as records to hold (the
+    /// same topics and headers [`Outputs::enqueue_published`] sends).
+    pub fn held_published(
+        &self,
+        source: &EventRecord,
+        messages: Vec<OutgoingMessage>,
+        cloudevents_source: Option<&str>,
+        traceparent: Option<&str>,
+    ) -> Vec<HeldRecord> {
+        messages
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let headers = output_headers(source, i, &m, cloudevents_source, traceparent);
+                HeldRecord {
+                    topic: self.namer.full_name(&m.topic),
+                    key: m.key,
+                    payload: Some(m.payload),
+                    headers,
+                }
+            })
+            .collect()
+    }
+
+    /// An exactly-once event's dead letter, as a record to hold.
+    pub fn held_dead_letter(
+        &self,
+        dlq_topic: &str,
+        event: &EventRecord,
+        plugin: &str,
+        error: &str,
+        attempts: u32,
+    ) -> HeldRecord {
+        let letter = DeadLetter::new(event, plugin, error, attempts, self.max_record);
+        HeldRecord {
+            topic: dlq_topic.to_string(),
+            key: letter.key.map(<[u8]>::to_vec),
+            payload: letter.payload.map(<[u8]>::to_vec),
+            headers: letter.headers,
+        }
     }
 
     /// Hand a record of an event to the producer, counted on `ack`; refused
@@ -463,6 +624,32 @@ pub fn dead_letter_headers(
         (H_FAILED_AT, rfc3339(now_ms())),
     ] {
         headers.push((k.to_string(), v.into_bytes()));
+    }
+    headers
+}
+
+/// The headers of an event's `index`-th published message: the plugin's, the
+/// attempt's `traceparent`, the propagated ones, CloudEvents' when stamped.
+fn output_headers(
+    source: &EventRecord,
+    index: usize,
+    m: &OutgoingMessage,
+    cloudevents_source: Option<&str>,
+    traceparent: Option<&str>,
+) -> Vec<(String, Vec<u8>)> {
+    let mut headers = m.headers.clone();
+    // The event's own span, when traced, continues the trace (over the
+    // incoming traceparent, unless the plugin set one).
+    if let Some(tp) = traceparent {
+        set_default(&mut headers, "traceparent", tp.as_bytes().to_vec());
+    }
+    for name in PROPAGATED_HEADERS {
+        if let Some(v) = source.header(name) {
+            set_default(&mut headers, name, v.to_vec());
+        }
+    }
+    if let Some(ce_source) = cloudevents_source {
+        add_cloudevent_headers(&mut headers, source, index, ce_source, m);
     }
     headers
 }

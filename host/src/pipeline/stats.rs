@@ -18,6 +18,15 @@ pub struct Stats {
     pub rewinds: AtomicU64,
     /// Calls into the plugin (a batch is one call).
     pub calls: AtomicU64,
+    /// Exactly-once: transactions committed and aborted, and the time each
+    /// commit took (offsets sent, records flushed, the commit acknowledged).
+    pub transactions_committed: AtomicU64,
+    pub transactions_aborted: AtomicU64,
+    pub commit_durations: Histogram,
+    /// Their sum, in microseconds.
+    pub commit_micros: AtomicU64,
+    /// Exactly-once: transactional producers replaced (fenced, failed).
+    pub producers_replaced: AtomicU64,
     /// Time in the plugin per event (seconds), for `weir_handle_duration_seconds`;
     /// an event of a batch counts the batch's time divided by its size.
     pub durations: Histogram,
@@ -47,6 +56,12 @@ impl Default for Stats {
             redelivered: AtomicU64::default(),
             rewinds: AtomicU64::default(),
             calls: AtomicU64::default(),
+            transactions_committed: AtomicU64::default(),
+            transactions_aborted: AtomicU64::default(),
+            // 1 ms to about 65 s.
+            commit_durations: Histogram::new(exponential_buckets(0.001, 4.0, 9)),
+            commit_micros: AtomicU64::default(),
+            producers_replaced: AtomicU64::default(),
             // 1 µs to about 4 s.
             durations: Histogram::new(exponential_buckets(0.000_001, 4.0, 12)),
             last_error: Default::default(),
@@ -75,6 +90,9 @@ impl Stats {
             published: self.published.load(Ordering::Relaxed),
             abandoned: self.abandoned.load(Ordering::Relaxed),
             redelivered: self.redelivered.load(Ordering::Relaxed),
+            transactions_committed: self.transactions_committed.load(Ordering::Relaxed),
+            transactions_aborted: self.transactions_aborted.load(Ordering::Relaxed),
+            commit_ms: self.commit_micros.load(Ordering::Relaxed) / 1000,
         }
     }
 }
@@ -88,4 +106,12 @@ pub struct StatsSnapshot {
     pub abandoned: u64,
     #[serde(default)]
     pub redelivered: u64,
+    /// Exactly-once plugins only (0 otherwise).
+    #[serde(default)]
+    pub transactions_committed: u64,
+    #[serde(default)]
+    pub transactions_aborted: u64,
+    /// Time spent committing transactions, in all.
+    #[serde(default)]
+    pub commit_ms: u64,
 }

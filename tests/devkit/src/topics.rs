@@ -82,6 +82,8 @@ pub fn read_topic(
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "weir-reader")
         .set("enable.auto.commit", "false")
+        // What transactions aborted is never seen (librdkafka's default, said).
+        .set("isolation.level", "read_committed")
         .create()
         .map_err(|e| e.to_string())?;
     let md = consumer
