@@ -280,6 +280,16 @@ fn describe_plugin(
         format!("storage {}", s.prefixes.join(", "))
     });
     let _ = writeln!(out, "  grants       {cache}; {storage}");
+    let delivery = match m.consumer.delivery {
+        crate::manifest::DeliveryMode::ExactlyOnce => format!(
+            "exactly-once (outputs and offsets in one transaction every {}; cache and storage calls stay at-least-once)",
+            humantime::format_duration(m.consumer.transaction_interval)
+        ),
+        crate::manifest::DeliveryMode::AtLeastOnce => {
+            "at-least-once (after a crash, events since the last commit are handled again)".into()
+        }
+    };
+    let _ = writeln!(out, "  delivery     {delivery}");
     let _ = writeln!(
         out,
         "  limits       memory {}, timeout {}; retry {} attempt(s), backoff {} to {}; workers {}, batch {}",

@@ -629,6 +629,9 @@ impl Supervisor {
                     manifest: m.files.manifest.display().to_string(),
                     rollbacks: running.map_or(0, |r| r.versions.rollbacks()),
                     stats: Some(m.stats.snapshot()),
+                    delivery: current
+                        .as_ref()
+                        .map(|c| c.plugin.manifest().consumer.delivery.as_str().to_string()),
                 }
             })
             .collect()

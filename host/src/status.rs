@@ -26,6 +26,9 @@ pub struct PluginStatus {
     pub manifest: String,
     pub rollbacks: u64,
     pub stats: Option<StatsSnapshot>,
+    /// `at-least-once` or `exactly-once` (`[consumer] delivery`), when loaded.
+    #[serde(default)]
+    pub delivery: Option<String>,
 }
 
 /// Write the status atomically (a temporary file renamed over it).
@@ -102,6 +105,10 @@ pub async fn plugin_status(config: &Config) -> Result<(String, Vec<PluginStatus>
             manifest: f.manifest.display().to_string(),
             rollbacks: 0,
             stats: None,
+            delivery: loaded
+                .as_ref()
+                .ok()
+                .map(|p| p.manifest().consumer.delivery.as_str().to_string()),
         });
     }
     let _ = std::fs::remove_dir_all(&scratch);

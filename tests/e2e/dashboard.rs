@@ -232,6 +232,14 @@ async fn the_dashboard_shows_the_plugins_and_pauses_and_resumes_one_with_a_click
         .await;
     let files = HostFiles::echo(&b.bootstrap(), "dash", "");
     files.install_echo_as("other", "in2", "out2");
+    // `other` is exactly-once: the page shows its transactions.
+    let other = files.plugins().join("other.toml");
+    let manifest = std::fs::read_to_string(&other).unwrap();
+    std::fs::write(
+        &other,
+        format!("{manifest}\n[consumer]\ndelivery = \"exactly-once\"\n"),
+    )
+    .unwrap();
     std::fs::write(files.dir.path().join("admin-token"), "dash-token\n").unwrap();
     files.write_config(&b.bootstrap(), "dash", "token_file = \"admin-token\"");
     let host = InProcessHost::start(files.load());
@@ -286,6 +294,22 @@ async fn the_dashboard_shows_the_plugins_and_pauses_and_resumes_one_with_a_click
         produce(&producer, "dash-in2", &format!("k{seq}"), body).await;
     }
     assert_eq!(b.read("dash-out2", 30).len(), 30, "other stopped too");
+    // Its row says how its outputs are delivered: transactions committed.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let got = browser
+            .text("tr[data-plugin=\"other\"] td.delivery")
+            .await
+            .unwrap_or_default();
+        if got.starts_with("exactly-once: ") && !got.starts_with("exactly-once: 0 committed") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "other's delivery never showed its transactions: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // A fetch under way when the pause lands may still hand over its record:
     // at most one past the 10 before the pause. (other, on the same events,
     // has handled all 30: echo had the same chance.)

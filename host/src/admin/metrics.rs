@@ -82,6 +82,7 @@ impl Collector for HostCollector {
         let mut rollbacks = Vec::new();
         let mut redelivered = Vec::new();
         let mut calls = Vec::new();
+        let mut transactions = Vec::new();
         for (name, r) in &reports {
             let s = r.status.stats.unwrap_or_default();
             for (outcome, n) in [
@@ -95,6 +96,12 @@ impl Collector for HostCollector {
             published.push((vec![("plugin", name.as_str())], s.published));
             rollbacks.push((vec![("plugin", name.as_str())], r.status.rollbacks));
             redelivered.push((vec![("plugin", name.as_str())], s.redelivered));
+            for (outcome, n) in [
+                ("committed", s.transactions_committed),
+                ("aborted", s.transactions_aborted),
+            ] {
+                transactions.push((vec![("plugin", name.as_str()), ("outcome", outcome)], n));
+            }
             if let Some(v) = plugins.get(name) {
                 let c = v.stats.calls.load(std::sync::atomic::Ordering::Relaxed);
                 calls.push((vec![("plugin", name.as_str())], c));
@@ -132,6 +139,12 @@ impl Collector for HostCollector {
         )?;
         counters(
             &mut encoder,
+            "weir_transactions",
+            "Exactly-once plugins: transactions committed and aborted (an aborted one's events are handled again)",
+            &transactions,
+        )?;
+        counters(
+            &mut encoder,
             "weir_plugin_rollbacks",
             "Automatic rollbacks of a new version to the last good one",
             &rollbacks,
@@ -147,6 +160,19 @@ impl Collector for HostCollector {
             for (name, view) in &plugins {
                 view.stats
                     .durations
+                    .encode(family.encode_family(&[("plugin", name.as_str())])?)?;
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "weir_transaction_commit_duration",
+                "Exactly-once plugins: time to commit a transaction (offsets sent, records flushed, commit acknowledged)",
+                Some(&Unit::Seconds),
+                MetricType::Histogram,
+            )?;
+            for (name, view) in &plugins {
+                view.stats
+                    .commit_durations
                     .encode(family.encode_family(&[("plugin", name.as_str())])?)?;
             }
         }

@@ -190,7 +190,8 @@ fn dashboard_row(r: &view::PluginReport) -> String {
         "<tr data-plugin=\"{name}\"><td class=\"name\">{name}</td><td class=\"state state-{state}\">{state}</td>\
          <td>{hash}</td><td class=\"num lag\">{lag}</td><td class=\"num in-flight\">{in_flight}</td>\
          <td class=\"num handled\">–</td><td class=\"num\">–</td><td class=\"num\">–</td>\
-         <td class=\"error\">{error}</td><td><button type=\"button\">{action}</button></td></tr>",
+         <td class=\"delivery\">{delivery}</td><td class=\"error\">{error}</td><td><button type=\"button\">{action}</button></td></tr>",
+        delivery = escape(s.delivery.as_deref().unwrap_or("–")),
         name = escape(&s.name),
         state = escape(&s.state),
         hash = escape(s.sha256.as_deref().map_or("–", |h| &h[..12.min(h.len())])),
