@@ -15,6 +15,10 @@
 //!    - (e) `weir run` with `track-deletions` (memory cache, local storage: a
 //!      cache delete and a scheduled deletion per event, recorded on the schedule
 //!      topic);
+//!    - (t) (d) with `delivery = "exactly-once"`: outputs and offsets in one
+//!      Kafka transaction every 100 ms; beside (k), the same republish in Kafka
+//!      Streams with `processing.guarantee = exactly_once_v2` (the JVM anchor
+//!      of exactly-once; (j) is the at-least-once one);
 //!    - (g) (d) on three `weir run` hosts in one group, started together, with
 //!      the fatal producer errors they logged, beside (d') = (d) again. Each of
 //!      the two runs on a fresh broker loaded the same way (this broker slows
@@ -34,7 +38,8 @@
 //!    the Python row when `weir build plugins/track-deletions-py` has built it).
 //! 4. RSS: `weir run` idle with one plugin, per additional plugin, and the
 //!    highest RSS during (d).
-//! 5. Latency from produce to output for (d) at half its measured rate: p50, p99.
+//! 5. Latency from produce to output for (d) at half its measured rate: p50, p99;
+//!    and for (t) at half its rate (read `read_committed`).
 //!
 //! `--quick` (CI) runs it with 50 000 events. The figures are printed as a
 //! Markdown table; docs/benchmarks.md records them.
@@ -195,14 +200,15 @@ impl Bench {
                     self.in_process_run(&rt, run, plan.calls)?;
                     continue;
                 }
-                if run == 'l' {
+                if run == 'l' || run == 'm' {
+                    // (l): (d)'s latency; (m): (t)'s (exactly-once).
                     let rate = arg("--rate")
                         .and_then(|r| r.parse().ok())
                         .unwrap_or(20_000.0);
                     let seconds = Duration::from_secs(plan.latency_seconds);
-                    let (p50, p99, sent) = self.latency(&bootstrap, rate, seconds)?;
+                    let (p50, p99, sent) = self.latency(&bootstrap, rate, seconds, run == 'm')?;
                     println!(
-                        "(l) {rate:.0}/s, {sent} events: p50 {:.1} ms, p99 {:.1} ms",
+                        "({run}) {rate:.0}/s, {sent} events: p50 {:.1} ms, p99 {:.1} ms",
                         p50.as_secs_f64() * 1e3,
                         p99.as_secs_f64() * 1e3
                     );
@@ -264,16 +270,20 @@ impl Bench {
         let [a, b, c, d, e] = rates[..] else {
             unreachable!("five runs")
         };
-        let j = match jvm_republish_dir(&self.weir) {
+        eprintln!("(t)...");
+        let (t, _) = self.throughput(&bootstrap, 't', n)?;
+        let jvm = |run: char| match jvm_republish_dir(&self.weir) {
             Some(_) => {
-                eprintln!("(j)...");
-                Some(self.throughput(&bootstrap, 'j', n)?)
+                eprintln!("({run})...");
+                self.throughput(&bootstrap, run, n).map(Some)
             }
             None => {
-                eprintln!("(j) skipped: examples/jvm-republish is not built (`just bench` builds it; it needs Maven)");
-                None
+                eprintln!("({run}) skipped: examples/jvm-republish is not built (`just bench` builds it; it needs Maven)");
+                Ok(None)
             }
         };
+        let j = jvm('j')?;
+        let k = jvm('k')?;
         eprintln!("(g), and (d) again, each on a fresh broker...");
         let scale = self.scale_out(&rt, n, plan.pairs)?;
         let (d1, g, g_rss, g_errors) = (
@@ -295,8 +305,23 @@ impl Bench {
             let rate = d.per_second / share;
             eprintln!("latency at {rate:.0} events/s...");
             let seconds = Duration::from_secs(plan.latency_seconds);
-            latencies.push((share, rate, self.latency(&bootstrap, rate, seconds)?));
+            latencies.push((
+                "d",
+                share,
+                rate,
+                self.latency(&bootstrap, rate, seconds, false)?,
+            ));
         }
+        // (t) at half its own rate.
+        let rate = t.per_second / 2.0;
+        eprintln!("latency of (t) at {rate:.0} events/s...");
+        let seconds = Duration::from_secs(plan.latency_seconds);
+        latencies.push((
+            "t",
+            2.0,
+            rate,
+            self.latency(&bootstrap, rate, seconds, true)?,
+        ));
 
         let mib = |kib: u64| kib as f64 / 1024.0;
         let fmt_rate = |r: Rate| {
@@ -342,6 +367,19 @@ impl Bench {
             );
         }
         println!(
+            "| (t) weir + echo, delivery = \"exactly-once\" (a transaction every 100 ms) | {} | t/d = {:.2} |",
+            fmt_rate(t),
+            t.per_second / d.per_second
+        );
+        if let Some((k, k_rss)) = k {
+            println!(
+                "| (k) Kafka Streams 4.1.1 republish, exactly_once_v2, commit every 100 ms (highest RSS {:.0} MiB) | {} | t/k = {:.2} |",
+                mib(k_rss),
+                fmt_rate(k),
+                t.per_second / k.per_second
+            );
+        }
+        println!(
             "| (d') weir + echo, on a fresh broker | {} | |",
             fmt_rate(d1)
         );
@@ -377,9 +415,9 @@ impl Bench {
             mib(per_plugin)
         );
         println!("| RSS, highest during (d) | {:.1} MiB |", mib(d_rss));
-        for (share, rate, (p50, p99, sent)) in latencies {
+        for (run, share, rate, (p50, p99, sent)) in latencies {
             println!(
-                "| latency produce → output, (d) at 1/{share} of its rate: {rate:.0} events/s ({sent} events after a 3 s warm-up) | p50 {:.1} ms, p99 {:.1} ms |",
+                "| latency produce → output, ({run}) at 1/{share} of its rate: {rate:.0} events/s ({sent} events after a 3 s warm-up) | p50 {:.1} ms, p99 {:.1} ms |",
                 p50.as_secs_f64() * 1000.0,
                 p99.as_secs_f64() * 1000.0
             );
@@ -413,9 +451,14 @@ impl Bench {
                 "bench-out-q",
                 "bench-in.dlq",
                 "bench-out-j",
+                "bench-out-t",
+                "bench-out-k",
                 "bench-lat-in",
                 "bench-lat-out",
                 "bench-lat-in.dlq",
+                "bench-latt-in",
+                "bench-latt-out",
+                "bench-latt-in.dlq",
                 "bench-idle",
                 "bench-idle.dlq",
             ],
@@ -520,8 +563,17 @@ impl Bench {
                 n,
                 "[capabilities.cache]\nnamespace = \"novatune\"\n[capabilities.storage]\nprefixes = [\"audio/\", \"waveforms/\"]\n",
             ),
-            'j' => self.jvm_republish(bootstrap, "bench-j", n),
-            other => Err(format!("no run ({other}): use a to e, j, or g")),
+            't' => self.weir_run(
+                bootstrap,
+                "echo",
+                "echo",
+                "bench-t",
+                n,
+                "delivery = \"exactly-once\"\n[capabilities.publish]\ntopics = [\"out-t\"]\n[config]\noutput = \"out-t\"\n",
+            ),
+            'j' => self.jvm_app(bootstrap, "Republish", "bench-j", "bench-out-j", n),
+            'k' => self.jvm_app(bootstrap, "StreamsRepublish", "bench-k", "bench-out-k", n),
+            other => Err(format!("no run ({other}): use a to e, t, j, k, or g")),
         }
     }
 
@@ -573,10 +625,19 @@ impl Bench {
         (rate, errors)
     }
 
-    /// (j): the JVM anchor, `examples/jvm-republish` (kafka-clients: consume →
-    /// republish → flush → commit every 100 ms), built by `just bench` into
-    /// `$CARGO_TARGET_DIR/jvm-republish`; its rate and highest RSS (KiB).
-    fn jvm_republish(&self, bootstrap: &str, group: &str, n: usize) -> Result<(Rate, u64), String> {
+    /// (j) and (k): the JVM anchors of `examples/jvm-republish`, built by `just
+    /// bench` into `$CARGO_TARGET_DIR/jvm-republish`: `Republish` (kafka-clients:
+    /// consume → republish → flush → commit every 100 ms) or `StreamsRepublish`
+    /// (Kafka Streams, exactly_once_v2), reading `bench-in` in `group` and
+    /// writing `output`; its rate and highest RSS (KiB).
+    fn jvm_app(
+        &self,
+        bootstrap: &str,
+        class: &str,
+        group: &str,
+        output: &str,
+        n: usize,
+    ) -> Result<(Rate, u64), String> {
         let built = jvm_republish_dir(&self.weir)
             .ok_or("examples/jvm-republish is not built (`just bench` builds it with Maven)")?;
         let log = self.work.join(format!("{group}.log"));
@@ -589,13 +650,8 @@ impl Bench {
                 built.join("jvm-republish-1.jar").display(),
                 built.display()
             ))
-            .args([
-                "dev.weir.bench.Republish",
-                bootstrap,
-                "bench-in",
-                "bench-out-j",
-                group,
-            ])
+            .arg(format!("dev.weir.bench.{class}"))
+            .args([bootstrap, "bench-in", output, group])
             .stdin(Stdio::null())
             .stdout(out.try_clone().map_err(|e| e.to_string())?)
             .stderr(out)
@@ -857,38 +913,57 @@ impl Bench {
 
     /// Produce to (d)'s echo at `rate` for `duration`; p50 and p99 from produce
     /// to the output read back, and how many events were sent.
+    /// `exactly_once`: (t)'s echo instead, on topics of its own, read back
+    /// `read_committed` (an output is seen once its transaction commits).
     fn latency(
         &self,
         bootstrap: &str,
         rate: f64,
         duration: Duration,
+        exactly_once: bool,
     ) -> Result<(Duration, Duration, usize), String> {
-        let dir = self.work.join("latency");
+        let (name, delivery) = match exactly_once {
+            false => ("lat", "at-least-once"),
+            true => ("latt", "exactly-once"),
+        };
+        let dir = self.work.join(format!("latency-{name}"));
         self.install(
             &dir,
             "echo",
             "echo",
-            "name = \"echo\"\ntopics = [\"lat-in\"]\n[consumer]\ngroup = \"bench-lat\"\n\
-             [capabilities.publish]\ntopics = [\"lat-out\"]\n[config]\noutput = \"lat-out\"\n",
+            &format!(
+                "name = \"echo\"\ntopics = [\"{name}-in\"]\n[consumer]\ngroup = \"bench-{name}\"\n\
+                 delivery = \"{delivery}\"\n[capabilities.publish]\ntopics = [\"{name}-out\"]\n\
+                 [config]\noutput = \"{name}-out\"\n"
+            ),
         )?;
         let mut host = WeirProcess::start(&self.weir, &dir, bootstrap, "")?;
         host.wait_for_log("partitions assigned", Duration::from_secs(60))?;
 
         let reader: BaseConsumer = client(bootstrap)
-            .set("group.id", "bench-lat-reader")
+            .set("group.id", format!("bench-{name}-reader"))
             .set("fetch.wait.max.ms", "5")
             .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
             .create()
             .map_err(|e| e.to_string())?;
         reader
-            .subscribe(&["bench-lat-out"])
+            .subscribe(&[&format!("bench-{name}-out")])
             .map_err(|e| e.to_string())?;
         let b = bootstrap.to_string();
+        let input = format!("bench-{name}-in");
         let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let sent = count.clone();
         let epoch = Instant::now();
         let producer = std::thread::spawn(move || {
-            paced_produce(&b, rate, duration + Duration::from_secs(3), epoch, &sent)
+            paced_produce(
+                &b,
+                &input,
+                rate,
+                duration + Duration::from_secs(3),
+                epoch,
+                &sent,
+            )
         });
         // The first seconds (the host's and the producers' start) are not counted.
         let warmup = Duration::from_secs(3);
@@ -1064,6 +1139,7 @@ fn produce_counted(
 /// Produce at `rate` events/s for `duration`, each stamped with when it was sent.
 fn paced_produce(
     bootstrap: &str,
+    topic: &str,
     rate: f64,
     duration: Duration,
     epoch: Instant,
@@ -1082,7 +1158,7 @@ fn paced_produce(
             let key = format!("user-{}", sent % KEYS);
             let at = epoch.elapsed().as_micros();
             let body = event_body(sent, &key, &format!(",\"sent_us\":{at}"));
-            let _ = producer.send(BaseRecord::to("bench-lat-in").key(&key).payload(&body));
+            let _ = producer.send(BaseRecord::to(topic).key(&key).payload(&body));
             sent += 1;
         }
         count.store(sent, std::sync::atomic::Ordering::SeqCst);
