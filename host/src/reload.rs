@@ -75,6 +75,9 @@ struct ConsumerShape {
     max_in_flight: u32,
     max_in_flight_bytes: u64,
     batch: u32,
+    /// A change of delivery mode needs another producer and consumer.
+    delivery: crate::manifest::DeliveryMode,
+    transaction_interval: Duration,
 }
 
 impl ConsumerShape {
@@ -86,6 +89,8 @@ impl ConsumerShape {
             max_in_flight: m.consumer.max_in_flight,
             max_in_flight_bytes: m.consumer.max_in_flight_bytes.as_u64(),
             batch: m.consumer.batch,
+            delivery: m.consumer.delivery,
+            transaction_interval: m.consumer.transaction_interval,
         }
     }
 }
@@ -699,7 +704,11 @@ impl Supervisor {
             if let Some(r) = m.running {
                 stop(r).await;
                 let snapshot = m.stats.snapshot();
-                tracing::info!(plugin = %name, handled = snapshot.handled, retries = snapshot.retries, dead_lettered = snapshot.dead_lettered, published = snapshot.published, abandoned = snapshot.abandoned, "plugin stopped");
+                if snapshot.transactions_committed + snapshot.transactions_aborted > 0 {
+                    tracing::info!(plugin = %name, handled = snapshot.handled, retries = snapshot.retries, dead_lettered = snapshot.dead_lettered, published = snapshot.published, abandoned = snapshot.abandoned, transactions_committed = snapshot.transactions_committed, transactions_aborted = snapshot.transactions_aborted, commit_ms = snapshot.commit_ms, "plugin stopped");
+                } else {
+                    tracing::info!(plugin = %name, handled = snapshot.handled, retries = snapshot.retries, dead_lettered = snapshot.dead_lettered, published = snapshot.published, abandoned = snapshot.abandoned, "plugin stopped");
+                }
                 report.plugins.insert(name, snapshot);
             }
         }

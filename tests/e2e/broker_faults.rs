@@ -81,13 +81,31 @@ impl Samples {
 #[ignore = "needs Apache Kafka (`just kafka`); `just test` installs it and runs the ignored tests"]
 async fn leader_failovers_and_a_rolling_restart_lose_nothing_and_keep_key_order() {
     let Some(kafka) = kafka() else { return };
+    let duplicates = faults_run(&kafka, "at-least-once", 20_000).await;
+    println!("at-least-once: {duplicates} duplicates");
+}
+
+/// The same faults with `delivery = "exactly-once"`: a `read_committed` reader
+/// sees every input exactly once (issue 21).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Apache Kafka (`just kafka`); `just test` installs it and runs the ignored tests"]
+async fn exactly_once_through_leader_failovers_and_a_rolling_restart() {
+    let Some(kafka) = kafka() else { return };
+    let duplicates = faults_run(&kafka, "exactly-once", 10_000).await;
+    assert_eq!(duplicates, 0, "exactly-once: no input has two outputs");
+}
+
+/// The faults under a stream of `WEIR_FAULT_EVENTS` (else `default_n`) keyed
+/// events through echo in `delivery` mode: nothing missing, order per key
+/// kept; the duplicates.
+async fn faults_run(kafka: &weir_devkit::KafkaInstall, delivery: &str, default_n: usize) -> usize {
     let n: usize = std::env::var("WEIR_FAULT_EVENTS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
+        .unwrap_or(default_n);
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
-    let mut cluster = DevCluster::start(&kafka, dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let mut cluster = DevCluster::start(kafka, dir.path()).unwrap_or_else(|e| panic!("{e}"));
     let bootstrap = cluster.bootstrap();
     println!(
         "three-node cluster on {bootstrap}, ready in {:.1} s",
@@ -98,7 +116,11 @@ async fn leader_failovers_and_a_rolling_restart_lose_nothing_and_keep_key_order(
         .await
         .unwrap();
 
-    let files = HostFiles::echo(&bootstrap, "faults", "[consumer]\nmax_in_flight = 2000\n");
+    let files = HostFiles::echo(
+        &bootstrap,
+        "faults",
+        &format!("[consumer]\nmax_in_flight = 2000\ndelivery = \"{delivery}\"\n"),
+    );
     let host = BinaryHost::start(&files, "host");
     host.wait_for_log("partitions assigned");
 
@@ -188,7 +210,7 @@ async fn leader_failovers_and_a_rolling_restart_lose_nothing_and_keep_key_order(
     let (seen, duplicates) = seqs(&out);
     let missing = n - seen.len();
     println!(
-        "broker faults: {n} events, {} outputs, {missing} missing, {duplicates} duplicates",
+        "broker faults ({delivery}): {n} events, {} outputs, {missing} missing, {duplicates} duplicates",
         out.len()
     );
     for (what, stall) in &stalls {
@@ -199,4 +221,5 @@ async fn leader_failovers_and_a_rolling_restart_lose_nothing_and_keep_key_order(
     }
     assert_eq!(missing, 0, "every event handled; host log:\n{log}");
     assert_key_order(&out);
+    duplicates
 }

@@ -1,6 +1,8 @@
 //! Exactly-once (`[consumer] delivery = "exactly-once"`, issue 21): a steady
 //! stream of keyed events through `echo` while its host is killed with SIGKILL
-//! at random moments and restarted, then a second host joins (a rebalance). A
+//! at random moments and restarted; then a hot swap of the plugin, a pause and
+//! resume through the admin API, a SIGTERM restart, and a second host joining
+//! (a rebalance). A
 //! `read_committed` reader of the output topic sees every input exactly once,
 //! in order per key. The same run at-least-once shows the duplicates it has.
 //!
@@ -49,7 +51,11 @@ async fn killed_and_rebalanced(prefix: &str, delivery: &str, n: u64, kills: usiz
         prefix,
         &format!("[consumer]\ndelivery = \"{delivery}\"\nmax_in_flight = 2000\n"),
     );
-    let env = [("WEIR_KAFKA__CONSUMER__COMMIT_INTERVAL", "100ms")];
+    let admin = format!("127.0.0.1:{}", files.admin_port);
+    let env = [
+        ("WEIR_KAFKA__CONSUMER__COMMIT_INTERVAL", "100ms"),
+        ("WEIR_ADMIN__LISTEN", admin.as_str()),
+    ];
 
     let producer = b.producer();
     let stream = {
@@ -92,26 +98,51 @@ async fn killed_and_rebalanced(prefix: &str, delivery: &str, n: u64, kills: usiz
     let started = Instant::now();
     let mut host = BinaryHost::start_with(&files, "a", &env);
     host.wait_for_log("partitions assigned");
+    // Until the host (just started) is at work: outputs under way.
+    let at_work = |before: i64| {
+        let (b, output) = (&b, &output);
+        async move {
+            let deadline = Instant::now() + PATIENCE;
+            while b.count(output) < before + 100 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            b.count(output)
+        }
+    };
     let mut before = 0;
     for moment in &at {
         let wait = Duration::from_secs_f64(*moment).saturating_sub(started.elapsed());
         tokio::time::sleep(wait).await;
-        // Kill a host at work (outputs under way), not one still starting.
-        let deadline = Instant::now() + PATIENCE;
-        while b.count(&output) < before + 100 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        before = b.count(&output);
+        before = at_work(before).await;
         host.signal("KILL");
         host.wait();
         // Same name, same static member id and transactional id: the new
         // process fences what the killed one left open.
         host = BinaryHost::start_with(&files, "a", &env);
     }
-    // A rebalance: a second host joins near the end of the stream.
+    // A hot swap (a new manifest, the same consumer: swapped between events).
+    at_work(before).await;
+    let manifest = files.plugins().join("echo.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, format!("{text}\n[config]\nversion = \"2\"\n")).unwrap();
+    host.wait_for_log("new version swapped in");
+    // A pause and a resume by the operator.
+    for action in ["pause", "resume"] {
+        let path = format!("/plugins/echo/{action}");
+        let (code, body) = weir_host::admin::client::call(&admin, "POST", &path)
+            .await
+            .unwrap_or_else(|e| panic!("{action}: {e}"));
+        assert_eq!(code, 200, "{action}: {body}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // A graceful restart: SIGTERM drains and commits.
+    host.signal("TERM");
+    assert_eq!(host.wait(), Some(0), "SIGTERM ends the host cleanly");
+    host = BinaryHost::start_with(&files, "a", &env);
+    // A rebalance: a second host (its own admin port) joins near the end.
     let wait = Duration::from_secs_f64(span * 0.85).saturating_sub(started.elapsed());
     tokio::time::sleep(wait).await;
-    let second = BinaryHost::start_with(&files, "b", &env);
+    let second = BinaryHost::start_with(&files, "b", &env[..1]);
     second.wait_for_log("partitions assigned");
     stream.await.unwrap();
 

@@ -28,7 +28,7 @@ use super::acks::{EventAck, Ticket};
 use super::lanes::lane_of;
 use super::offsets::{OffsetBook, Rewind, Tp};
 use super::stats::Stats;
-use super::transaction::{Transaction, TransactionSettings};
+use super::transaction::{Aborted, Commit, Committer, Transaction, TransactionSettings};
 use super::StartError;
 use crate::event::EventRecord;
 use crate::topics::TopicNamer;
@@ -297,6 +297,13 @@ impl FetchContext {
         tps: &[Tp],
     ) {
         let mut txn = txn.lock().unwrap_or_else(PoisonError::into_inner);
+        // A commit of its own comes next: requests made before are void.
+        txn.void_requests();
+        if let Some(Err(aborted)) = txn.take_outcome() {
+            // The committer's last transaction aborted: nothing after it may be
+            // sent before every partition is read again from what it carried.
+            self.rewind_after(consumer, &aborted, tps);
+        }
         let aborted = if consumer.assignment_lost() {
             tracing::warn!(plugin = %self.plugin, partitions = %describe(tps), "partitions lost (session timed out?); the open transaction is aborted and their events read again by the new owner");
             Some(txn.abort("partitions lost".into(), None))
@@ -320,20 +327,24 @@ impl FetchContext {
             txn.commit(consumer.group_metadata()).err()
         };
         if let Some(aborted) = aborted {
-            let rewinds = self
-                .book
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .rewind_all(|tp| aborted.first.get(tp).copied(), &aborted.reason);
-            for r in rewinds.iter().filter(|r| !tps.contains(&r.tp)) {
-                if let Err(e) = consumer.seek(
-                    &r.tp.0,
-                    r.tp.1,
-                    Offset::Offset(r.from),
-                    Duration::from_secs(5),
-                ) {
-                    tracing::error!(plugin = %self.plugin, partition = %format!("{}/{}", r.tp.0, r.tp.1), error = %e, "cannot seek back after an aborted transaction");
-                }
+            self.rewind_after(consumer, &aborted, tps);
+        }
+    }
+
+    /// After `aborted`, inside a rebalance callback: every partition is read
+    /// again from what the transaction carried (those of `revoked` are not
+    /// sought: they go).
+    fn rewind_after(&self, consumer: &BaseConsumer<Self>, aborted: &Aborted, revoked: &[Tp]) {
+        let rewinds = self
+            .book
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .rewind_all(|tp| aborted.first.get(tp).copied(), &aborted.reason);
+        for r in rewinds.iter().filter(|r| !revoked.contains(&r.tp)) {
+            let (topic, partition) = (&r.tp.0, r.tp.1);
+            let at = Offset::Offset(r.from);
+            if let Err(e) = consumer.seek(topic, partition, at, Duration::from_secs(5)) {
+                tracing::error!(plugin = %self.plugin, partition = %format!("{topic}/{partition}"), error = %e, "cannot seek back after an aborted transaction");
             }
         }
     }
@@ -486,6 +497,15 @@ impl Fetch {
             txn,
         };
         let consumer = recipe.create(&settings, settings.instance_id.as_deref())?;
+        let committer = match &recipe.txn {
+            Some(txn) => Some(Committer::spawn(&settings.plugin, txn.clone()).map_err(
+                |source| StartError::Thread {
+                    what: "commit",
+                    source,
+                },
+            )?),
+            None => None,
+        };
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         let (flag, polled, failed) = (stop.clone(), shared.clone(), shared.clone());
@@ -508,6 +528,7 @@ impl Fetch {
                         redo: HashMap::new(),
                         last_error: None,
                         last_stall_check: Instant::now(),
+                        committer,
                     };
                     let run = std::panic::AssertUnwindSafe(|| fetcher.run(dispatch));
                     if let Err(panic) = std::panic::catch_unwind(run) {
@@ -641,6 +662,8 @@ struct Fetcher {
     redo: HashMap<Tp, Redo>,
     last_error: Option<(String, Instant)>,
     last_stall_check: Instant,
+    /// Exactly-once: commits the transaction while this thread reads on.
+    committer: Option<Committer>,
 }
 
 impl Fetcher {
@@ -727,25 +750,60 @@ impl Fetcher {
         let Some(txn) = self.recipe.txn.clone() else {
             return (0, 0);
         };
-        let mut txn = txn.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut txn = if force {
+            txn.lock().unwrap_or_else(PoisonError::into_inner)
+        } else {
+            match txn.try_lock() {
+                Ok(txn) => txn,
+                Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+                // The committer thread has it: nothing can be sent now.
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    let (events, bytes) = self
+                        .ctx()
+                        .book
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .in_flight();
+                    return self.publish_in_flight(events, bytes);
+                }
+            }
+        };
+        let mut outcomes = Vec::new();
+        outcomes.extend(txn.take_outcome());
         let ctx = self.consumer.context();
         let mut book = ctx.book.lock().unwrap_or_else(PoisonError::into_inner);
-        book.advance_with(|tp, a| txn.send(tp, a), |_, _| {});
+        // An aborted transaction rewinds before anything more is sent.
         let mut rewinds = Vec::new();
         let mut blame = None;
-        if txn.is_due() || (force && !txn.is_empty()) {
-            match txn.commit(self.consumer.group_metadata()) {
+        let mut apply =
+            |outcome: Commit, book: &mut OffsetBook, redo: &mut HashMap<Tp, Redo>| match outcome {
                 Ok(committed) => {
                     for (tp, next) in committed {
-                        if self.redo.get(&tp).is_some_and(|r| r.offset < next) {
-                            self.redo.remove(&tp);
+                        if redo.get(&tp).is_some_and(|r| r.offset < next) {
+                            redo.remove(&tp);
                         }
                     }
                 }
                 Err(aborted) => {
-                    rewinds = book.rewind_all(|tp| aborted.first.get(tp).copied(), &aborted.reason);
+                    rewinds.extend(
+                        book.rewind_all(|tp| aborted.first.get(tp).copied(), &aborted.reason),
+                    );
                     blame = aborted.blame;
                 }
+            };
+        for outcome in outcomes {
+            apply(outcome, &mut book, &mut self.redo);
+        }
+        book.advance_with(|tp, a| txn.send(tp, a), |_, _| {});
+        if force {
+            if !txn.is_empty() {
+                txn.void_requests();
+                let outcome = txn.commit(self.consumer.group_metadata());
+                apply(outcome, &mut book, &mut self.redo);
+            }
+        } else if txn.is_due() {
+            if let Some(committer) = self.committer.as_ref().filter(|c| !c.is_busy()) {
+                committer.request(txn.epoch(), self.consumer.group_metadata());
             }
         }
         let (events, bytes) = book.in_flight();
@@ -1039,9 +1097,10 @@ impl Fetcher {
     fn replace_fatal(&mut self, reason: String) {
         if let Some(txn) = &self.recipe.txn {
             // Its offsets can no longer commit: nothing of it may be seen.
-            txn.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .abort("the consumer was fenced".into(), None);
+            let mut txn = txn.lock().unwrap_or_else(PoisonError::into_inner);
+            txn.void_requests();
+            let _ = txn.take_outcome(); // every partition is dropped below
+            txn.abort("the consumer was fenced".into(), None);
         }
         let (dropped, partitions) = {
             let ctx = self.consumer.context();

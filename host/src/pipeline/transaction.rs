@@ -81,7 +81,16 @@ pub struct Transaction {
     failures: Arc<TransactionFailures>,
     timeout: Duration,
     stats: Arc<Stats>,
+    /// What the committer thread's last commit came to, until the fetch
+    /// thread takes it (an abort must rewind before anything more is sent).
+    outcome: Option<Commit>,
+    /// Bumped by a commit the fetch thread makes itself (a revoke, shutdown):
+    /// a request to the committer made before it is void.
+    epoch: u64,
 }
+
+/// A commit's outcome: the offsets it committed, or the aborted transaction.
+pub type Commit = Result<Vec<(Tp, i64)>, Aborted>;
 
 /// Why the transactional producer could not start.
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +115,13 @@ impl Transaction {
             "transaction.timeout.ms",
             (timeout.as_millis() as u64 + 30_000).to_string(),
         );
+        // Right after a commit the coordinator answers the next transaction's
+        // AddPartitionsToTxn with CONCURRENT_TRANSACTIONS until the markers
+        // are written; librdkafka retries after retry.backoff.ms (100 ms by
+        // default), which held every transaction back that long.
+        if !config.kafka.properties.contains_key("retry.backoff.ms") {
+            client.set("retry.backoff.ms", "5");
+        }
         let producer = Self::create(&client, &settings.id, timeout)?;
         Ok(Transaction {
             plugin: plugin.to_string(),
@@ -118,6 +134,8 @@ impl Transaction {
             failures: Arc::default(),
             timeout,
             stats,
+            outcome: None,
+            epoch: 0,
         })
     }
 
@@ -167,6 +185,11 @@ impl Transaction {
             .or_insert((offset, offset));
     }
 
+    /// The epoch a request to the committer carries.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
     /// Whether the open transaction should commit now: its interval is over
     /// (and it carries something), or a record of it failed.
     pub fn is_due(&self) -> bool {
@@ -177,6 +200,17 @@ impl Transaction {
     /// Events' partitions the open transaction carries.
     pub fn is_empty(&self) -> bool {
         self.open.is_empty()
+    }
+
+    /// The outcome of the committer thread's last commit, if not yet taken.
+    pub fn take_outcome(&mut self) -> Option<Commit> {
+        self.outcome.take()
+    }
+
+    /// Void the requests made to the committer so far (the caller commits
+    /// now itself, with the group's current metadata).
+    pub fn void_requests(&mut self) {
+        self.epoch += 1;
     }
 
     /// Commit the open transaction with the offsets after the last event of
@@ -208,11 +242,15 @@ impl Transaction {
                 return Err(self.abort(format!("offset {at} of {topic}/{partition}: {e}"), None));
             }
         }
+        // The offsets' round trips overlap the records still being sent.
         let result = retrying(|| {
             self.producer
                 .send_offsets_to_transaction(&offsets, &group, self.timeout)
         })
-        .and_then(|()| retrying(|| self.producer.commit_transaction(self.timeout)));
+        .and_then(|()| {
+            self.drain_queue();
+            retrying(|| self.producer.commit_transaction(self.timeout))
+        });
         if let Err(e) = result {
             let blame = self.failures.take();
             let reason = match &blame {
@@ -232,6 +270,17 @@ impl Transaction {
         self.open.clear();
         self.begin();
         Ok(next)
+    }
+
+    /// Wait until every record sent is acknowledged (or failed), up to the
+    /// timeout. `commit_transaction` flushes too, but rust-rdkafka's flush
+    /// waits in steps of 100 ms when another thread (the threaded producer's
+    /// poller) serves the reports: every commit took 100 ms longer.
+    fn drain_queue(&self) {
+        let deadline = Instant::now() + self.timeout;
+        while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_micros(500));
+        }
     }
 
     /// Abort the open transaction (a commit failed, the partitions were lost,
@@ -310,6 +359,68 @@ fn retrying(mut call: impl FnMut() -> Result<(), KafkaError>) -> Result<(), Kafk
                 std::thread::sleep(Duration::from_millis(100 * tries));
             }
             other => return other,
+        }
+    }
+}
+
+/// The thread that commits transactions while the fetch thread goes on
+/// reading and dispatching (it sends nothing meanwhile: a record may only join
+/// the transaction that will commit its event's offset).
+pub struct Committer {
+    requests: Option<std::sync::mpsc::Sender<(u64, Option<ConsumerGroupMetadata>)>>,
+    busy: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Committer {
+    pub fn spawn(plugin: &str, txn: Arc<std::sync::Mutex<Transaction>>) -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel::<(u64, Option<ConsumerGroupMetadata>)>();
+        let busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = busy.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("weir-commit-{plugin}"))
+            .spawn(move || {
+                while let Ok((epoch, group)) = rx.recv() {
+                    let mut txn = txn.lock().unwrap_or_else(|e| e.into_inner());
+                    if txn.epoch == epoch {
+                        let outcome = txn.commit(group);
+                        if !matches!(&outcome, Ok(committed) if committed.is_empty()) {
+                            txn.outcome = Some(outcome);
+                        }
+                    }
+                    drop(txn);
+                    done.store(false, Ordering::Release);
+                }
+            })?;
+        Ok(Committer {
+            requests: Some(tx),
+            busy,
+            thread: Some(thread),
+        })
+    }
+
+    /// A commit asked for and not yet made.
+    pub fn is_busy(&self) -> bool {
+        self.busy.load(Ordering::Acquire)
+    }
+
+    /// Ask for the open transaction to be committed (`epoch`: the
+    /// transaction's, read under its lock).
+    pub fn request(&self, epoch: u64, group: Option<ConsumerGroupMetadata>) {
+        if let Some(requests) = &self.requests {
+            self.busy.store(true, Ordering::Release);
+            if requests.send((epoch, group)).is_err() {
+                self.busy.store(false, Ordering::Release);
+            }
+        }
+    }
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        self.requests = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }
