@@ -233,3 +233,53 @@ async fn at_least_once_through_the_same_sigkills_has_duplicates() {
     );
     assert_eq!(seen.missing, 0, "every input has its output");
 }
+
+/// A record the broker refuses (larger than the output topic's
+/// `max.message.bytes`) aborts its transaction: every partition is read again
+/// from what the transaction carried, its other events' outputs are never seen
+/// twice, and once the event has failed `retry.attempts` times it is
+/// dead-lettered (in a transaction too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Apache Kafka (`just kafka`); `just test` installs it and runs the ignored tests"]
+async fn a_refused_record_aborts_its_transaction_and_its_event_is_dead_lettered_once() {
+    let Some(b) = broker() else { return };
+    b.create_topics(&["eosx-in", "eosx-in.dlq"], 3).await;
+    weir_devkit::create_topics_with(
+        &b.bootstrap(),
+        &["eosx-out"],
+        3,
+        &[("max.message.bytes", "100000")],
+    )
+    .await
+    .unwrap();
+    let files = HostFiles::echo(
+        &b.bootstrap(),
+        "eosx",
+        "[consumer]\ndelivery = \"exactly-once\"\n[retry]\nattempts = 2\ninitial_backoff = \"100ms\"\n",
+    );
+    let host = BinaryHost::start(&files, "x");
+    host.wait_for_log("partitions assigned");
+    let (n, big) = (60u64, 30u64);
+    let producer = b.producer();
+    for i in 0..n {
+        let key = format!("k{}", i % 6);
+        let mut body = serde_json::json!({"seq": i, "key": key});
+        if i == big {
+            body["pad"] = "x".repeat(150_000).into();
+        }
+        produce(&producer, "eosx-in", &key, body).await;
+    }
+    let letters = b.read("eosx-in.dlq", 1);
+    let out = b.read("eosx-out", (n - 1) as usize);
+    let log = host.log_text();
+    drop(host);
+    let (seen, duplicates) = seqs(&out);
+    let expected: std::collections::BTreeSet<u64> = (0..n).filter(|i| *i != big).collect();
+    assert_eq!(seen, expected, "every other event's output; log:\n{log}");
+    assert_eq!(duplicates, 0, "read_committed: no output twice");
+    assert_eq!(letters.len(), 1, "one dead letter");
+    assert_eq!(letters[0].json()["seq"], big);
+    let aborted = log.matches("transaction aborted").count();
+    assert!(aborted >= 2, "the event failed twice: {aborted} aborts");
+    println!("a refused record: {aborted} transactions aborted, then its event dead-lettered; {} outputs, 0 duplicates", out.len());
+}

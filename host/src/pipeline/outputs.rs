@@ -119,11 +119,12 @@ impl ProducerContext for OutputContext {
                 },
                 Err((e, m)),
             ) => {
-                failures.note(
-                    tp,
-                    offset,
-                    format!("publishing to {} failed: {e}", m.topic()),
-                );
+                let why = format!("publishing to {} failed: {e}", m.topic());
+                if record_at_fault(e) {
+                    failures.note(tp, offset, why, m.payload_len() + m.key_len());
+                } else {
+                    failures.doom(why);
+                }
             }
             (Delivery::Waiter(tx), Ok(m)) => {
                 let _ = tx.send(Ok((m.partition(), m.offset())));
@@ -140,30 +141,80 @@ impl ProducerContext for OutputContext {
 
 pub(super) type KafkaProducer = ThreadedProducer<OutputContext>;
 
-/// The first record of an open transaction that failed: its event's
-/// partition and offset, and why (reported by the producer's thread).
+/// What went wrong in an open transaction: the first record that failed (its
+/// event's partition and offset, and why; reported by the producer's thread),
+/// or a reason it cannot commit that blames no event (the producer refused a
+/// send because the transaction had already failed).
 #[derive(Debug, Default)]
 pub struct TransactionFailures {
-    first: std::sync::Mutex<Option<(Tp, i64, String)>>,
+    first: std::sync::Mutex<Failures>,
+}
+
+#[derive(Debug, Default)]
+struct Failures {
+    /// The event blamed, why, and the size of its failed record.
+    blamed: Option<(Tp, i64, String, usize)>,
+    doomed: Option<String>,
+}
+
+/// Whether a record failed for what it is (too large, malformed, to a topic
+/// it may not reach), not because of the broker's state (a timeout, a failover,
+/// the transaction already failed, a sequence the producer must recover from):
+/// only the first kind counts against its event.
+pub fn record_at_fault(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::MessageSizeTooLarge
+                | C::InvalidMessageSize
+                | C::InvalidMessage
+                | C::InvalidRecord
+                | C::MessageBatchTooLarge
+                | C::TopicAuthorizationFailed
+                | C::UnknownTopicOrPartition
+                | C::UnknownTopic
+                | C::InvalidTopic
+        )
+    )
 }
 
 impl TransactionFailures {
-    pub fn note(&self, tp: Tp, offset: i64, reason: String) {
-        let mut first = self.first.lock().unwrap_or_else(|e| e.into_inner());
-        if first.is_none() {
-            *first = Some((tp, offset, reason));
+    fn lock(&self) -> std::sync::MutexGuard<'_, Failures> {
+        self.first.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A record (of `size` bytes) of the event at `offset` of `tp` failed.
+    /// The broker fails a whole batch for one record too large, so of the
+    /// records that failed the largest is blamed (the first, among equals).
+    pub fn note(&self, tp: Tp, offset: i64, reason: String, size: usize) {
+        let mut f = self.lock();
+        if f.blamed.as_ref().is_none_or(|b| size > b.3) {
+            f.blamed = Some((tp, offset, reason, size));
+        }
+    }
+
+    /// The transaction cannot commit, through no event's fault.
+    pub fn doom(&self, reason: String) {
+        let mut f = self.lock();
+        if f.doomed.is_none() {
+            f.doomed = Some(reason);
         }
     }
 
     pub fn is_set(&self) -> bool {
-        self.first
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some()
+        let f = self.lock();
+        f.blamed.is_some() || f.doomed.is_some()
     }
 
-    pub fn take(&self) -> Option<(Tp, i64, String)> {
-        self.first.lock().unwrap_or_else(|e| e.into_inner()).take()
+    /// Why, and the event to blame if a record failed.
+    pub fn take(&self) -> Option<(String, Option<(Tp, i64)>)> {
+        let mut f = self.lock();
+        let doomed = f.doomed.take();
+        match f.blamed.take() {
+            Some((tp, offset, why, _)) => Some((why, Some((tp, offset)))),
+            None => doomed.map(|why| (why, None)),
+        }
     }
 }
 

@@ -21,7 +21,8 @@
 use super::acks::EventAck;
 use super::offsets::Tp;
 use super::outputs::{
-    producer_config, send_to, Delivery, KafkaProducer, OutputContext, TransactionFailures,
+    producer_config, record_at_fault, send_to, Delivery, KafkaProducer, OutputContext,
+    TransactionFailures,
 };
 use super::stats::Stats;
 use rdkafka::consumer::ConsumerGroupMetadata;
@@ -174,9 +175,16 @@ impl Transaction {
                 offset,
             };
             let pause = || std::thread::sleep(Duration::from_millis(1));
-            if let Err(e) = send_to(&self.producer, record.as_record(), delivery, pause) {
+            let sent = send_to(&self.producer, record.as_record(), delivery, pause);
+            if let Err(e) = sent {
                 let why = format!("publishing to {} failed: {e}", record.topic);
-                self.failures.note(tp.clone(), offset, why);
+                if record_at_fault(&e) {
+                    // The record itself cannot be sent: its event is to blame.
+                    self.failures.note(tp.clone(), offset, why, record.size());
+                } else {
+                    // The transaction failed already (a record before this one).
+                    self.failures.doom(why);
+                }
             }
         }
         self.open
@@ -225,8 +233,8 @@ impl Transaction {
             return Ok(Vec::new());
         }
         let started = Instant::now();
-        if let Some((tp, offset, reason)) = self.failures.take() {
-            return Err(self.abort(reason, Some((tp, offset))));
+        if let Some((reason, blame)) = self.failures.take() {
+            return Err(self.abort(reason, blame));
         }
         let Some(group) = group else {
             return Err(self.abort("the consumer has no group metadata".into(), None));
@@ -252,12 +260,20 @@ impl Transaction {
             retrying(|| self.producer.commit_transaction(self.timeout))
         });
         if let Err(e) = result {
-            let blame = self.failures.take();
-            let reason = match &blame {
-                Some((_, _, why)) => format!("the transaction did not commit ({e}): {why}"),
-                None => format!("the transaction did not commit: {e}"),
+            // The report of the record that failed may come a moment after
+            // the transaction knew (it is served on the producer's thread).
+            let until = Instant::now() + Duration::from_millis(500);
+            while !self.failures.is_set() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let (reason, blame) = match self.failures.take() {
+                Some((why, blame)) => (
+                    format!("the transaction did not commit ({e}): {why}"),
+                    blame,
+                ),
+                None => (format!("the transaction did not commit: {e}"), None),
             };
-            return Err(self.abort(reason, blame.map(|(tp, o, _)| (tp, o))));
+            return Err(self.abort(reason, blame));
         }
         let spent = started.elapsed();
         self.stats
