@@ -312,8 +312,9 @@ impl Bench {
                 self.latency(&bootstrap, rate, seconds, false)?,
             ));
         }
-        // (t) at half its own rate.
-        let rate = t.per_second / 2.0;
+        // (t) at half its own rate (at most (d)'s: on a short run, offsets
+        // committed every 100 ms make its measured rate coarse).
+        let rate = t.per_second.min(d.per_second) / 2.0;
         eprintln!("latency of (t) at {rate:.0} events/s...");
         let seconds = Duration::from_secs(plan.latency_seconds);
         latencies.push((

@@ -256,6 +256,14 @@ impl ConsumerContext for FetchContext {
         match rebalance {
             Rebalance::Assign(list) => {
                 let tps = self.tps_of(list);
+                if let Some(txn) = &self.txn {
+                    // A new generation (an incremental assign comes without a
+                    // revoke): a commit asked for with the old one would be
+                    // refused, so it is asked for again.
+                    txn.lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .void_requests();
+                }
                 if self.operator.load(Ordering::SeqCst) {
                     // Paused by the operator: not even the first fetch.
                     let _ = consumer.pause(list);
