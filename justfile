@@ -166,7 +166,7 @@ soak events="100000" kills="5": plugins kafka
 
 # Exactly-once under SIGKILL: 100 000 keyed events through echo with delivery = "exactly-once", the host SIGKILLed at 5 random moments and a second host joining; a read_committed reader counts missing and duplicate outputs; then the same run at-least-once for contrast (a few minutes; `just test` runs 20 000 events)
 exactly-once events="100000" kills="5": plugins kafka
-    EOS_EVENTS={{ events }} EOS_KILLS={{ kills }} cargo test -p weir-host --test e2e exactly_once -- --include-ignored --nocapture --test-threads 1
+    EOS_EVENTS={{ events }} EOS_KILLS={{ kills }} cargo test -p weir-host --test e2e exactly_once:: -- --include-ignored --nocapture --test-threads 1
 
 # Broker faults on a three-node Kafka cluster: 100 000 keyed events through echo, two leaders SIGKILLed, a rolling restart (a few minutes; `just test` runs 20 000 events)
 broker-faults events="100000": plugins kafka
