@@ -47,6 +47,7 @@ fn the_example_deployment_resolves_without_problems() {
         "dead letters prod-dlq-events",
         "publishes    prod-waveform-jobs",
         "grants       cache namespace novatune; storage audio/, waveforms/",
+        "delivery     at-least-once (after a crash, events since the last commit are handled again)",
         "limits       memory 32.0 MiB, timeout 2s; retry 5 attempt(s)",
         "no problems found",
     ] {

@@ -283,3 +283,70 @@ async fn a_refused_record_aborts_its_transaction_and_its_event_is_dead_lettered_
     assert!(aborted >= 2, "the event failed twice: {aborted} aborts");
     println!("a refused record: {aborted} transactions aborted, then its event dead-lettered; {} outputs, 0 duplicates", out.len());
 }
+
+/// Two hosts given the same static id by hand (the case the host-id lock
+/// cannot catch): the second one's consumer fences the first's, and its
+/// producer (the same `transactional.id`) fences the first's producer, whose
+/// open transaction is aborted. The first goes on as a dynamic member with a
+/// new producer. A `read_committed` reader sees every input exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Apache Kafka (`just kafka`); `just test` installs it and runs the ignored tests"]
+async fn a_host_fenced_by_a_newer_one_with_its_id_leaves_no_duplicate() {
+    let Some(b) = broker() else { return };
+    b.create_topics(&["eosf-in", "eosf-out", "eosf-in.dlq"], 3)
+        .await;
+    let files = HostFiles::echo(
+        &b.bootstrap(),
+        "eosf",
+        "[consumer]\ndelivery = \"exactly-once\"\n",
+    );
+    let same_id = [("WEIR_KAFKA__CONSUMER__INSTANCE_ID", "twin-{plugin}")];
+    let first = BinaryHost::start_with(&files, "a", &same_id);
+    first.wait_for_log("partitions assigned");
+    let n = 3_000u64;
+    let producer = b.producer();
+    let stream = tokio::spawn(async move {
+        for chunk in 0..n / 100 {
+            let sends = (chunk * 100..(chunk + 1) * 100).map(|i| {
+                let producer = producer.clone();
+                async move {
+                    let key = format!("k{}", i % 50);
+                    produce(
+                        &producer,
+                        "eosf-in",
+                        &key,
+                        serde_json::json!({"seq": i, "key": key}),
+                    )
+                    .await
+                }
+            });
+            futures::future::join_all(sends).await;
+            tokio::time::sleep(Duration::from_millis(130)).await;
+        }
+    });
+    b.wait_count("eosf-out", 300).await;
+    let second = BinaryHost::start_with(&files, "b", &same_id);
+    first.wait_for_log("the consumer failed for good");
+    stream.await.unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    let out = loop {
+        let out = b.read("eosf-out", n as usize);
+        if seqs(&out).0.len() as u64 >= n || Instant::now() > deadline {
+            break out;
+        }
+    };
+    let logs = format!("{}\n---\n{}", first.log_text(), second.log_text());
+    drop((first, second));
+    let (seen, duplicates) = seqs(&out);
+    println!(
+        "fenced by a host with its id: {n} events, {} outputs read_committed, {} missing, \
+         {duplicates} duplicates; {} transactions aborted, {} producers replaced (logged)",
+        out.len(),
+        n - seen.len() as u64,
+        logs.matches("transaction aborted").count(),
+        logs.matches("transactional producer was replaced").count()
+    );
+    assert_eq!(seen.len() as u64, n, "nothing lost:\n{logs}");
+    assert_eq!(duplicates, 0, "no output twice:\n{logs}");
+    assert_key_order(&out);
+}
