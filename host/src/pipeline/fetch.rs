@@ -207,24 +207,9 @@ impl ConsumerContext for FetchContext {
             } else if consumer.assignment_lost() {
                 tracing::warn!(plugin = %self.plugin, partitions = %describe(&tps), "partitions lost (session timed out?); their events in flight will be read again by the new owner");
             } else {
-                let deadline = Instant::now() + self.drain_timeout;
-                let drained = loop {
-                    let unsettled = {
-                        let mut book = self.book.lock().unwrap_or_else(PoisonError::into_inner);
-                        book.advance(|tp, last| store(consumer, &self.plugin, tp, last));
-                        book.unsettled(Some(&tps))
-                    };
-                    if unsettled == 0 {
-                        break true;
-                    }
-                    if Instant::now() >= deadline {
-                        break false;
-                    }
-                    std::thread::sleep(Duration::from_millis(5));
-                };
-                if !drained {
-                    tracing::warn!(plugin = %self.plugin, "partitions revoked before their in-flight events finished; those events will be read again");
-                }
+                self.drain(&tps, |book| {
+                    book.advance(|tp, last| store(consumer, &self.plugin, tp, last))
+                });
                 if let Err(e) = commit(consumer) {
                     tracing::warn!(plugin = %self.plugin, error = %e, "commit on revoke failed; events since the last commit will be read again");
                 }
@@ -316,26 +301,34 @@ impl FetchContext {
             tracing::warn!(plugin = %self.plugin, partitions = %describe(tps), "partitions lost (session timed out?); the open transaction is aborted and their events read again by the new owner");
             Some(txn.abort("partitions lost".into(), None))
         } else {
-            let deadline = Instant::now() + self.drain_timeout;
-            loop {
-                let unsettled = {
-                    let mut book = self.book.lock().unwrap_or_else(PoisonError::into_inner);
-                    book.advance_with(|tp, a| txn.send(tp, a), |_, _| {});
-                    book.unsettled(Some(tps))
-                };
-                if unsettled == 0 {
-                    break;
-                }
-                if Instant::now() >= deadline {
-                    tracing::warn!(plugin = %self.plugin, "partitions revoked before their in-flight events finished; those events will be read again");
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            self.drain(tps, |book| {
+                book.advance_with(|tp, a| txn.send(tp, a), |_, _| {})
+            });
             txn.commit(consumer.group_metadata()).err()
         };
         if let Some(aborted) = aborted {
             self.rewind_after(consumer, &aborted, tps);
+        }
+    }
+
+    /// Before `tps` are revoked: wait (up to the drain timeout) until their
+    /// events in flight are settled, moving the book with `advance` meanwhile.
+    fn drain(&self, tps: &[Tp], mut advance: impl FnMut(&mut OffsetBook)) {
+        let deadline = Instant::now() + self.drain_timeout;
+        loop {
+            let unsettled = {
+                let mut book = self.book.lock().unwrap_or_else(PoisonError::into_inner);
+                advance(&mut book);
+                book.unsettled(Some(tps))
+            };
+            if unsettled == 0 {
+                return;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(plugin = %self.plugin, "partitions revoked before their in-flight events finished; those events will be read again");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 

@@ -34,6 +34,20 @@ struct Partition {
     reads_noted: u64,
 }
 
+impl Partition {
+    /// Make every pending event stale and forget it (it is read again); how
+    /// many there were. `events` and `bytes` are the book's totals.
+    fn drop_pending(&mut self, events: &mut usize, bytes: &mut usize) -> usize {
+        self.signal.bump();
+        let again = self.pending.len();
+        for a in self.pending.drain(..) {
+            *events -= 1;
+            *bytes -= a.bytes();
+        }
+        again
+    }
+}
+
 /// A partition to read again from `from`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rewind {
@@ -125,12 +139,7 @@ impl OffsetBook {
                 continue; // everything finished meanwhile: nothing to read again
             };
             let from = front.offset();
-            p.signal.bump();
-            let again = p.pending.len();
-            for a in p.pending.drain(..) {
-                self.events -= 1;
-                self.bytes -= a.bytes();
-            }
+            let again = p.drop_pending(&mut self.events, &mut self.bytes);
             rewinds.push(Rewind {
                 tp: tp.clone(),
                 from,
@@ -154,12 +163,7 @@ impl OffsetBook {
             let Some(from) = committed(tp).or_else(|| p.pending.front().map(|a| a.offset())) else {
                 continue;
             };
-            p.signal.bump();
-            let again = p.pending.len();
-            for a in p.pending.drain(..) {
-                self.events -= 1;
-                self.bytes -= a.bytes();
-            }
+            let again = p.drop_pending(&mut self.events, &mut self.bytes);
             rewinds.push(Rewind {
                 tp: tp.clone(),
                 from,
