@@ -13,7 +13,7 @@
 //! nothing.
 
 use crate::event::EventRecord;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 const PENDING: u8 = 0;
@@ -30,9 +30,22 @@ pub struct PartitionSignal {
     failed: AtomicBool,
     /// Why, for the log.
     reason: Mutex<Option<String>>,
+    /// Bytes of records held by the pipeline's exactly-once events, all
+    /// partitions together (shared with the offset book, which counts them
+    /// in flight: a plugin cannot make the host hold more than
+    /// `max_in_flight_bytes` of outputs behind a retrying event).
+    held: Arc<AtomicUsize>,
 }
 
 impl PartitionSignal {
+    /// A partition's signal whose events' held records count in `held`.
+    pub fn counting_held(held: Arc<AtomicUsize>) -> Self {
+        PartitionSignal {
+            held,
+            ..PartitionSignal::default()
+        }
+    }
+
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
@@ -77,6 +90,20 @@ pub struct HeldRecord {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
+impl HeldRecord {
+    /// Bytes it holds (for the bound on what is held).
+    pub fn size(&self) -> usize {
+        self.topic.len()
+            + self.key.as_ref().map_or(0, Vec::len)
+            + self.payload.as_ref().map_or(0, Vec::len)
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+    }
+}
+
 /// The acknowledgement state of one event.
 #[derive(Debug)]
 pub struct EventAck {
@@ -91,6 +118,8 @@ pub struct EventAck {
     /// Exactly-once: the records the event produced, held until its offset is
     /// next in its partition (then sent into the open transaction).
     held: Mutex<Vec<HeldRecord>>,
+    /// Their bytes, counted in the partition's `held` until sent or dropped.
+    held_bytes: AtomicUsize,
 }
 
 impl EventAck {
@@ -103,6 +132,7 @@ impl EventAck {
             generation: partition.generation(),
             partition,
             held: Mutex::new(Vec::new()),
+            held_bytes: AtomicUsize::new(0),
         })
     }
 
@@ -122,15 +152,29 @@ impl EventAck {
 
     /// Exactly-once: keep `records` with the event (call before [`EventAck::released`]).
     pub fn hold(&self, records: impl IntoIterator<Item = HeldRecord>) {
-        self.held
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend(records);
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = held.len();
+        held.extend(records);
+        let bytes: usize = held[before..].iter().map(HeldRecord::size).sum();
+        self.held_bytes.fetch_add(bytes, Ordering::AcqRel);
+        self.partition.held.fetch_add(bytes, Ordering::AcqRel);
     }
 
     /// The records held (once finished, by the transaction's sender).
     pub fn take_held(&self) -> Vec<HeldRecord> {
-        std::mem::take(&mut *self.held.lock().unwrap_or_else(PoisonError::into_inner))
+        let records =
+            std::mem::take(&mut *self.held.lock().unwrap_or_else(PoisonError::into_inner));
+        self.release_held();
+        records
+    }
+
+    fn release_held(&self) {
+        // At-least-once events never hold: no shared counter to touch.
+        if self.held_bytes.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let bytes = self.held_bytes.swap(0, Ordering::AcqRel);
+        self.partition.held.fetch_sub(bytes, Ordering::AcqRel);
     }
 
     /// The plugin is done with the event (its records, if any, were handed over).
@@ -184,6 +228,14 @@ impl EventAck {
     /// Finished, failed or abandoned: nothing more will happen to it.
     pub fn is_settled(&self) -> bool {
         self.state.load(Ordering::Acquire) != PENDING
+    }
+}
+
+impl Drop for EventAck {
+    /// A stale event's held records (its partition was rewound or revoked)
+    /// are never sent: they stop counting when it goes.
+    fn drop(&mut self) {
+        self.release_held();
     }
 }
 

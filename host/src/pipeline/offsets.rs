@@ -13,6 +13,7 @@
 use super::acks::{EventAck, PartitionSignal};
 use super::lanes::FnvBuild;
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -63,13 +64,15 @@ pub struct OffsetBook {
     partitions: HashMap<Tp, Partition, FnvBuild>,
     events: usize,
     bytes: usize,
+    /// Bytes of records exactly-once events hold (counted in flight).
+    held: Arc<AtomicUsize>,
 }
 
 impl OffsetBook {
     /// Start tracking a newly assigned partition; its signal (fresh generation).
     pub fn assign(&mut self, tp: Tp) -> Arc<PartitionSignal> {
         let p = self.partitions.entry(tp).or_insert_with(|| Partition {
-            signal: Arc::new(PartitionSignal::default()),
+            signal: Arc::new(PartitionSignal::counting_held(self.held.clone())),
             pending: VecDeque::new(),
             progress: Instant::now(),
             moved: Instant::now(),
@@ -200,9 +203,10 @@ impl OffsetBook {
         }
     }
 
-    /// Events read and not committed past, and their bytes.
+    /// Events read and not committed past, and their bytes (with the bytes
+    /// of the records exactly-once events hold).
     pub fn in_flight(&self) -> (usize, usize) {
-        (self.events, self.bytes)
+        (self.events, self.bytes + self.held.load(Ordering::Acquire))
     }
 
     /// The assigned partitions.
@@ -358,13 +362,16 @@ mod tests {
             |_, _| {},
         );
         assert_eq!(sent, vec![0, 1], "only the prefix, in offset order");
-        assert_eq!(book.in_flight(), (2, 20));
+        // 3's record ("out", 1 byte) is still held: it counts in flight.
+        assert_eq!(book.in_flight(), (2, 24));
         // The transaction carrying 0 and 1 aborts: read again from 0.
         let g = signal.generation();
         let rewinds = book.rewind_all(|_| Some(0), "commit failed");
         assert_eq!(rewinds.len(), 1);
         assert_eq!((rewinds[0].from, rewinds[0].again), (0, 2));
         assert_ne!(signal.generation(), g, "events in flight are stale");
+        assert_eq!(book.in_flight(), (0, 4), "held until the stale event goes");
+        drop(acks);
         assert_eq!(book.in_flight(), (0, 0));
         // A partition the transaction did not carry goes back to its first pending event.
         let (mut other, _acks) = book_with(1, [7, 8]);

@@ -227,18 +227,6 @@ impl HeldRecord {
             headers: &self.headers,
         }
     }
-
-    /// Bytes it holds (for the budget of what is held).
-    pub fn size(&self) -> usize {
-        self.topic.len()
-            + self.key.as_ref().map_or(0, Vec::len)
-            + self.payload.as_ref().map_or(0, Vec::len)
-            + self
-                .headers
-                .iter()
-                .map(|(k, v)| k.len() + v.len())
-                .sum::<usize>()
-    }
 }
 
 /// The producer settings of every output producer: idempotent, `acks=all`,
