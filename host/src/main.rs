@@ -135,7 +135,8 @@ enum Command {
         dir: Option<PathBuf>,
     },
     /// Build the plugin project in DIR to `<name>.wasm` beside its manifest (cargo for
-    /// Rust, componentize-py for Python).
+    /// Rust, componentize-py for Python, componentize-js for JavaScript and TypeScript,
+    /// with tsc checking TypeScript against the WIT contract first).
     Build {
         #[arg(default_value = ".")]
         dir: PathBuf,

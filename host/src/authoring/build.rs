@@ -5,6 +5,8 @@
 //!   copied from wherever Cargo put it (its target directory may be shared).
 //! - Python: `componentize-py` against the WIT package this binary carries (written
 //!   to `.weir/wit`), world `batch-handler`, module `app`.
+//! - JavaScript and TypeScript: componentize-js on `app.js` (TypeScript compiled by
+//!   `tsc` first), against the same WIT (see `js`).
 
 use super::{write_wit, AuthoringError, Lang, Project, WORLD};
 use std::path::{Path, PathBuf};
@@ -29,6 +31,9 @@ pub fn build(project: &Project) -> Result<Built, AuthoringError> {
     match project.lang {
         Some(Lang::Rust) => build_rust(project, &wasm)?,
         Some(Lang::Python) => build_python(project, &wasm)?,
+        Some(lang @ (Lang::JavaScript | Lang::TypeScript)) => {
+            super::js::build(project, lang, &wasm)?
+        }
         None => {
             return Err(AuthoringError(format!(
                 "{} has no sources to build",

@@ -1,12 +1,14 @@
 //! Plugin authoring: `weir new`, `weir build`, `weir test` and `weir wit`.
 //!
 //! A plugin project is a directory holding the plugin's manifest (`<name>.toml`),
-//! its sources (a Cargo crate, or a Python `app.py`), and `events.jsonl`, the
+//! its sources (a Cargo crate, a Python `app.py`, or a JavaScript `app.js` or
+//! TypeScript `app.ts` with `package.json`), and `events.jsonl`, the
 //! sample events with their expectations. `weir build` leaves `<name>.wasm` beside
 //! the manifest, so the directory's two files are what an operator deploys.
 
 pub mod build;
 pub mod expect;
+pub mod js;
 pub mod new;
 pub mod plugin_test;
 
@@ -63,6 +65,10 @@ impl std::error::Error for AuthoringError {}
 pub enum Lang {
     Rust,
     Python,
+    #[value(name = "js", alias = "javascript")]
+    JavaScript,
+    #[value(name = "ts", alias = "typescript")]
+    TypeScript,
 }
 
 impl fmt::Display for Lang {
@@ -70,6 +76,8 @@ impl fmt::Display for Lang {
         f.write_str(match self {
             Lang::Rust => "rust",
             Lang::Python => "python",
+            Lang::JavaScript => "javascript",
+            Lang::TypeScript => "typescript",
         })
     }
 }
@@ -85,8 +93,9 @@ pub struct Project {
 }
 
 impl Project {
-    /// Find the project in `dir`: its language (a `Cargo.toml` or an `app.py`) and
-    /// its manifest (the one `.toml` file that is not Cargo's, Python's or the host's).
+    /// Find the project in `dir`: its language (a `Cargo.toml`, an `app.py`, an
+    /// `app.ts` or an `app.js`) and its manifest (the one `.toml` file that is not
+    /// Cargo's, Python's or the host's).
     pub fn open(dir: &Path) -> Result<Project, AuthoringError> {
         if !dir.is_dir() {
             return Err(AuthoringError(format!(
@@ -98,10 +107,15 @@ impl Project {
             Lang::Rust
         } else if dir.join("app.py").is_file() {
             Lang::Python
+        } else if dir.join("app.ts").is_file() {
+            Lang::TypeScript
+        } else if dir.join("app.js").is_file() {
+            Lang::JavaScript
         } else {
             return Err(AuthoringError(format!(
-                "{} holds neither a Cargo.toml (Rust) nor an app.py (Python): is it a plugin project? \
-                 `weir new <name> --lang rust|python` makes one",
+                "{} holds no Cargo.toml (Rust), app.py (Python), app.ts (TypeScript) or app.js \
+                 (JavaScript): is it a plugin project? `weir new <name> --lang rust|python|js|ts` \
+                 makes one",
                 dir.display()
             )));
         };
@@ -161,17 +175,30 @@ impl Project {
                 visit(&self.dir.join("Cargo.toml"));
                 walk(&self.dir.join("src"), &mut |p| visit(p));
             }
-            Lang::Python => {
-                if let Ok(entries) = std::fs::read_dir(&self.dir) {
-                    for e in entries.flatten() {
-                        if e.path().extension().is_some_and(|x| x == "py") {
-                            visit(&e.path());
-                        }
-                    }
-                }
+            Lang::Python => visit_sources(&self.dir, &["py"], &mut visit),
+            Lang::JavaScript | Lang::TypeScript => {
+                visit(&self.dir.join("package.json"));
+                visit(&self.dir.join("tsconfig.json"));
+                visit_sources(&self.dir, &["js", "mjs", "ts", "mts"], &mut visit);
             }
         }
         newest
+    }
+}
+
+/// The files in `dir` (not below it) with one of these extensions.
+fn visit_sources(dir: &Path, extensions: &[&str], visit: &mut dyn FnMut(&Path)) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let path = e.path();
+            if path
+                .extension()
+                .and_then(|x| x.to_str())
+                .is_some_and(|x| extensions.contains(&x))
+            {
+                visit(&path);
+            }
+        }
     }
 }
 

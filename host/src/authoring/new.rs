@@ -1,4 +1,4 @@
-//! `weir new <name> --lang rust|python`: a plugin project from the templates this
+//! `weir new <name> --lang rust|python|js|ts`: a plugin project from the templates this
 //! binary carries, with the SDK and the WIT package it builds against.
 
 use super::{AuthoringError, Lang, WIT_FILES};
@@ -13,6 +13,10 @@ const RUST_SDK_CARGO: &str = include_str!("../../templates/rust/sdk-Cargo.toml")
 const RUST_SDK_LIB: &str = include_str!("../../../plugins/sdk/src/lib.rs");
 const PYTHON_APP: &str = include_str!("../../templates/python/app.py");
 pub(crate) const PYTHON_SDK: &str = include_str!("../../../plugins/sdk-python/weir.py");
+const JS_APP: &str = include_str!("../../templates/js/app.js");
+const JS_PACKAGE: &str = include_str!("../../templates/js/package.json");
+const TS_APP: &str = include_str!("../../templates/ts/app.ts");
+const TS_CONFIG: &str = include_str!("../../templates/ts/tsconfig.json");
 
 /// The wit-bindgen the Rust SDK is built with (a unit test keeps it equal to the
 /// workspace's).
@@ -44,6 +48,8 @@ pub fn create(name: &str, lang: Lang, dir: &Path) -> Result<Created, AuthoringEr
         // CPython starts with about 20 MiB of linear memory and is slower to warm.
         Lang::Rust => ("32 MiB", "2s"),
         Lang::Python => ("96 MiB", "5s"),
+        // StarlingMonkey (SpiderMonkey) starts with about 10 MiB and grows its heap.
+        Lang::JavaScript | Lang::TypeScript => ("64 MiB", "5s"),
     };
     let fill = |template: &str| {
         template
@@ -53,6 +59,7 @@ pub fn create(name: &str, lang: Lang, dir: &Path) -> Result<Created, AuthoringEr
             .replace("{{timeout}}", timeout)
             .replace("{{version}}", env!("CARGO_PKG_VERSION"))
             .replace("{{wit_bindgen}}", WIT_BINDGEN)
+            .replace("{{toolchain}}", &super::js::dev_dependencies())
     };
     let mut files: Vec<(PathBuf, String)> = vec![
         (format!("{name}.toml").into(), fill(MANIFEST)),
@@ -65,6 +72,15 @@ pub fn create(name: &str, lang: Lang, dir: &Path) -> Result<Created, AuthoringEr
             files.push(("src/lib.rs".into(), fill(RUST_LIB)));
         }
         Lang::Python => files.push(("app.py".into(), fill(PYTHON_APP))),
+        Lang::JavaScript => {
+            files.push(("app.js".into(), fill(JS_APP)));
+            files.push(("package.json".into(), fill(JS_PACKAGE)));
+        }
+        Lang::TypeScript => {
+            files.push(("app.ts".into(), fill(TS_APP)));
+            files.push(("tsconfig.json".into(), TS_CONFIG.to_string()));
+            files.push(("package.json".into(), fill(JS_PACKAGE)));
+        }
     }
     files.extend(sdk_files(lang));
     let written = write_files(dir, files)?;
@@ -75,7 +91,8 @@ pub fn create(name: &str, lang: Lang, dir: &Path) -> Result<Created, AuthoringEr
 }
 
 /// The SDK of `lang` as this binary carries it, relative to a project's directory:
-/// `weir-sdk/` (with the WIT package) for Rust, `weir.py` for Python.
+/// `weir-sdk/` (with the WIT package) for Rust, `weir.py` for Python, `weir.js`
+/// with its declarations `weir.d.ts` for JavaScript and TypeScript.
 fn sdk_files(lang: Lang) -> Vec<(PathBuf, String)> {
     match lang {
         Lang::Rust => {
@@ -92,6 +109,10 @@ fn sdk_files(lang: Lang) -> Vec<(PathBuf, String)> {
             files
         }
         Lang::Python => vec![("weir.py".into(), PYTHON_SDK.to_string())],
+        Lang::JavaScript | Lang::TypeScript => vec![
+            ("weir.js".into(), super::js::SDK_JS.to_string()),
+            ("weir.d.ts".into(), super::js::SDK_DTS.to_string()),
+        ],
     }
 }
 
@@ -172,7 +193,7 @@ mod tests {
     fn a_project_is_written_with_every_placeholder_filled() {
         let dir = std::env::temp_dir().join(format!("weir-new-ok-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        for lang in [Lang::Rust, Lang::Python] {
+        for lang in [Lang::Rust, Lang::Python, Lang::JavaScript, Lang::TypeScript] {
             let created = create("my-plugin", lang, &dir).unwrap();
             for f in &created.files {
                 let text = std::fs::read_to_string(f).unwrap();
@@ -185,6 +206,7 @@ mod tests {
             let sdk = match lang {
                 Lang::Rust => dir.join("weir-sdk/src/lib.rs"),
                 Lang::Python => dir.join("weir.py"),
+                Lang::JavaScript | Lang::TypeScript => dir.join("weir.js"),
             };
             std::fs::write(&sdk, "broken").unwrap();
             refresh_sdk(&project).unwrap();

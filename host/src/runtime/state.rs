@@ -223,14 +223,34 @@ impl HostState {
     }
 }
 
-/// `panicked at src/lib.rs:10:9: boom` from Rust's panic output.
+/// What made the plugin trap, from what it printed: `panicked at src/lib.rs:10:9:
+/// boom` from Rust's panic output, or the line the JavaScript SDK prints for an
+/// uncaught exception (`weir: uncaught TypeError: ... (at app.js:6:33)`).
 fn panic_message(stderr: &str) -> Option<String> {
+    if let Some(js) = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("weir: uncaught "))
+    {
+        return Some(bounded(js.trim(), 1000));
+    }
     let mut lines = stderr.lines();
     let at = lines
         .by_ref()
         .find_map(|l| l.split_once("panicked at ").map(|(_, a)| a))?;
     let message = lines.next().unwrap_or("").trim();
     Some(format!("panicked at {} {message}", at.trim()))
+}
+
+/// `text` cut to at most `max` bytes (on a character boundary), marked when cut.
+fn bounded(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
 }
 
 /// When the current call into a plugin must end, shared between its store (the
@@ -452,5 +472,29 @@ impl tokio::io::AsyncWrite for CapturedOutput {
 impl crate::bindings::weir::plugin::batch::Host for HostState {
     fn begin_event(&mut self, index: u32) {
         self.start_event(index);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{bounded, panic_message};
+
+    #[test]
+    fn a_trap_is_explained_by_what_the_plugin_printed() {
+        let rust = "thread '<unnamed>' panicked at src/lib.rs:10:9:\nboom\nnote: run with ...\n";
+        assert_eq!(
+            panic_message(rust).as_deref(),
+            Some("panicked at src/lib.rs:10:9: boom")
+        );
+        let js = "weir: uncaught TypeError: x is undefined (at app.js:6:33)\nhandle@app.js:6:33\n";
+        assert_eq!(
+            panic_message(js).as_deref(),
+            Some("TypeError: x is undefined (at app.js:6:33)")
+        );
+        assert_eq!(panic_message("just a line\n"), None);
+        let long = format!("weir: uncaught {}", "é".repeat(2000));
+        let cut = panic_message(&long).unwrap();
+        assert!(cut.len() <= 1003 && cut.ends_with('…'), "{}", cut.len());
+        assert_eq!(bounded("short", 10), "short");
     }
 }
