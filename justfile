@@ -9,6 +9,8 @@ kafka_root := env_var("HOME") / ".cache" / "weir" / "kafka"
 py := env_var("HOME") / ".cache" / "weir" / "py"
 # The componentize-py release the Python SDK is tested with (host/src/authoring/build.rs).
 componentize_py := "0.25.1"
+# componentize-js and TypeScript for JavaScript and TypeScript plugins (host/templates/js/toolchain).
+js_root := env_var_or_default("WEIR_JS_TOOLCHAIN", env_var("HOME") / ".cache" / "weir" / "js")
 
 # Example plugins, and the test-only fault plugins the tests also need.
 example_plugins := "track-deletions audio-uploaded envelope-router"
@@ -112,6 +114,25 @@ python:
     [ -x "{{ py }}/bin/pip" ] || python3 -m venv "{{ py }}"
     "{{ py }}/bin/pip" install -q "${want[@]}" pyyaml
 
+# Install componentize-js and TypeScript (npm, pinned by host/templates/js/toolchain) into ~/.cache/weir/js, for JavaScript and TypeScript plugins (one-time, about 30 s and 400 MB)
+js:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    dir="{{ js_root }}"
+    src=host/templates/js/toolchain
+    # `weir build` installs the same way when the stamp is missing or differs.
+    if cmp -s "$src/package.json" "$dir/.weir-toolchain.json" \
+      && [ -f "$dir/node_modules/@bytecodealliance/componentize-js/src/cli.js" ]; then
+      exit 0
+    fi
+    command -v npm >/dev/null || { echo "JavaScript and TypeScript plugins need Node.js 20+ with npm: install them (Debian: apt-get install nodejs npm)."; exit 1; }
+    echo "Installing componentize-js and TypeScript (npm registry, about 400 MB) into $dir for JavaScript and TypeScript plugins. One-time, about 30 s."
+    mkdir -p "$dir"
+    rm -f "$dir/.weir-toolchain.json"
+    cp "$src/package.json" "$src/package-lock.json" "$dir/"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+    cp "$src/package.json" "$dir/.weir-toolchain.json"
+
 # Run Apache Kafka (one KRaft node) in the foreground on 127.0.0.1:9092, for `just run` (Ctrl-C stops it; its data stays in target/broker-up)
 broker-up: kafka
     cargo run -q -p weir-devkit --bin dev-kafka -- --port 9092 --dir {{ target_dir }}/broker-up
@@ -146,7 +167,7 @@ invoke-demo: plugins host
     {{ weir }} invoke examples/plugins/envelope-router.wasm examples/events/item-events.jsonl
 
 # Run every test: unit, and end-to-end with real components, the real binary and a real broker
-test: plugins kafka redis s3 python chromium
+test: plugins kafka redis s3 python js chromium
     cargo test -p weir-host -- --include-ignored --skip compose:: --skip container::
 
 # Benchmarks: Weir beside a hand-written rdkafka consumer on one broker (first build: about 20 min; a run: a few minutes)
@@ -158,6 +179,9 @@ bench *args: plugins kafka
     @# The Python track-deletions, for the per-language row (skipped without componentize-py).
     @{{ target_dir }}/dist/weir build plugins/track-deletions-py >/dev/null 2>&1 \
       || echo "(componentize-py not found: the bench's Python row is skipped; \`just python\` installs it)"
+    @# The TypeScript track-deletions, likewise (skipped without Node.js).
+    @{{ target_dir }}/dist/weir build plugins/track-deletions-ts >/dev/null 2>&1 \
+      || echo "(Node.js not found: the bench's TypeScript row is skipped; \`just js\` installs its toolchain)"
     {{ target_dir }}/dist/examples/bench {{ args }}
 
 # The crash soak: 100 000 events through echo, the host SIGKILLed at 5 random moments (a few minutes)

@@ -1,7 +1,8 @@
 //! Plugin authoring as an author does it: `weir new` → `weir build` → `weir test`
-//! in Rust and in Python, then the new plugin under `weir run` handling an event
-//! from a real topic; the Rust and Python `track-deletions` side by side; and the
-//! failures an author meets (a wrong expectation, a missing toolchain).
+//! in Rust, Python, JavaScript and TypeScript, then the new plugin under `weir run`
+//! handling an event from a real topic; the Rust, Python and TypeScript
+//! `track-deletions` side by side; and the failures an author meets (a wrong
+//! expectation, a bug that traps, a type error, a missing toolchain).
 
 use crate::kafka_support::{broker, BinaryHost, HostFiles, JsonPayload};
 use crate::support::{example_manifest, required, wasm, workspace_root};
@@ -39,6 +40,22 @@ fn componentize_py() -> Option<PathBuf> {
     )
 }
 
+/// Node.js, or `None` (skipped, and said) when it is not installed; under CI a
+/// failure. `weir build` installs componentize-js and TypeScript with its npm.
+fn node() -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join("node"))
+            .find(|p| p.is_file())
+    });
+    required(
+        on_path,
+        "Node.js",
+        "install Node.js 20+ with npm (apt-get install nodejs npm); `just js` then installs \
+         componentize-js and TypeScript into ~/.cache/weir/js",
+    )
+}
+
 /// Cargo's target directory for the generated Rust projects: kept between runs
 /// (beside the workspace's), so only the first run compiles their dependencies.
 fn authoring_target() -> String {
@@ -53,9 +70,10 @@ fn authoring_target() -> String {
 async fn a_new_plugin_is_built_tested_and_handles_an_event_from_a_topic() {
     let Some(broker) = broker() else { return };
     let Some(_) = componentize_py() else { return };
+    let Some(_) = node() else { return };
     let work = tempfile::tempdir().unwrap();
     let target = authoring_target();
-    for lang in ["rust", "python"] {
+    for lang in ["rust", "python", "js", "ts"] {
         let name = format!("viewed-{lang}");
         let dir = work.path().join(&name);
         let dir_s = dir.to_str().unwrap();
@@ -124,12 +142,27 @@ async fn a_new_plugin_is_built_tested_and_handles_an_event_from_a_topic() {
 #[ignore = "needs componentize-py (`just python`); `just test` installs it and runs the ignored tests"]
 fn a_wrong_expectation_fails_with_a_diff_naming_the_event_and_the_field() {
     let Some(_) = componentize_py() else { return };
+    wrong_expectation("python");
+}
+
+#[test]
+#[ignore = "needs Node.js (`just js` installs componentize-js and TypeScript); `just test` installs it and runs the ignored tests"]
+fn a_wrong_expectation_fails_with_a_diff_in_javascript_and_typescript() {
+    let Some(_) = node() else { return };
+    for lang in ["js", "ts"] {
+        wrong_expectation(lang);
+    }
+}
+
+/// `weir test` on a new `lang` project whose first expectation is wrong: the diff,
+/// `--update`, and an expectation that is not one.
+fn wrong_expectation(lang: &str) {
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().join("viewed");
-    let new = weir(&["new", "viewed", "--lang", "python"], work.path(), &[]);
+    let new = weir(&["new", "viewed", "--lang", lang], work.path(), &[]);
     assert!(new.status.success(), "{}", text(&new));
     let build = weir(&["build", "viewed"], work.path(), &[]);
-    assert!(build.status.success(), "{}", text(&build));
+    assert!(build.status.success(), "{lang}: {}", text(&build));
 
     // The first event's message says firstTime: true; expect false.
     let events = dir.join("events.jsonl");
@@ -139,8 +172,8 @@ fn a_wrong_expectation_fails_with_a_diff_naming_the_event_and_the_field() {
     std::fs::write(&events, &wrong).unwrap();
     let test = weir(&["test", "viewed"], work.path(), &[]);
     let report = text(&test);
-    assert_eq!(test.status.code(), Some(1), "{report}");
-    assert!(report.contains("FAIL  event 1"), "{report}");
+    assert_eq!(test.status.code(), Some(1), "{lang}: {report}");
+    assert!(report.contains("FAIL  event 1"), "{lang}: {report}");
     assert!(
         report.contains(
             "publish[0].json.firstTime:\n            expected false\n            got      true"
@@ -176,7 +209,7 @@ fn a_wrong_expectation_fails_with_a_diff_naming_the_event_and_the_field() {
 #[test]
 fn a_missing_toolchain_gives_the_install_hint() {
     let work = tempfile::tempdir().unwrap();
-    for lang in ["rust", "python"] {
+    for lang in ["rust", "python", "js", "ts"] {
         let new = weir(&["new", lang, "--lang", lang], work.path(), &[]);
         assert!(new.status.success(), "{}", text(&new));
     }
@@ -213,10 +246,52 @@ fn a_missing_toolchain_gives_the_install_hint() {
         "{}",
         text(&no_target)
     );
+    // No Node.js: JavaScript and TypeScript say what to install.
+    for lang in ["js", "ts"] {
+        let no_node = weir(
+            &["build", lang],
+            work.path(),
+            &[
+                ("PATH", bin.to_str().unwrap()),
+                ("HOME", work.path().to_str().unwrap()),
+            ],
+        );
+        assert_eq!(no_node.status.code(), Some(2), "{}", text(&no_node));
+        assert!(
+            text(&no_node).contains("Node.js is not installed")
+                && text(&no_node).contains("apt-get install nodejs npm"),
+            "{}",
+            text(&no_node)
+        );
+    }
+    // Node.js without npm, and no toolchain installed yet: npm is named.
+    let node_only = work.path().join("node-only");
+    std::fs::create_dir_all(&node_only).unwrap();
+    std::fs::write(node_only.join("node"), "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(
+        node_only.join("node"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let no_npm = weir(
+        &["build", "ts"],
+        work.path(),
+        &[
+            ("PATH", node_only.to_str().unwrap()),
+            ("HOME", work.path().to_str().unwrap()),
+        ],
+    );
+    assert_eq!(no_npm.status.code(), Some(2), "{}", text(&no_npm));
+    assert!(
+        text(&no_npm).contains("npm is not installed")
+            && text(&no_npm).contains("apt-get install nodejs npm"),
+        "{}",
+        text(&no_npm)
+    );
     // And a directory that is no project says what one is.
     let none = weir(&["build", "bin"], work.path(), &[]);
     assert!(
-        text(&none).contains("`weir new <name> --lang rust|python` makes one"),
+        text(&none).contains("`weir new <name> --lang rust|python|js|ts` makes one"),
         "{}",
         text(&none)
     );
@@ -225,12 +300,20 @@ fn a_missing_toolchain_gives_the_install_hint() {
 /// `plugins/track-deletions-py` built with `weir build` (once per test process).
 fn python_track_deletions() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let dir = workspace_root().join("plugins/track-deletions-py");
-        let build = weir(&["build", dir.to_str().unwrap()], &workspace_root(), &[]);
-        assert!(build.status.success(), "{}", text(&build));
-        dir.join("track-deletions.wasm")
-    })
+    BUILT.get_or_init(|| build_in_repo("plugins/track-deletions-py"))
+}
+
+/// `plugins/track-deletions-ts` built with `weir build` (once per test process).
+fn typescript_track_deletions() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| build_in_repo("plugins/track-deletions-ts"))
+}
+
+fn build_in_repo(project: &str) -> PathBuf {
+    let dir = workspace_root().join(project);
+    let build = weir(&["build", dir.to_str().unwrap()], &workspace_root(), &[]);
+    assert!(build.status.success(), "{}", text(&build));
+    dir.join("track-deletions.wasm")
 }
 
 /// The Rust track-deletions with its example manifest, in a directory of its own.
@@ -267,10 +350,12 @@ fn recording(component: &Path, events: &str) -> Vec<serde_json::Value> {
 }
 
 #[test]
-#[ignore = "needs componentize-py (`just python`); `just test` installs it and runs the ignored tests"]
-fn rust_and_python_track_deletions_make_the_same_calls_and_pass_the_same_expectations() {
+#[ignore = "needs componentize-py (`just python`) and Node.js (`just js`); `just test` installs them and runs the ignored tests"]
+fn rust_python_and_typescript_track_deletions_make_the_same_calls_and_pass_the_same_expectations() {
     let Some(_) = componentize_py() else { return };
+    let Some(_) = node() else { return };
     let python = python_track_deletions();
+    let typescript = typescript_track_deletions();
     let work = tempfile::tempdir().unwrap();
     let rust = rust_track_deletions(work.path());
 
@@ -278,22 +363,20 @@ fn rust_and_python_track_deletions_make_the_same_calls_and_pass_the_same_expecta
         "examples/events/track-deletions.jsonl",
         "examples/events/track-deletions-bad.jsonl",
     ] {
-        let r = recording(&rust, events);
-        let p = recording(python, events);
-        assert!(!r.is_empty());
-        assert_eq!(
-            serde_json::to_string_pretty(&r).unwrap(),
-            serde_json::to_string_pretty(&p).unwrap(),
-            "{events}: the Rust and Python recordings differ"
-        );
+        let r = serde_json::to_string_pretty(&recording(&rust, events)).unwrap();
+        for (lang, component) in [("Python", python), ("TypeScript", typescript)] {
+            let other = serde_json::to_string_pretty(&recording(component, events)).unwrap();
+            assert!(r.len() > 2);
+            assert_eq!(r, other, "{events}: the Rust and {lang} recordings differ");
+        }
     }
 
-    // One expectation file for both.
+    // One expectation file for all three.
     for events in [
         "examples/events/track-deletions.jsonl",
         "examples/events/track-deletions-bad.jsonl",
     ] {
-        for component in [rust.as_path(), python] {
+        for component in [rust.as_path(), python, typescript] {
             let test = weir(
                 &[
                     "test",
