@@ -154,6 +154,63 @@ fn a_wrong_expectation_fails_with_a_diff_in_javascript_and_typescript() {
     }
 }
 
+#[test]
+#[ignore = "needs Node.js (`just js` installs componentize-js and TypeScript); `just test` installs it and runs the ignored tests"]
+fn a_javascript_bug_traps_with_its_message_and_a_typescript_type_error_stops_the_build() {
+    let Some(_) = node() else { return };
+    let work = tempfile::tempdir().unwrap();
+    for lang in ["js", "ts"] {
+        let new = weir(&["new", lang, "--lang", lang], work.path(), &[]);
+        assert!(new.status.success(), "{}", text(&new));
+    }
+    // A typo the JavaScript engine finds at run time: the event traps, and the
+    // report (and so the dead letter's reason) names the exception and where.
+    let app = work.path().join("js/app.js");
+    let source = std::fs::read_to_string(&app).unwrap();
+    let buggy = source.replacen(
+        "const { userId, itemId } = viewed;",
+        "const { userId, itemId } = viewed;\n  if (userId === \"user-2\") viewed.profile.name = 1;",
+        1,
+    );
+    assert_ne!(buggy, source);
+    std::fs::write(&app, buggy).unwrap();
+    let build = weir(&["build", "js"], work.path(), &[]);
+    assert!(build.status.success(), "{}", text(&build));
+    std::fs::write(
+        work.path().join("bug.jsonl"),
+        "{\"key\": \"user-2\", \"payload\": {\"userId\": \"user-2\", \"itemId\": \"i\"}, \"expect\": {\"outcome\": \"handled\"}}\n",
+    )
+    .unwrap();
+    let test = weir(&["test", "js", "--events", "bug.jsonl"], work.path(), &[]);
+    let report = text(&test);
+    assert_eq!(test.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains(
+            "TypeError: can't access property \"name\", viewed.profile is undefined (at app.js:"
+        ),
+        "{report}"
+    );
+
+    // The same typo in TypeScript is a type error: the build stops with tsc's message.
+    let app = work.path().join("ts/app.ts");
+    let source = std::fs::read_to_string(&app).unwrap();
+    let typo = source.replacen(
+        "cache.get(key) === undefined",
+        "cache.gte(key) === undefined",
+        1,
+    );
+    assert_ne!(typo, source);
+    std::fs::write(&app, typo).unwrap();
+    let build = weir(&["build", "ts"], work.path(), &[]);
+    assert_eq!(build.status.code(), Some(2), "{}", text(&build));
+    assert!(
+        text(&build).contains("error TS2339: Property 'gte' does not exist")
+            && text(&build).contains("tsc (the TypeScript compiler) failed"),
+        "{}",
+        text(&build)
+    );
+}
+
 /// `weir test` on a new `lang` project whose first expectation is wrong: the diff,
 /// `--update`, and an expectation that is not one.
 fn wrong_expectation(lang: &str) {
