@@ -27,6 +27,7 @@ component traps, the host logs the traceback, replaces the instance and retries.
 from __future__ import annotations
 
 import json as _json
+import sys as _sys
 from typing import Any, Callable, Iterable, List, Optional, Tuple
 
 from componentize_py_types import Err, Ok
@@ -198,6 +199,17 @@ class Event:
 
 # --- The handler and its export -------------------------------------------------------
 
+def _report_uncaught(e: BaseException) -> None:
+    """Say what escaped the handler, on stderr: the host puts the `weir: uncaught` line
+    into the trap's reason (and so the dead letter's), the traceback into the report."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = ""
+    if tb is not None:
+        where = f" (at {tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno})"
+    print(f"weir: uncaught {type(e).__name__}: {e}{where}", file=_sys.stderr, flush=True)
+
 class Handler:
     """What a plugin implements: `handle`, and optionally `init`."""
 
@@ -227,6 +239,9 @@ def export(handler_class: type) -> type:
                 self._handler.handle(Event(event))
             except HandlerError as e:
                 raise Err(e.to_wit()) from None
+            except Exception as e:
+                _report_uncaught(e)
+                raise
 
         def handle_batch(self, events: List[_types.Event]) -> list:
             outcomes = []
@@ -238,6 +253,9 @@ def export(handler_class: type) -> type:
                     outcomes.append(Ok(None))
                 except HandlerError as e:
                     outcomes.append(Err(e.to_wit()))
+                except Exception as e:
+                    _report_uncaught(e)
+                    raise
             return outcomes
 
     WitWorld.__name__ = WitWorld.__qualname__ = f"WitWorld[{handler_class.__name__}]"

@@ -155,11 +155,12 @@ fn a_wrong_expectation_fails_with_a_diff_in_javascript_and_typescript() {
 }
 
 #[test]
-#[ignore = "needs Node.js (`just js` installs componentize-js and TypeScript); `just test` installs it and runs the ignored tests"]
-fn a_javascript_bug_traps_with_its_message_and_a_typescript_type_error_stops_the_build() {
+#[ignore = "needs Node.js (`just js`) and componentize-py (`just python`); `just test` installs them and runs the ignored tests"]
+fn a_bug_traps_with_its_message_and_a_typescript_type_error_stops_the_build() {
     let Some(_) = node() else { return };
+    let Some(_) = componentize_py() else { return };
     let work = tempfile::tempdir().unwrap();
-    for lang in ["js", "ts"] {
+    for lang in ["js", "ts", "python"] {
         let new = weir(&["new", lang, "--lang", lang], work.path(), &[]);
         assert!(new.status.success(), "{}", text(&new));
     }
@@ -188,6 +189,29 @@ fn a_javascript_bug_traps_with_its_message_and_a_typescript_type_error_stops_the
         report.contains(
             "TypeError: can't access property \"name\", viewed.profile is undefined (at app.js:"
         ),
+        "{report}"
+    );
+    // In Python, the SDK names the exception and its line the same way.
+    let app = work.path().join("python/app.py");
+    let source = std::fs::read_to_string(&app).unwrap();
+    let buggy = source.replacen(
+        "        key = f\"seen:{user_id}:{item_id}\"",
+        "        if user_id == \"user-2\":\n            viewed[\"profile\"][\"name\"] = 1\n        key = f\"seen:{user_id}:{item_id}\"",
+        1,
+    );
+    assert_ne!(buggy, source);
+    std::fs::write(&app, buggy).unwrap();
+    let build = weir(&["build", "python"], work.path(), &[]);
+    assert!(build.status.success(), "{}", text(&build));
+    let test = weir(
+        &["test", "python", "--events", "bug.jsonl"],
+        work.path(),
+        &[],
+    );
+    let report = text(&test);
+    assert_eq!(test.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains("KeyError: 'profile' (at app.py:"),
         "{report}"
     );
 
