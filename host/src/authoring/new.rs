@@ -48,7 +48,7 @@ pub fn create(name: &str, lang: Lang, dir: &Path) -> Result<Created, AuthoringEr
         // CPython starts with about 20 MiB of linear memory and is slower to warm.
         Lang::Rust => ("32 MiB", "2s"),
         Lang::Python => ("96 MiB", "5s"),
-        // StarlingMonkey (SpiderMonkey) starts with about 10 MiB and grows its heap.
+        // StarlingMonkey (SpiderMonkey) starts with about 9 MiB and grows its heap.
         Lang::JavaScript | Lang::TypeScript => ("64 MiB", "5s"),
     };
     let fill = |template: &str| {
