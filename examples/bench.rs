@@ -34,8 +34,11 @@
 //!    start-up and tail excluded), plus the wall time from start to all committed.
 //! 3. The warm cost of one call into the plugin (`noop`) for 100 B, 1 KiB and
 //!    16 KiB events, one at a time and through `handle-batch`; and of
-//!    `track-deletions` in Rust beside the same plugin in Python (`--only y`;
-//!    the Python row when `weir build plugins/track-deletions-py` has built it).
+//!    `track-deletions` in Rust beside the same plugin in Python and in
+//!    TypeScript (`--only y`; a row when `weir build plugins/track-deletions-py`
+//!    or `-ts` has built it), with each component's size and first compile; and
+//!    for Python, JavaScript and TypeScript the time from an empty directory to a
+//!    handled event (`weir new` → `weir build` → `weir invoke`).
 //! 4. RSS: `weir run` idle with one plugin, per additional plugin, and the
 //!    highest RSS during (d).
 //! 5. Latency from produce to output for (d) at half its measured rate: p50, p99;
@@ -167,6 +170,16 @@ impl ScaleOut {
             .collect::<Vec<_>>()
             .join(", ")
     }
+}
+
+/// What one language's `track-deletions` costs: µs per event one at a time and
+/// batched, the component's size and its first compile.
+struct LanguageCost {
+    language: &'static str,
+    one: f64,
+    batched: f64,
+    bytes: u64,
+    compile: Duration,
 }
 
 /// A throughput figure: steady rate and wall time.
@@ -402,9 +415,10 @@ impl Bench {
                 one, batched
             );
         }
-        for (language, one, batched) in &languages {
+        for l in &languages {
             println!(
-                "| warm call, track-deletions in {language} (cache delete + scheduled deletion), 1 KiB event | {one:.2} µs one at a time; {batched:.2} µs per event through handle-batch |"
+                "| warm call, track-deletions in {} (cache delete + scheduled deletion), 1 KiB event | {:.2} µs one at a time; {:.2} µs per event through handle-batch; component {:.1} MB, first compile {:.2} s |",
+                l.language, l.one, l.batched, l.bytes as f64 / 1e6, l.compile.as_secs_f64()
             );
         }
         println!(
@@ -787,10 +801,25 @@ impl Bench {
                 rt.block_on(self.cold_call())?
             );
         } else {
-            for (language, one, batched) in rt.block_on(self.language_calls(calls / 10))? {
+            for l in rt.block_on(self.language_calls(calls / 10))? {
                 println!(
-                    "(y) track-deletions in {language}: {one:.2} µs one at a time, {batched:.2} µs batched"
+                    "(y) track-deletions in {}: {:.2} µs one at a time, {:.2} µs batched; component {:.1} MB, first compile {:.2} s",
+                    l.language,
+                    l.one,
+                    l.batched,
+                    l.bytes as f64 / 1e6,
+                    l.compile.as_secs_f64()
                 );
+            }
+            for lang in ["python", "js", "ts"] {
+                match self.new_to_handled(lang) {
+                    Ok((built, handled)) => println!(
+                        "(y) {lang}: weir new → weir build → an event handled (weir invoke): {:.1} s (built after {:.1} s)",
+                        handled.as_secs_f64(),
+                        built.as_secs_f64()
+                    ),
+                    Err(e) => println!("(y) {lang}: from an empty directory skipped: {e}"),
+                }
             }
         }
         Ok(())
@@ -821,22 +850,28 @@ impl Bench {
     }
 
     /// `track-deletions` in Rust and, when `weir build plugins/track-deletions-py`
-    /// has built it, in Python, on the same 1 KiB events (a cache delete and a
-    /// scheduled deletion each): (language, µs per event one at a time, batched).
-    async fn language_calls(&self, calls: usize) -> Result<Vec<(&'static str, f64, f64)>, String> {
+    /// (`-ts`) has built it, in Python (TypeScript), on the same 1 KiB events (a
+    /// cache delete and a scheduled deletion each).
+    async fn language_calls(&self, calls: usize) -> Result<Vec<LanguageCost>, String> {
         let runtime = weir_host::runtime::Runtime::new().map_err(|e| e.to_string())?;
-        let python = Path::new("plugins/track-deletions-py/track-deletions.wasm");
         let mut components = vec![(
             "Rust",
             self.wasm_dir.join("track_deletions.wasm"),
             Path::new("examples/plugins/track-deletions.toml").to_path_buf(),
         )];
-        if python.is_file() {
-            components.push((
-                "Python",
-                python.to_path_buf(),
-                python.with_extension("toml"),
+        for (language, dir) in [("Python", "py"), ("TypeScript", "ts")] {
+            let wasm = PathBuf::from(format!(
+                "plugins/track-deletions-{dir}/track-deletions.wasm"
             ));
+            if wasm.is_file() {
+                let manifest = wasm.with_extension("toml");
+                components.push((language, wasm, manifest));
+            } else {
+                eprintln!(
+                    "(y) track-deletions in {language} skipped: {} is not built",
+                    wasm.display()
+                );
+            }
         }
         let events: Vec<EventRecord> = (0..128)
             .map(|i| {
@@ -857,15 +892,59 @@ impl Bench {
             let mut backends = Backends::local(&self.work.join(format!("languages-{language}")))
                 .map_err(|e| e.to_string())?;
             backends.deletions = weir_host::capabilities::schedule::DeletionSchedule::in_topic();
+            let bytes = std::fs::metadata(&wasm).map_err(|e| e.to_string())?.len();
+            // No compile cache here: this is the compile a host does the first time.
+            let started = Instant::now();
             let mut plugin = runtime
                 .load(&wasm, manifest, backends)
                 .await
                 .map_err(|e| e.to_string())?;
+            let compile = started.elapsed();
             let what = format!("track-deletions in {language}");
             let (one, batched) = time_calls(&mut plugin, &events, calls, &what).await?;
-            out.push((language, one, batched));
+            out.push(LanguageCost {
+                language,
+                one,
+                batched,
+                bytes,
+                compile,
+            });
         }
         Ok(out)
+    }
+
+    /// `weir new` → `weir build` → `weir invoke` on the template's first event, in
+    /// an empty directory: (built after, handled after).
+    fn new_to_handled(&self, lang: &str) -> Result<(Duration, Duration), String> {
+        let work = self.work.join(format!("new-{lang}"));
+        let _ = std::fs::remove_dir_all(&work);
+        std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
+        let run = |args: &[&str]| -> Result<(), String> {
+            let out = Command::new(&self.weir)
+                .args(args)
+                .current_dir(&work)
+                .output()
+                .map_err(|e| e.to_string())?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                let err = String::from_utf8_lossy(&out.stderr);
+                Err(format!(
+                    "`weir {}` failed: {}",
+                    args.join(" "),
+                    err.lines().last().unwrap_or("")
+                ))
+            }
+        };
+        let started = Instant::now();
+        run(&["new", "viewed", "--lang", lang])?;
+        run(&["build", "viewed"])?;
+        let built = started.elapsed();
+        let first = work.join("first.jsonl");
+        let line = r#"{"key": "user-1", "payload": {"userId": "user-1", "itemId": "item-9"}}"#;
+        std::fs::write(&first, format!("{line}\n")).map_err(|e| e.to_string())?;
+        run(&["invoke", "viewed/viewed.wasm", "first.jsonl"])?;
+        Ok((built, started.elapsed()))
     }
 
     /// A new instance of `echo` (instantiation and `init`) and its first event, µs.
@@ -1055,11 +1134,14 @@ async fn time_calls(
     let started = Instant::now();
     for _ in 0..rounds {
         let reports = plugin.handle_batch(&refs).await;
-        if reports
+        if let Some(failed) = reports
             .iter()
-            .any(|r| !r.as_ref().is_some_and(|r| r.outcome.is_handled()))
+            .find(|r| !r.as_ref().is_some_and(|r| r.outcome.is_handled()))
         {
-            return Err(format!("{what}: a batch event was not handled"));
+            return Err(format!(
+                "{what}: a batch event was not handled: {:?}",
+                failed.as_ref().map(|r| &r.outcome)
+            ));
         }
     }
     let batched = started.elapsed().as_secs_f64() * 1e6 / (rounds * refs.len()) as f64;
