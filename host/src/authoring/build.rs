@@ -8,7 +8,7 @@
 //! - JavaScript and TypeScript: componentize-js on `app.js` (TypeScript compiled by
 //!   `tsc` first), against the same WIT (see `js`).
 
-use super::{write_wit, AuthoringError, Lang, Project, WORLD};
+use super::{on_path, run_tool, write_wit, AuthoringError, Lang, Project, WORLD};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -164,25 +164,15 @@ fn build_python(project: &Project, wasm: &Path) -> Result<(), AuthoringError> {
     }
     // componentize-py runs in the project directory: paths relative to it.
     let out = std::path::absolute(wasm).map_err(|e| AuthoringError::io("resolve", wasm, e))?;
-    let status = Command::new(&tool)
-        .args(["-d", ".weir/wit", "-w", WORLD, "componentize"])
+    let mut cmd = Command::new(&tool);
+    cmd.args(["-d", ".weir/wit", "-w", WORLD, "componentize"])
         .args(paths.iter().flat_map(|p| ["-p", p]))
         .args(["app", "-o"])
         .arg(&out)
         // Its Python traceback says what is wrong; its own Rust backtrace would bury it.
         .env("RUST_BACKTRACE", "0")
-        .current_dir(&project.dir)
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
-        .status()
-        .map_err(|e| AuthoringError(format!("cannot run {}: {e}", tool.display())))?;
-    if !status.success() {
-        return Err(AuthoringError(format!(
-            "componentize-py failed ({status}) in {}: see its messages above",
-            project.dir.display()
-        )));
-    }
-    Ok(())
+        .current_dir(&project.dir);
+    run_tool(cmd, "componentize-py", &project.dir)
 }
 
 /// `COMPONENTIZE_PY`, the project's own virtualenv, `PATH`, then the virtualenv
@@ -195,13 +185,8 @@ pub fn find_componentize_py(project_dir: &Path) -> Option<PathBuf> {
     if local.is_file() {
         return Some(local);
     }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let candidate = dir.join("componentize-py");
-            if candidate.is_file() {
-                return Some(candidate);
-            }
-        }
+    if let Some(on_path) = on_path("componentize-py") {
+        return Some(on_path);
     }
     let home = std::env::var_os("HOME")?;
     let cached = Path::new(&home).join(".cache/weir/py/bin/componentize-py");

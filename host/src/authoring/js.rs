@@ -15,7 +15,7 @@
 //! (`weir.js`) joins them if the project has none, and componentize-js builds
 //! `.weir/js/app.js` against the world `batch-handler`.
 
-use super::{write_wit, AuthoringError, Lang, Project, WORLD};
+use super::{on_path, run_tool as run, write_wit, AuthoringError, Lang, Project, WORLD};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -89,15 +89,8 @@ fn find_node() -> Result<PathBuf, AuthoringError> {
     })
 }
 
-fn on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-}
-
 /// The shared toolchain's directory: `WEIR_JS_TOOLCHAIN`, or `~/.cache/weir/js`.
-pub fn shared_toolchain_dir() -> Option<PathBuf> {
+fn shared_toolchain_dir() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("WEIR_JS_TOOLCHAIN") {
         return Some(PathBuf::from(p));
     }
@@ -107,11 +100,6 @@ pub fn shared_toolchain_dir() -> Option<PathBuf> {
 
 /// The file that records which toolchain `npm ci` installed.
 const STAMP: &str = ".weir-toolchain.json";
-
-/// Whether the shared toolchain is installed as this binary pins it.
-pub fn shared_toolchain_ready() -> bool {
-    shared_toolchain_dir().is_some_and(|dir| ready_in(&dir))
-}
 
 /// The project's own toolchain, or the shared one (installed now if it is not).
 fn toolchain(project_dir: &Path, lang: Lang) -> Result<Toolchain, AuthoringError> {
@@ -303,23 +291,6 @@ fn copy_modules(dir: &Path, out: &Path) -> Result<(), AuthoringError> {
         }
     }
     Ok(())
-}
-
-/// Run a tool whose messages go to this process's stderr (and its stdout, unless
-/// `cmd` redirects it).
-fn run(mut cmd: Command, what: &str, dir: &Path) -> Result<(), AuthoringError> {
-    let status = cmd
-        .stderr(Stdio::inherit())
-        .status()
-        .map_err(|e| AuthoringError(format!("cannot run {what}: {e}")))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(AuthoringError(format!(
-            "{what} failed ({status}) in {}: see its messages above",
-            dir.display()
-        )))
-    }
 }
 
 #[cfg(test)]

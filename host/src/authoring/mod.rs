@@ -42,6 +42,35 @@ pub fn write_wit(dir: &Path) -> Result<Vec<PathBuf>, AuthoringError> {
         .collect()
 }
 
+/// The first file named `name` in a `PATH` directory.
+pub(crate) fn on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Run a build tool in `dir`; its messages go to this process's stderr (and its
+/// stdout, unless `cmd` redirects it), and a failure says to read them.
+pub(crate) fn run_tool(
+    mut cmd: std::process::Command,
+    what: &str,
+    dir: &Path,
+) -> Result<(), AuthoringError> {
+    let status = cmd
+        .stderr(std::process::Stdio::inherit())
+        .status()
+        .map_err(|e| AuthoringError(format!("cannot run {what}: {e}")))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(AuthoringError(format!(
+            "{what} failed ({status}) in {}: see its messages above",
+            dir.display()
+        )))
+    }
+}
+
 /// A failure of `weir new`, `build` or `test` that stops it, with what to do.
 #[derive(Debug)]
 pub struct AuthoringError(pub String);
