@@ -89,6 +89,24 @@ enum Command {
         #[arg(long, short, default_value = "weir.toml")]
         config: PathBuf,
     },
+    /// A plugin's offsets in its consumer group: show them, reset them to the
+    /// earliest or latest, rewind them to a time or to explicit offsets. Through
+    /// the admin API; every host of the group moves the partitions it holds
+    /// (their events in flight finish first) and commits the new position.
+    Offsets {
+        #[command(subcommand)]
+        command: OffsetsCommand,
+    },
+    /// Change how many workers run a plugin, on every host of its group, without
+    /// a restart: events in flight finish, keys are routed anew, order per key
+    /// holds. Kept until the host restarts or the manifest's own value changes.
+    Workers {
+        plugin: String,
+        /// 1 to 64.
+        count: usize,
+        #[arg(long, short, default_value = "weir.toml")]
+        config: PathBuf,
+    },
     /// The host configuration.
     Config {
         #[command(subcommand)]
@@ -176,6 +194,48 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum OffsetsCommand {
+    /// Committed offset, earliest, latest and lag of each partition.
+    Show {
+        plugin: String,
+        #[arg(long, short, default_value = "weir.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move every partition to its earliest or latest offset.
+    Reset {
+        plugin: String,
+        /// `earliest` (handle everything kept again) or `latest` (skip to the end).
+        #[arg(long)]
+        to: String,
+        /// Print what would move; move nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, short, default_value = "weir.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move partitions to the first record at or after a time, or to given offsets.
+    Rewind {
+        plugin: String,
+        /// RFC 3339, e.g. 2026-12-03T10:00:00Z.
+        #[arg(long, conflicts_with = "offset", required_unless_present = "offset")]
+        time: Option<String>,
+        /// `topic/partition=offset`; repeat it for more partitions.
+        #[arg(long)]
+        offset: Vec<String>,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, short, default_value = "weir.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum ConfigCommand {
     /// Load the config and every plugin (manifest and component) as `weir run` would,
     /// print the resolved topics, dead-letter topics, consumer groups, grants and
@@ -227,6 +287,38 @@ fn main() -> ExitCode {
         Command::Config {
             command: ConfigCommand::Check { config },
         } => config_check(&rt, &config),
+        Command::Offsets { command } => offsets(&rt, command),
+        Command::Workers {
+            plugin,
+            count,
+            config,
+        } => {
+            let path = format!("/plugins/{}/workers?count={count}", client::encode(&plugin));
+            operate(&rt, &config, "POST", &path, false, |v| {
+                let hosts = v["hosts"].as_array().cloned().unwrap_or_default();
+                for h in &hosts {
+                    match (&h["workers"], &h["error"]) {
+                        (w, _) if w.is_object() => println!(
+                            "{}: {} → {} worker(s){}",
+                            h["host"].as_str().unwrap_or("?"),
+                            w["from"],
+                            w["to"],
+                            match w["rewound"].as_u64() {
+                                Some(n) if n > 0 =>
+                                    format!(" ({n} unfinished event(s) read again)"),
+                                _ => String::new(),
+                            }
+                        ),
+                        (_, e) => println!(
+                            "{}: {}",
+                            h["host"].as_str().unwrap_or("?"),
+                            e.as_str().unwrap_or("no answer")
+                        ),
+                    }
+                }
+                println!("{plugin}: {count} worker(s) on {} host(s)", hosts.len());
+            })
+        }
         Command::Pause { plugin, config } => set_paused(&rt, &config, &plugin, "pause"),
         Command::Resume { plugin, config } => set_paused(&rt, &config, &plugin, "resume"),
         Command::Dlq {
@@ -546,6 +638,8 @@ async fn list_plugins(config: &Config) -> Result<(String, Vec<PluginReport>), Li
         .map(|status| PluginReport {
             paused: status.state == "paused",
             in_flight: 0,
+            workers: 0,
+            group: None,
             partitions: vec![],
             lag: 0,
             backends: Default::default(),
@@ -631,6 +725,203 @@ fn set_paused(rt: &Rt, config: &std::path::Path, plugin: &str, action: &str) -> 
                 .and_then(|v| v["error"].as_str().map(str::to_string))
                 .unwrap_or(body);
             eprintln!("error: {why}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn offsets(rt: &Rt, command: OffsetsCommand) -> ExitCode {
+    let query = |dry_run: bool| if dry_run { "&dry_run=true" } else { "" };
+    match command {
+        OffsetsCommand::Show {
+            plugin,
+            config,
+            json,
+        } => {
+            let path = format!("/plugins/{}/offsets", client::encode(&plugin));
+            operate(rt, &config, "GET", &path, json, print_offsets)
+        }
+        OffsetsCommand::Reset {
+            plugin,
+            to,
+            dry_run,
+            config,
+            json,
+        } => {
+            let path = format!(
+                "/plugins/{}/offsets/reset?to={}{}",
+                client::encode(&plugin),
+                client::encode(&to),
+                query(dry_run)
+            );
+            operate(rt, &config, "POST", &path, json, print_offsets)
+        }
+        OffsetsCommand::Rewind {
+            plugin,
+            time,
+            offset,
+            dry_run,
+            config,
+            json,
+        } => {
+            let what = match time {
+                Some(t) => format!("time={}", client::encode(&t)),
+                None => format!("offsets={}", client::encode(&offset.join(","))),
+            };
+            let path = format!(
+                "/plugins/{}/offsets/rewind?{what}{}",
+                client::encode(&plugin),
+                query(dry_run)
+            );
+            operate(rt, &config, "POST", &path, json, print_offsets)
+        }
+    }
+}
+
+/// A plugin's offsets (shown, or as planned and moved) as a table.
+fn print_offsets(v: &serde_json::Value) {
+    let planned = v.get("target").is_some();
+    if planned {
+        println!(
+            "{} (group {}): {} {}",
+            v["plugin"].as_str().unwrap_or(""),
+            v["group"].as_str().unwrap_or(""),
+            if v["dry_run"] == true {
+                "would move to"
+            } else {
+                "moved to"
+            },
+            v["target"].as_str().unwrap_or("")
+        );
+        println!(
+            "{:<40} {:>12} {:>12} {:>10}",
+            "partition", "committed", "to", "moves"
+        );
+    } else {
+        println!(
+            "{} (group {})",
+            v["plugin"].as_str().unwrap_or(""),
+            v["group"].as_str().unwrap_or("")
+        );
+        println!(
+            "{:<40} {:>12} {:>12} {:>12} {:>10}",
+            "partition", "committed", "earliest", "latest", "lag"
+        );
+    }
+    let num = |x: &serde_json::Value| x.as_i64().map_or("-".to_string(), |n| n.to_string());
+    for p in v["partitions"].as_array().into_iter().flatten() {
+        let name = format!("{}/{}", p["topic"].as_str().unwrap_or(""), p["partition"]);
+        if planned {
+            let moves = p["moves"].as_i64().unwrap_or(0);
+            println!(
+                "{name:<40} {:>12} {:>12} {:>10}",
+                num(&p["committed"]),
+                num(&p["to"]),
+                match moves {
+                    0 => "stays".to_string(),
+                    m if m < 0 => format!("{} again", -m),
+                    m => format!("{m} skipped"),
+                }
+            );
+        } else {
+            println!(
+                "{name:<40} {:>12} {:>12} {:>12} {:>10}",
+                num(&p["committed"]),
+                num(&p["earliest"]),
+                num(&p["latest"]),
+                num(&p["lag"])
+            );
+        }
+    }
+    for h in v["hosts"].as_array().into_iter().flatten() {
+        let moved = h["seek"]["moved"].as_array().map_or(0, Vec::len);
+        let dropped = h["seek"]["dropped"].as_u64().unwrap_or(0);
+        let error = h["error"]
+            .as_str()
+            .or_else(|| h["seek"]["error"].as_str())
+            .map(|e| format!("; {e}"))
+            .unwrap_or_default();
+        println!(
+            "host {}: moved {moved} partition(s){}{error}",
+            h["host"].as_str().unwrap_or("?"),
+            if dropped > 0 {
+                format!(", {dropped} unfinished event(s) dropped")
+            } else {
+                String::new()
+            }
+        );
+    }
+    if let Some(outside) = v["committed_outside_the_group"].as_array() {
+        println!(
+            "committed from outside the group (no host holds them): {} partition(s)",
+            outside.len()
+        );
+    }
+}
+
+/// A call to the admin API with the config's token: print its answer with
+/// `print` (or as JSON); exit 0 on success, 1 if the host refused, 2 if it
+/// cannot be reached.
+fn operate(
+    rt: &Rt,
+    config: &std::path::Path,
+    method: &str,
+    path: &str,
+    json: bool,
+    print: impl FnOnce(&serde_json::Value),
+) -> ExitCode {
+    init_logging("error", "text");
+    let config = match load_config(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let (addr, token) = match client::address(&config)
+        .map_err(|e| e.to_string())
+        .and_then(|a| {
+            config
+                .admin
+                .resolved_token()
+                .map(|t| (a, t))
+                .map_err(|e| e.to_string())
+        }) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // The hosts wait for their events in flight before they move anything.
+    let timeout = config.shutdown.drain_timeout
+        + config.admin.control_timeout
+        + std::time::Duration::from_secs(20);
+    match rt.block_on(client::call_for(
+        &addr,
+        method,
+        path,
+        token.as_deref(),
+        timeout,
+    )) {
+        Ok((code, body)) => {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            if code == 200 {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or(body));
+                } else {
+                    print(&v);
+                }
+                return ExitCode::SUCCESS;
+            }
+            if json && v.is_object() {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            }
+            eprintln!(
+                "error: {}",
+                v["error"].as_str().map(str::to_string).unwrap_or(body)
+            );
             ExitCode::from(1)
         }
         Err(e) => {

@@ -43,7 +43,7 @@ use crate::topics::TopicNamer;
 use crate::versions::Versions;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -112,6 +112,9 @@ struct Managed {
     stats: Arc<Stats>,
     /// Paused by an operator (admin API); kept across versions and consumer restarts.
     paused: Arc<AtomicBool>,
+    /// Workers an operator set (0: the manifest's `[consumer] workers`); kept
+    /// across versions and consumer restarts until the manifest's own changes.
+    workers: Arc<AtomicUsize>,
     /// Its pipeline failed and waits to be started again.
     failed: Option<Failed>,
     /// Failures since it last ran for [`HEALTHY_RUN`], and when it was last restarted.
@@ -352,6 +355,7 @@ impl Supervisor {
             loaded_at: None,
             stats: Arc::new(Stats::default()),
             paused: Arc::new(AtomicBool::new(false)),
+            workers: Arc::new(AtomicUsize::new(0)),
             failed: None,
             failures: 0,
             restarted_at: None,
@@ -380,16 +384,20 @@ impl Supervisor {
             }
             previous => {
                 if let Some(old) = previous {
+                    if old.shape.workers != shape.workers {
+                        entry.workers.store(0, Ordering::SeqCst);
+                    }
                     stop(old).await;
                     tracing::info!(plugin = %name, "consumer settings changed: consumer restarted after committing");
                 }
                 // A new version of a failed plugin starts at once.
                 entry.failed = None;
-                let (stats, paused) = (entry.stats.clone(), entry.paused.clone());
-                match self
-                    .start_consuming(Versions::new(plugin), stats, paused)
-                    .await
-                {
+                let controls = (
+                    entry.stats.clone(),
+                    entry.paused.clone(),
+                    entry.workers.clone(),
+                );
+                match self.start_consuming(Versions::new(plugin), controls).await {
                     Ok(running) => {
                         tracing::info!(plugin = %name, sha256 = %hash, "plugin started");
                         let entry = self.plugins.get_mut(&name).expect("inserted above");
@@ -438,8 +446,7 @@ impl Supervisor {
     async fn start_consuming(
         &mut self,
         versions: Arc<Versions>,
-        stats: Arc<Stats>,
-        paused: Arc<AtomicBool>,
+        (stats, paused, workers): (Arc<Stats>, Arc<AtomicBool>, Arc<AtomicUsize>),
     ) -> Result<Running, SupervisorError> {
         let m = versions.current().plugin.manifest().clone();
         let mut needed = BTreeSet::new();
@@ -472,11 +479,18 @@ impl Supervisor {
                 schedule,
                 stats,
                 paused,
+                workers: workers.clone(),
                 tracing: self.tracing.clone(),
             },
         )?;
         let group = pipeline.group().to_string();
-        tracing::info!(plugin = %m.name, group = %group, workers = m.consumer.workers, "consuming");
+        let set = workers.load(Ordering::SeqCst);
+        let count = if set > 0 {
+            set
+        } else {
+            m.consumer.workers as usize
+        };
+        tracing::info!(plugin = %m.name, group = %group, workers = count, "consuming");
         Ok(Running {
             versions,
             shape: ConsumerShape::of(&m),
@@ -551,9 +565,9 @@ impl Supervisor {
                 continue;
             }
             let failed = m.failed.take().expect("checked above");
-            let (stats, paused) = (m.stats.clone(), m.paused.clone());
+            let controls = (m.stats.clone(), m.paused.clone(), m.workers.clone());
             let started = self
-                .start_consuming(failed.versions.clone(), stats, paused)
+                .start_consuming(failed.versions.clone(), controls)
                 .await;
             let m = self.plugins.get_mut(&name).expect("still there");
             match started {
@@ -675,8 +689,15 @@ impl Supervisor {
                     PluginView {
                         status: st.clone(),
                         paused: m.paused.clone(),
+                        workers: m.workers.clone(),
                         stats: m.stats.clone(),
                         source: m.running.as_ref().map(|r| r.pipeline.shared()),
+                        group: m.running.as_ref().map(|r| r.pipeline.group().to_string()),
+                        topics: m
+                            .running
+                            .as_ref()
+                            .map(|r| r.pipeline.topics().to_vec())
+                            .unwrap_or_default(),
                         backends: m
                             .running
                             .as_ref()

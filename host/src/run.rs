@@ -149,9 +149,14 @@ pub async fn run_with(
         None => false,
     };
     let mut result = Ok(());
+    let mut control = None;
     if loaded {
+        control = listen_for_operators(&config, &view).await;
         view.set_phase(Phase::Running);
         result = reload_until(&config, &mut supervisor, shutdown.as_mut()).await;
+    }
+    if let Some(listener) = control {
+        let _ = tokio::task::spawn_blocking(move || listener.stop()).await;
     }
     tracing::info!("shutting down: draining in-flight events");
     view.set_phase(Phase::Stopping);
@@ -162,6 +167,36 @@ pub async fn run_with(
     }
     tracing::info!("stopped");
     result.map(|()| report)
+}
+
+/// Read the control topic (operators' requests to every host), creating it
+/// under `[topics] create`. Without it the host runs on: moving offsets and
+/// changing workers answer why they cannot.
+async fn listen_for_operators(
+    config: &Config,
+    view: &Arc<HostView>,
+) -> Option<crate::admin::control::Listener> {
+    use crate::admin::control;
+    let started = match control::ensure_topic(config).await {
+        Ok(topic) => control::Listener::start(config, &topic, view.clone())
+            .map(|l| (topic, l))
+            .map_err(|e| e.to_string()),
+        Err(why) => Err(why),
+    };
+    match started {
+        Ok((topic, listener)) => {
+            tracing::info!(topic = %topic, "reading the control topic (offsets and workers changed by operators)");
+            view.set_control_topic(Ok(topic));
+            Some(listener)
+        }
+        Err(why) => {
+            tracing::warn!(
+                "no control topic, so operators cannot move offsets or change workers: {why}"
+            );
+            view.set_control_topic(Err(why));
+            None
+        }
+    }
 }
 
 /// Keep the plugins in line with their files (watched and rescanned) until

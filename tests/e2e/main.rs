@@ -18,6 +18,7 @@ mod group;
 mod hostile;
 mod invoke_cli;
 mod kubernetes;
+mod operate;
 mod pipeline;
 mod redis_cache;
 mod reload;

@@ -133,7 +133,8 @@ impl Auth {
 /// The route groups requests are counted by.
 pub const ROUTE_GROUPS: &[&str] = &["health", "metrics", "plugins", "control"];
 
-/// The `[admin] open` group a path belongs to; `control` for pause and resume.
+/// The `[admin] open` group a path belongs to; `control` for what changes a
+/// plugin (pause, resume, offsets moved, workers).
 fn route_group(path: &str) -> &'static str {
     if path == "/" {
         // The dashboard's page: it shows plugins only to who may read them.
@@ -142,7 +143,11 @@ fn route_group(path: &str) -> &'static str {
         "health"
     } else if path == "/metrics" {
         "metrics"
-    } else if path.ends_with("/pause") || path.ends_with("/resume") {
+    } else if path.ends_with("/pause")
+        || path.ends_with("/resume")
+        || path.ends_with("/workers")
+        || path.contains("/offsets/")
+    {
         "control"
     } else {
         "plugins"

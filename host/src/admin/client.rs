@@ -1,5 +1,5 @@
 //! A client for a running host's admin API: `weir plugins`, `weir pause`,
-//! `weir resume`, the demo and the tests.
+//! `weir resume`, `weir offsets`, `weir workers`, the demo and the tests.
 
 use crate::config::Config;
 use bytes::Bytes;
@@ -15,8 +15,8 @@ pub enum ClientError {
     Disabled,
     #[error("admin.listen {0:?} is not ip:port")]
     Listen(String),
-    #[error("the admin API at {0} did not answer within 10 s")]
-    Timeout(String),
+    #[error("the admin API at {0} did not answer within {1} s")]
+    Timeout(String, u64),
     #[error("no admin API at {addr} (is the host running?): {source}")]
     Connect {
         addr: String,
@@ -65,9 +65,34 @@ pub async fn call_with_token(
     path: &str,
     token: Option<&str>,
 ) -> Result<(u16, String), ClientError> {
-    tokio::time::timeout(TIMEOUT, request(addr, method, path, token))
+    call_for(addr, method, path, token, TIMEOUT).await
+}
+
+/// [`call_with_token`], waiting up to `timeout` (a request the hosts carry
+/// out, like moving offsets, waits for their events in flight).
+pub async fn call_for(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    timeout: Duration,
+) -> Result<(u16, String), ClientError> {
+    tokio::time::timeout(timeout, request(addr, method, path, token))
         .await
-        .map_err(|_| ClientError::Timeout(addr.to_string()))?
+        .map_err(|_| ClientError::Timeout(addr.to_string(), timeout.as_secs()))?
+}
+
+/// A query string value, percent-encoded.
+pub fn encode(value: &str) -> String {
+    let mut out = String::new();
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 async fn request(

@@ -83,6 +83,7 @@ impl Collector for HostCollector {
         let mut redelivered = Vec::new();
         let mut calls = Vec::new();
         let mut transactions = Vec::new();
+        let mut operator = Vec::new();
         for (name, r) in &reports {
             let s = r.status.stats.unwrap_or_default();
             for (outcome, n) in [
@@ -103,8 +104,15 @@ impl Collector for HostCollector {
                 transactions.push((vec![("plugin", name.as_str()), ("outcome", outcome)], n));
             }
             if let Some(v) = plugins.get(name) {
-                let c = v.stats.calls.load(std::sync::atomic::Ordering::Relaxed);
+                use std::sync::atomic::Ordering::Relaxed;
+                let c = v.stats.calls.load(Relaxed);
                 calls.push((vec![("plugin", name.as_str())], c));
+                for (action, n) in [
+                    ("offsets_moved", v.stats.offsets_moved.load(Relaxed)),
+                    ("workers_changed", v.stats.workers_changes.load(Relaxed)),
+                ] {
+                    operator.push((vec![("plugin", name.as_str()), ("action", action)], n));
+                }
             }
         }
         counters(
@@ -145,6 +153,12 @@ impl Collector for HostCollector {
         )?;
         counters(
             &mut encoder,
+            "weir_operator_actions",
+            "An operator's changes carried out on this host: partitions moved (offsets reset or rewound), changes of the number of workers",
+            &operator,
+        )?;
+        counters(
+            &mut encoder,
             "weir_plugin_rollbacks",
             "Automatic rollbacks of a new version to the last good one",
             &rollbacks,
@@ -178,12 +192,14 @@ impl Collector for HostCollector {
         }
 
         let mut in_flight = Vec::new();
+        let mut workers = Vec::new();
         let mut paused = Vec::new();
         let mut lag = Vec::new();
         let mut stalled = Vec::new();
         let mut states = Vec::new();
         for (name, r) in &reports {
             in_flight.push((vec![("plugin", name.clone())], r.in_flight as i64));
+            workers.push((vec![("plugin", name.clone())], r.workers as i64));
             paused.push((vec![("plugin", name.clone())], r.paused as i64));
             for p in &r.partitions {
                 stalled.push((
@@ -217,6 +233,12 @@ impl Collector for HostCollector {
             "weir_events_in_flight",
             "Events read and not yet committed past (bounded by consumer.max_in_flight)",
             &in_flight,
+        )?;
+        gauges(
+            &mut encoder,
+            "weir_plugin_workers",
+            "Workers running the plugin on this host ([consumer] workers, or what an operator set)",
+            &workers,
         )?;
         gauges(
             &mut encoder,

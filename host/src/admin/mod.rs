@@ -10,13 +10,17 @@
 //! | `GET /metrics` | Prometheus / OpenMetrics text |
 //! | `GET /plugins`, `GET /plugins/{name}` | status, counters, in-flight events, partitions and lag |
 //! | `POST /plugins/{name}/pause`, `.../resume` | stop / restart fetching for that plugin (in-flight events finish; the consumer stays in its group) |
+//! | `GET /plugins/{name}/offsets`, `POST .../offsets/reset`, `.../offsets/rewind`, `.../workers` | its group's offsets, moved on every host; its workers changed on every host: see [`operate`] |
 //!
 //! With an admin token set, routes outside `[admin] open` need it: see [`auth`].
 //! No request waits on the supervisor: see [`view`].
 
 pub mod auth;
 pub mod client;
+pub mod control;
 pub mod metrics;
+pub mod offsets;
+mod operate;
 pub mod view;
 
 use crate::capabilities::breaker::BreakerState;
@@ -146,6 +150,10 @@ fn router(state: AppState) -> Router {
         .route("/plugins/{name}", get(plugin))
         .route("/plugins/{name}/pause", post(pause))
         .route("/plugins/{name}/resume", post(resume))
+        .route("/plugins/{name}/offsets", get(operate::show))
+        .route("/plugins/{name}/offsets/reset", post(operate::reset))
+        .route("/plugins/{name}/offsets/rewind", post(operate::rewind))
+        .route("/plugins/{name}/workers", post(operate::workers))
         .with_state(state)
 }
 

@@ -47,9 +47,15 @@ pub struct PluginView {
     /// As of the supervisor's last refresh (at most a second old).
     pub status: PluginStatus,
     pub paused: Arc<AtomicBool>,
+    /// Workers an operator set (0: the manifest's), for the next consumer restart.
+    pub workers: Arc<std::sync::atomic::AtomicUsize>,
     pub stats: Arc<Stats>,
     /// The running consumer's state; `None` when nothing runs (rejected).
     pub source: Option<Arc<SourceShared>>,
+    /// The consumer group it reads in, when it runs.
+    pub group: Option<String>,
+    /// Its full topic names, when it runs.
+    pub topics: Vec<String>,
     /// The backends its grants reach ("cache", "storage").
     pub backends: Vec<&'static str>,
     pub guards: Arc<Guards>,
@@ -62,6 +68,12 @@ pub struct PluginReport {
     pub status: PluginStatus,
     pub paused: bool,
     pub in_flight: usize,
+    /// Workers running now (0 when nothing runs).
+    #[serde(default)]
+    pub workers: usize,
+    /// Its consumer group, when it runs.
+    #[serde(default)]
+    pub group: Option<String>,
     pub partitions: Vec<PartitionView>,
     /// Sum of the partitions' lag (records not yet committed).
     pub lag: i64,
@@ -101,6 +113,8 @@ impl PluginView {
             backends,
             lag: partitions.iter().filter_map(|p| p.lag).sum(),
             in_flight: self.source.as_ref().map_or(0, |s| s.in_flight()),
+            workers: self.source.as_ref().map_or(0, |s| s.workers()),
+            group: self.group.clone(),
             partitions,
             paused,
             status,
@@ -118,6 +132,8 @@ pub struct HostView {
     /// A client for broker health checks, made on first use.
     probe: Mutex<Option<Arc<BaseConsumer>>>,
     config: Config,
+    /// The control topic's full name once this host reads it, or why not.
+    control: RwLock<Result<String, String>>,
 }
 
 impl std::fmt::Debug for HostView {
@@ -138,6 +154,7 @@ impl HostView {
             deletions: backends.deletions.clone(),
             probe: Mutex::new(None),
             config: config.clone(),
+            control: RwLock::new(Err("the host is still starting".into())),
         }
     }
 
@@ -174,6 +191,25 @@ impl HostView {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(name)
             .cloned()
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The control topic operators' requests go through, or why there is none.
+    pub fn control_topic(&self) -> Result<String, String> {
+        self.control
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn set_control_topic(&self, topic: Result<String, String>) {
+        *self
+            .control
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = topic;
     }
 
     pub fn cache(&self) -> &Arc<dyn CacheBackend> {

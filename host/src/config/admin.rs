@@ -21,6 +21,15 @@ pub struct AdminConfig {
     /// Listen on a non-loopback address without a token. Anyone who reaches the
     /// port can then pause plugins: off by default, and `weir run` refuses.
     pub allow_unauthenticated: bool,
+    /// The topic (named like the plugins' topics, `[topics] template`) that
+    /// carries operators' requests to every host of the environment (offsets
+    /// moved, workers changed) and their answers. One partition; created
+    /// with `[topics] create`.
+    pub control_topic: String,
+    /// How long an operator's request waits for the hosts, beyond
+    /// `shutdown.drain_timeout` (the events in flight they wait for).
+    #[serde(with = "humantime_serde")]
+    pub control_timeout: Duration,
 }
 
 impl Default for AdminConfig {
@@ -32,6 +41,8 @@ impl Default for AdminConfig {
             token: None,
             open: vec!["health".into(), "metrics".into()],
             allow_unauthenticated: false,
+            control_topic: "weir-control".into(),
+            control_timeout: Duration::from_secs(15),
         }
     }
 }

@@ -352,6 +352,11 @@ impl Config {
         Ok(fill(&self.storage.schedule_group, &[], &self.topics.vars))
     }
 
+    /// The full name of the control topic (operators' requests to every host).
+    pub fn control_topic(&self) -> Result<String, TemplateError> {
+        Ok(self.namer()?.full_name(&self.admin.control_topic))
+    }
+
     /// The full name of the schedule topic.
     pub fn schedule_topic(&self) -> Result<String, TemplateError> {
         Ok(self.namer()?.full_name(&self.storage.schedule_topic))

@@ -130,7 +130,9 @@ pub fn consumer_protocol(config: &Config) -> bool {
 }
 
 /// An admin client for the configured brokers.
-fn admin_client(config: &Config) -> Result<AdminClient<DefaultClientContext>, BrokerError> {
+pub(crate) fn admin_client(
+    config: &Config,
+) -> Result<AdminClient<DefaultClientContext>, BrokerError> {
     base_config(config)
         .create()
         .map_err(|source| BrokerError::Client {

@@ -25,6 +25,7 @@
 //!   timeout), commit, leave.
 
 use super::acks::{EventAck, Ticket};
+use super::handle::Workers;
 use super::lanes::lane_of;
 use super::offsets::{OffsetBook, Rewind, Tp};
 use super::stats::Stats;
@@ -64,6 +65,57 @@ pub struct Shared {
     /// Stop without waiting for in-flight events (the pipeline failed: some
     /// of them can never finish).
     hurry: AtomicBool,
+    /// An operator's requests, carried out by the fetch thread one at a time.
+    commands: Mutex<std::collections::VecDeque<Command>>,
+    /// Workers running now.
+    workers: AtomicUsize,
+}
+
+/// What an operator asks of a plugin's consumer (admin API, control topic).
+/// Both wait for the events in flight first (up to `shutdown.drain_timeout`):
+/// nothing new is fetched meanwhile.
+pub enum Command {
+    /// Move those of these partitions assigned here to these offsets, and
+    /// commit them.
+    Seek {
+        targets: BTreeMap<(String, i32), i64>,
+        reply: std::sync::mpsc::Sender<SeekDone>,
+    },
+    /// Run this many workers (keys are routed anew).
+    Workers {
+        count: usize,
+        reply: std::sync::mpsc::Sender<WorkersDone>,
+    },
+}
+
+/// A partition an operator moved.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Moved {
+    pub topic: String,
+    pub partition: i32,
+    pub to: i64,
+}
+
+/// What a [`Command::Seek`] did here.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SeekDone {
+    pub moved: Vec<Moved>,
+    /// Events in flight that did not finish within the drain timeout: dropped
+    /// (their outputs may still be sent, their offsets are not committed).
+    pub dropped: usize,
+    /// Why nothing moved, when it could not be done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What a [`Command::Workers`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WorkersDone {
+    pub from: usize,
+    pub to: usize,
+    /// Events that did not finish within the drain timeout: read again from
+    /// the first unfinished one (after the workers changed).
+    pub rewound: usize,
 }
 
 #[derive(Default)]
@@ -106,6 +158,27 @@ impl Shared {
     /// Events read and not yet committed past.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Workers running now.
+    pub fn workers(&self) -> usize {
+        self.workers.load(Ordering::Relaxed)
+    }
+
+    /// Queue an operator's request for the fetch thread. A pipeline that
+    /// stops drops it: the reply's sender goes, and its receiver learns so.
+    pub fn command(&self, command: Command) {
+        self.commands
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_back(command);
+    }
+
+    fn next_command(&self) -> Option<Command> {
+        self.commands
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop_front()
     }
 
     /// The assigned partitions, their lag and stalls.
@@ -417,9 +490,10 @@ impl Fetch {
         namer: TopicNamer,
         settings: FetchSettings,
         stats: Arc<Stats>,
-        dispatch: impl FnMut(Vec<Ticket>) + Send + 'static,
+        workers: Arc<Workers>,
     ) -> Result<Fetch, StartError> {
         let shared = Arc::new(Shared::default());
+        shared.workers.store(workers.count(), Ordering::Relaxed);
         let consumer_cfg = &config.kafka.consumer;
         let mut c = crate::kafka::base_config(config);
         let exactly_once = settings.transaction.is_some();
@@ -530,8 +604,10 @@ impl Fetch {
                         last_error: None,
                         last_stall_check: Instant::now(),
                         committer,
+                        workers,
+                        hold: None,
                     };
-                    let run = std::panic::AssertUnwindSafe(|| fetcher.run(dispatch));
+                    let run = std::panic::AssertUnwindSafe(|| fetcher.run());
                     if let Err(panic) = std::panic::catch_unwind(run) {
                         let why = super::panic_message(&*panic);
                         tracing::error!(plugin = %plugin, "the fetch thread failed: {why}");
@@ -665,6 +741,19 @@ struct Fetcher {
     last_stall_check: Instant,
     /// Exactly-once: commits the transaction while this thread reads on.
     committer: Option<Committer>,
+    workers: Arc<Workers>,
+    /// An operator's request waiting for the events in flight.
+    hold: Option<Hold>,
+}
+
+/// Fetching held for an operator's request until the events in flight it
+/// waits for are settled (or `deadline`).
+struct Hold {
+    command: Command,
+    deadline: Instant,
+    /// Read before librdkafka's pause took effect: handed on after (not yet
+    /// tracked by the book, so nothing waits for them).
+    held: Vec<Ticket>,
 }
 
 impl Fetcher {
@@ -672,7 +761,7 @@ impl Fetcher {
         self.consumer.context()
     }
 
-    fn run(&mut self, mut dispatch: impl FnMut(Vec<Ticket>)) {
+    fn run(&mut self) {
         let mut operator = false;
         while !self.stop.load(Ordering::SeqCst) {
             let (events, _) = self.settle();
@@ -690,10 +779,20 @@ impl Fetcher {
                 );
                 operator = now_operator;
             }
-            self.reconcile_pauses(operator);
+            if self.hold.is_none() {
+                if let Some(command) = self.shared.next_command() {
+                    self.begin_hold(command, events);
+                }
+            }
+            let holding = self.hold.is_some();
+            self.reconcile_pauses(operator || holding);
             if self.last_stall_check.elapsed() >= Duration::from_secs(1) {
-                self.check_stalls(operator);
+                self.check_stalls(operator || holding);
                 self.last_stall_check = Instant::now();
+            }
+            if holding {
+                self.keep_holding();
+                continue;
             }
             let batch = if self.backpressure {
                 if self.last_poll.elapsed() < HELD_POLL {
@@ -707,10 +806,209 @@ impl Fetcher {
             };
             self.last_poll = Instant::now();
             if !batch.is_empty() {
-                dispatch(batch);
+                self.workers.dispatch(batch);
             }
         }
         self.shut_down();
+    }
+
+    /// Start carrying out an operator's request: fetching stops (every
+    /// partition is paused) until the events it waits for are settled.
+    fn begin_hold(&mut self, command: Command, in_flight: usize) {
+        let what = match &command {
+            Command::Seek { targets, .. } => format!("moving {} partition(s)", targets.len()),
+            Command::Workers { count, .. } => format!("changing to {count} worker(s)"),
+        };
+        tracing::info!(plugin = %self.settings.plugin, in_flight, "{what}: fetching held until the events in flight finish");
+        self.hold = Some(Hold {
+            command,
+            deadline: Instant::now() + self.settings.drain_timeout,
+            held: Vec::new(),
+        });
+    }
+
+    /// The partitions a hold waits for: a seek's own (those assigned here),
+    /// every partition (`None`) for a change of workers.
+    fn hold_scope(&self) -> Option<Vec<Tp>> {
+        let Some(Hold {
+            command: Command::Seek { targets, .. },
+            ..
+        }) = &self.hold
+        else {
+            return None;
+        };
+        let book = self
+            .ctx()
+            .book
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        Some(
+            book.assigned()
+                .filter(|tp| targets.contains_key(&(tp.0.to_string(), tp.1)))
+                .cloned()
+                .collect(),
+        )
+    }
+
+    /// One turn of a hold: finish it once its events are settled (or its
+    /// time is up); meanwhile poll for callbacks, keeping what a poll returns.
+    fn keep_holding(&mut self) {
+        let scope = self.hold_scope();
+        let unsettled = self
+            .ctx()
+            .book
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .unsettled(scope.as_deref());
+        let due = self
+            .hold
+            .as_ref()
+            .is_some_and(|h| Instant::now() >= h.deadline);
+        if unsettled == 0 || due {
+            self.finish_hold(unsettled);
+            return;
+        }
+        if self.last_poll.elapsed() < HELD_POLL {
+            std::thread::sleep(HELD_WAIT);
+            return;
+        }
+        let read = self.poll_tickets(Duration::ZERO, READ_BATCH);
+        self.last_poll = Instant::now();
+        if let Some(hold) = &mut self.hold {
+            hold.held.extend(read);
+        }
+    }
+
+    fn finish_hold(&mut self, unsettled: usize) {
+        let Some(Hold { command, held, .. }) = self.hold.take() else {
+            return;
+        };
+        let plugin = self.settings.plugin.clone();
+        let mut held = held;
+        match command {
+            Command::Seek { targets, reply } => {
+                let done = self.seek_to(&targets);
+                held.retain(|t| {
+                    !targets.contains_key(&(t.event.topic.to_string(), t.event.partition))
+                });
+                let moved: Vec<String> = done
+                    .moved
+                    .iter()
+                    .map(|m| format!("{}/{}→{}", m.topic, m.partition, m.to))
+                    .collect();
+                tracing::info!(plugin = %plugin, dropped = done.dropped, moved = %moved.join(","), "partitions moved and committed by the operator");
+                self.stats
+                    .offsets_moved
+                    .fetch_add(done.moved.len() as u64, Ordering::Relaxed);
+                let _ = reply.send(done);
+            }
+            Command::Workers { count, reply } => {
+                let rewound = if unsettled > 0 {
+                    self.rewind_unsettled("the workers changed before the event finished")
+                } else {
+                    0
+                };
+                if rewound > 0 {
+                    held.clear();
+                }
+                let from = self.workers.count();
+                self.workers.resize(count);
+                let to = self.workers.count();
+                self.shared.workers.store(to, Ordering::Relaxed);
+                self.stats.workers_changes.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(plugin = %plugin, from, to, rewound, "workers changed by the operator; keys are routed anew");
+                let _ = reply.send(WorkersDone { from, to, rewound });
+            }
+        }
+        let batch = self.track(held);
+        if !batch.is_empty() {
+            self.workers.dispatch(batch);
+        }
+    }
+
+    /// Seek those of `targets` assigned here and commit them: what finished
+    /// before is committed first, what did not is dropped (made stale).
+    fn seek_to(&mut self, targets: &BTreeMap<(String, i32), i64>) -> SeekDone {
+        let exactly_once = self.recipe.txn.is_some();
+        if exactly_once {
+            self.settle_transactional(true);
+        } else {
+            self.settle();
+        }
+        let mut done = SeekDone::default();
+        let mut tpl = TopicPartitionList::new();
+        let mut book = self
+            .consumer
+            .context()
+            .book
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mine: Vec<(Tp, i64)> = book
+            .assigned()
+            .filter_map(|tp| Some((tp.clone(), *targets.get(&(tp.0.to_string(), tp.1))?)))
+            .collect();
+        for (tp, to) in mine {
+            done.dropped += book.reset(&tp);
+            self.redo.remove(&tp);
+            self.backoff.remove(&tp);
+            if let Err(e) =
+                self.consumer
+                    .seek(&tp.0, tp.1, Offset::Offset(to), Duration::from_secs(5))
+            {
+                done.error = Some(format!("cannot seek {}/{} to {to}: {e}", tp.0, tp.1));
+                continue;
+            }
+            let _ = tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(to));
+            done.moved.push(Moved {
+                topic: tp.0.to_string(),
+                partition: tp.1,
+                to,
+            });
+        }
+        drop(book);
+        if tpl.count() == 0 {
+            return done;
+        }
+        let committed = if exactly_once {
+            self.consumer.commit(&tpl, CommitMode::Sync)
+        } else {
+            // The stored positions are what the timer commits next: they
+            // must not carry the old ones back.
+            self.consumer
+                .store_offsets(&tpl)
+                .and_then(|()| commit(&self.consumer))
+        };
+        if let Err(e) = committed {
+            done.error = Some(format!(
+                "sought, but the commit failed ({e}): the new positions are committed with the next events handled"
+            ));
+        }
+        done
+    }
+
+    /// Read every partition with unsettled events again from its first
+    /// unfinished one; how many events will be read again.
+    fn rewind_unsettled(&mut self, reason: &str) -> usize {
+        let rewinds = self
+            .ctx()
+            .book
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .rewind_all(|_| None, reason);
+        let mut again = 0;
+        for r in rewinds {
+            again += r.again;
+            self.redo.remove(&r.tp);
+            if let Err(e) = self.consumer.seek(
+                &r.tp.0,
+                r.tp.1,
+                Offset::Offset(r.from),
+                Duration::from_secs(5),
+            ) {
+                tracing::error!(plugin = %self.settings.plugin, partition = %format!("{}/{}", r.tp.0, r.tp.1), error = %e, "cannot seek back; the consumer will be restarted by the next rebalance");
+            }
+        }
+        again
     }
 
     /// Move positions over finished events, rewind partitions whose deliveries
@@ -986,8 +1284,16 @@ impl Fetcher {
         }
     }
 
-    /// Read up to `max` records, waiting at most `wait` for the first.
+    /// Read up to `max` records, waiting at most `wait` for the first, and
+    /// track them.
     fn read(&mut self, wait: Duration, max: usize) -> Vec<Ticket> {
+        let batch = self.poll_tickets(wait, max);
+        self.track(batch)
+    }
+
+    /// Poll up to `max` records, waiting at most `wait` for the first (not yet
+    /// tracked: see [`Fetcher::track`]).
+    fn poll_tickets(&mut self, wait: Duration, max: usize) -> Vec<Ticket> {
         let mut batch = Vec::new();
         let mut timeout = wait;
         while batch.len() < max {
@@ -1006,6 +1312,11 @@ impl Fetcher {
                 }
             }
         }
+        batch
+    }
+
+    /// Register a batch with the book as it is handed to the workers.
+    fn track(&mut self, mut batch: Vec<Ticket>) -> Vec<Ticket> {
         // The book learns of the batch's events only now, as they are handed
         // to the workers. A rebalance callback runs inside `poll` above, in
         // the middle of this batch: had these events been tracked already, a
@@ -1151,6 +1462,9 @@ impl Fetcher {
     /// Stop fetching, let in-flight events finish, commit, leave.
     fn shut_down(&mut self) {
         let plugin = self.settings.plugin.clone();
+        // Requests not carried out are dropped: their senders learn it.
+        self.hold = None;
+        while self.shared.next_command().is_some() {}
         if let Ok(assignment) = self.consumer.assignment() {
             let _ = self.consumer.pause(&assignment);
         }

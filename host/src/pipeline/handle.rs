@@ -59,23 +59,50 @@ pub struct WorkerContext {
     pub exactly_once: bool,
 }
 
-/// The running workers of one plugin.
+/// The running workers of one plugin, and the routing of events to them: a
+/// lane always goes to the same worker. Their number can change while the
+/// plugin runs ([`Workers::resize`]), once the fetch stage has drained every
+/// event in flight, so no lane is ever in two workers at once.
 pub struct Workers {
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    context: WorkerContext,
+    runtime: tokio::runtime::Handle,
+    inner: std::sync::Mutex<Pool>,
     /// Why a worker died (a panic): its lanes' events never finish.
     failure: Arc<std::sync::Mutex<Option<String>>>,
 }
 
+struct Pool {
+    senders: Vec<mpsc::UnboundedSender<Vec<Ticket>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
 impl Workers {
-    /// One worker per queue, each with its own instance of the current version.
-    pub fn spawn(
-        context: WorkerContext,
-        queues: Vec<mpsc::UnboundedReceiver<Vec<Ticket>>>,
-    ) -> Workers {
-        let failure = Arc::new(std::sync::Mutex::new(None));
-        let tasks = queues
-            .into_iter()
-            .map(|rx| {
+    /// `count` workers (at least one), each with its own instance of the
+    /// current version. Must be called inside the tokio runtime they run on.
+    pub fn spawn(context: WorkerContext, count: usize) -> Workers {
+        let workers = Workers {
+            context,
+            runtime: tokio::runtime::Handle::current(),
+            inner: std::sync::Mutex::new(Pool {
+                senders: Vec::new(),
+                tasks: Vec::new(),
+            }),
+            failure: Arc::new(std::sync::Mutex::new(None)),
+        };
+        let pool = workers.start(count);
+        *workers.pool() = pool;
+        workers
+    }
+
+    fn pool(&self) -> std::sync::MutexGuard<'_, Pool> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn start(&self, count: usize) -> Pool {
+        let (senders, tasks) = (0..count.max(1))
+            .map(|_| {
+                let (tx, rx) = mpsc::unbounded_channel::<Vec<Ticket>>();
+                let context = &self.context;
                 let current = context.versions.current();
                 let mut plugin = current.plugin.instance();
                 // Spans are made from the call recording.
@@ -86,11 +113,8 @@ impl Workers {
                     context: context.clone(),
                     lanes: Lanes::default(),
                 };
-                let (failed, plugin) = (
-                    failure.clone(),
-                    context.versions.current().plugin.name().to_string(),
-                );
-                tokio::spawn(async move {
+                let (failed, plugin) = (self.failure.clone(), current.plugin.name().to_string());
+                let task = self.runtime.spawn(async move {
                     use futures::FutureExt;
                     let run = std::panic::AssertUnwindSafe(worker.run(rx));
                     if let Err(panic) = run.catch_unwind().await {
@@ -98,10 +122,46 @@ impl Workers {
                         tracing::error!(plugin = %plugin, "a worker failed: {why}");
                         *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
                     }
-                })
+                });
+                (tx, task)
             })
-            .collect();
-        Workers { tasks, failure }
+            .unzip();
+        Pool { senders, tasks }
+    }
+
+    /// How many workers run.
+    pub fn count(&self) -> usize {
+        self.pool().senders.len()
+    }
+
+    /// Split a batch read over the workers by lane.
+    pub fn dispatch(&self, batch: Vec<Ticket>) {
+        let pool = self.pool();
+        let senders = &pool.senders;
+        if senders.len() == 1 {
+            let _ = senders[0].send(batch);
+            return;
+        }
+        let mut split: Vec<Vec<Ticket>> = (0..senders.len()).map(|_| Vec::new()).collect();
+        for t in batch {
+            split[super::lanes::worker_of(t.lane, senders.len())].push(t);
+        }
+        for (sender, part) in senders.iter().zip(split) {
+            if !part.is_empty() {
+                let _ = sender.send(part);
+            }
+        }
+    }
+
+    /// Replace the workers by `count` new ones. Only once nothing is in flight
+    /// (the fetch stage drained it, or made what did not finish stale): the
+    /// old workers hold no live event, and lanes are routed anew.
+    pub fn resize(&self, count: usize) {
+        let fresh = self.start(count);
+        let old = std::mem::replace(&mut *self.pool(), fresh);
+        for t in old.tasks {
+            t.abort();
+        }
     }
 
     /// Why a worker died, if one did.
@@ -116,11 +176,16 @@ impl Workers {
     /// Stop the workers and wait until they are gone. Called once the source has
     /// drained and committed: what they still hold was not committed and will be
     /// read again.
-    pub async fn abort(self) {
-        for t in &self.tasks {
+    pub async fn abort(&self) {
+        let tasks = {
+            let mut pool = self.pool();
+            pool.senders.clear();
+            std::mem::take(&mut pool.tasks)
+        };
+        for t in &tasks {
             t.abort();
         }
-        for t in self.tasks {
+        for t in tasks {
             let _ = t.await;
         }
     }

@@ -23,12 +23,11 @@ pub mod outputs;
 pub mod stats;
 pub mod transaction;
 
-use acks::Ticket;
 use fetch::{Fetch, FetchSettings, Shared};
 use handle::{WorkerContext, Workers};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 /// Why a plugin's pipeline could not start.
 #[derive(Debug, thiserror::Error)]
@@ -66,15 +65,18 @@ pub struct PluginWiring {
     pub stats: Arc<stats::Stats>,
     /// Set by an operator: consumption paused.
     pub paused: Arc<AtomicBool>,
+    /// Set by an operator: this many workers instead of the manifest's (0: the manifest's).
+    pub workers: Arc<std::sync::atomic::AtomicUsize>,
     pub tracing: crate::telemetry::Tracing,
 }
 
 /// One plugin's running pipeline.
 pub struct Pipeline {
     group: String,
+    topics: Vec<String>,
     fetch: Fetch,
     lag: Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>,
-    workers: Workers,
+    workers: Arc<Workers>,
     stopping: watch::Sender<bool>,
 }
 
@@ -128,18 +130,21 @@ impl Pipeline {
             tracing: wiring.tracing,
             exactly_once,
         };
-        Self::start(
-            config,
-            namer,
-            settings,
-            m.consumer.workers as usize,
-            context,
-        )
+        let workers = match wiring.workers.load(Ordering::SeqCst) {
+            0 => m.consumer.workers as usize,
+            set => set,
+        };
+        Self::start(config, namer, settings, workers, context)
     }
 
     /// The consumer group it reads in.
     pub fn group(&self) -> &str {
         &self.group
+    }
+
+    /// The full names of the topics it reads.
+    pub fn topics(&self) -> &[String] {
+        &self.topics
     }
 
     /// Start `workers` workers with `context` (its `stopping` is replaced), then
@@ -153,14 +158,12 @@ impl Pipeline {
     ) -> Result<Pipeline, StartError> {
         let (stopping, stopping_rx) = watch::channel(false);
         context.stopping = stopping_rx;
-        let (senders, queues): (Vec<_>, Vec<_>) = (0..workers.max(1))
-            .map(|_| mpsc::unbounded_channel::<Vec<Ticket>>())
-            .unzip();
         let stats = context.stats.clone();
-        let workers = Workers::spawn(context, queues);
+        let workers = Arc::new(Workers::spawn(context, workers));
         let group = settings.group.clone();
+        let topics = settings.topics.clone();
         let plugin = settings.plugin.clone();
-        let fetch = Fetch::start(config, namer, settings, stats, route(senders))?;
+        let fetch = Fetch::start(config, namer, settings, stats, workers.clone())?;
         let lag_interval = config.kafka.consumer.lag_interval;
         let lag = if lag_interval.is_zero() {
             None
@@ -178,6 +181,7 @@ impl Pipeline {
         };
         Ok(Pipeline {
             group,
+            topics,
             fetch,
             lag,
             workers,
@@ -234,23 +238,4 @@ pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a panic without a message".to_string())
-}
-
-/// Split each batch read over the workers' queues by lane.
-fn route(senders: Vec<mpsc::UnboundedSender<Vec<Ticket>>>) -> impl FnMut(Vec<Ticket>) + Send {
-    move |batch: Vec<Ticket>| {
-        if senders.len() == 1 {
-            let _ = senders[0].send(batch);
-            return;
-        }
-        let mut split: Vec<Vec<Ticket>> = (0..senders.len()).map(|_| Vec::new()).collect();
-        for t in batch {
-            split[lanes::worker_of(t.lane, senders.len())].push(t);
-        }
-        for (sender, part) in senders.iter().zip(split) {
-            if !part.is_empty() {
-                let _ = sender.send(part);
-            }
-        }
-    }
 }

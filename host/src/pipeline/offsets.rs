@@ -177,6 +177,19 @@ impl OffsetBook {
         rewinds
     }
 
+    /// An operator moves `tp`: its pending events are made stale and
+    /// forgotten; how many did not finish.
+    pub fn reset(&mut self, tp: &Tp) -> usize {
+        let Some(p) = self.partitions.get_mut(tp) else {
+            return 0;
+        };
+        let unfinished = p.pending.iter().filter(|a| !a.is_finished()).count();
+        p.drop_pending(&mut self.events, &mut self.bytes);
+        p.moved = Instant::now();
+        p.progress = p.moved;
+        unfinished
+    }
+
     /// Stop tracking `tps` (revoked): their events in flight become stale.
     pub fn revoke(&mut self, tps: &[Tp]) {
         for tp in tps {

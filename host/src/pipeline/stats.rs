@@ -16,6 +16,10 @@ pub struct Stats {
     pub redelivered: AtomicU64,
     /// Rewinds (failed deliveries that sent a partition back).
     pub rewinds: AtomicU64,
+    /// Partitions an operator moved (offsets reset or rewound).
+    pub offsets_moved: AtomicU64,
+    /// Changes of the number of workers by an operator.
+    pub workers_changes: AtomicU64,
     /// Calls into the plugin (a batch is one call).
     pub calls: AtomicU64,
     /// Exactly-once: transactions committed and aborted, and the time each
@@ -55,6 +59,8 @@ impl Default for Stats {
             abandoned: AtomicU64::default(),
             redelivered: AtomicU64::default(),
             rewinds: AtomicU64::default(),
+            offsets_moved: AtomicU64::default(),
+            workers_changes: AtomicU64::default(),
             calls: AtomicU64::default(),
             transactions_committed: AtomicU64::default(),
             transactions_aborted: AtomicU64::default(),

@@ -1,0 +1,505 @@
+//! The control topic (`[admin] control_topic`, one partition): how an
+//! operator's request reaches every host of the environment. A plugin's
+//! partitions are spread over the hosts of its group, and only the host that
+//! holds a partition may move it: were the requester to commit a new position
+//! itself, the holder's next commit would undo it.
+//!
+//! The host that takes the request (admin API) resolves it to exact targets
+//! (offsets per partition), publishes it, and gathers the answers; every host
+//! reads the topic from its end as of its start ([`Listener`]), hands the
+//! request to its own pipeline of that plugin and group (which drains, seeks,
+//! commits: `pipeline::fetch`), and answers with what it moved. Partitions
+//! nobody answered for (a rebalance moved them meanwhile) are asked for again
+//! under the same id; a host never moves a partition twice for one request.
+//! Records are bounded and checked: a malformed one is logged and skipped.
+
+use super::view::HostView;
+use crate::config::Config;
+use crate::pipeline::fetch::{Command, Moved, SeekDone, WorkersDone};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message as _;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::topic_partition_list::TopicPartitionList;
+use rdkafka::Offset;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// The largest control record read (a request naming 10 000 partitions is
+/// well under it).
+const MAX_RECORD: usize = 2 * 1024 * 1024;
+/// Requests remembered per host, so that one asked again is not applied twice.
+const REMEMBERED: usize = 64;
+/// How often partitions nobody answered for are asked for again.
+const ASK_AGAIN: Duration = Duration::from_secs(5);
+
+/// A record on the control topic.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+enum Record {
+    Request(Request),
+    Answer(Answer),
+}
+
+/// An operator's request to the hosts running `plugin` in `group`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Request {
+    pub id: String,
+    pub plugin: String,
+    pub group: String,
+    #[serde(flatten)]
+    pub op: Op,
+    /// Milliseconds since the epoch after which no host acts on it.
+    pub expires_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Op {
+    /// Move these partitions (each host moves those it holds).
+    Seek { targets: Vec<Moved> },
+    /// Run this many workers.
+    Workers { count: usize },
+}
+
+/// One host's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answer {
+    pub id: String,
+    pub host: String,
+    #[serde(default)]
+    pub seek: Option<SeekDone>,
+    #[serde(default)]
+    pub workers: Option<WorkersDone>,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// Why a request could not be sent or answered.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("operator requests need the control topic, which is not available: {0}")]
+    Unavailable(String),
+    #[error("control topic {topic}: {what}: {source}")]
+    Kafka {
+        topic: String,
+        what: &'static str,
+        source: Box<rdkafka::error::KafkaError>,
+    },
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// This host as its answers name it.
+pub fn host_name(config: &Config) -> String {
+    match &config.host_id {
+        Some(id) => format!("{}/{id}", crate::config::hostname()),
+        None => format!("{}/{}", crate::config::hostname(), std::process::id()),
+    }
+}
+
+/// Make sure the control topic exists (created with one partition under
+/// `[topics] create`); its full name.
+pub async fn ensure_topic(config: &Config) -> Result<String, String> {
+    use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
+    let topic = config.control_topic().map_err(|e| e.to_string())?;
+    let existing = crate::kafka::wait_for_broker(config)
+        .await
+        .map_err(|e| e.to_string())?;
+    if existing.contains(&topic) {
+        return Ok(topic);
+    }
+    let Some(create) = &config.topics.create else {
+        return Err(format!(
+            "topic {topic} does not exist and [topics] create is not set: create it with one partition (admin.control_topic names it)"
+        ));
+    };
+    let admin = crate::kafka::admin_client(config).map_err(|e| e.to_string())?;
+    let new = NewTopic::new(&topic, 1, TopicReplication::Fixed(create.replication))
+        .set("retention.ms", "86400000");
+    let results = admin
+        .create_topics(
+            &[new],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .map_err(|e| format!("cannot create topic {topic}: {e}"))?;
+    for r in results {
+        match r {
+            Ok(_) => tracing::info!(topic = %topic, "created the control topic"),
+            Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => return Err(format!("cannot create topic {topic}: {code}")),
+        }
+    }
+    Ok(topic)
+}
+
+/// A reader of the control topic from `from` (its end when `None`).
+fn reader(config: &Config, topic: &str, from: Option<i64>) -> Result<BaseConsumer, ControlError> {
+    let kafka = |what| {
+        let topic = topic.to_string();
+        move |source| ControlError::Kafka {
+            topic,
+            what,
+            source: Box::new(source),
+        }
+    };
+    let consumer: BaseConsumer = crate::kafka::base_config(config)
+        .set("group.id", "weir-control-reader")
+        .set("client.id", "weir-control")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "50")
+        .set("max.partition.fetch.bytes", MAX_RECORD.to_string())
+        .create()
+        .map_err(kafka("cannot create a reader"))?;
+    let from = match from {
+        Some(o) => Offset::Offset(o),
+        None => {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, 0, Duration::from_secs(10))
+                .map_err(kafka("cannot read its end"))?;
+            Offset::Offset(high)
+        }
+    };
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, from)
+        .map_err(kafka("cannot assign it"))?;
+    consumer.assign(&tpl).map_err(kafka("cannot assign it"))?;
+    Ok(consumer)
+}
+
+fn writer(config: &Config, topic: &str) -> Result<BaseProducer, ControlError> {
+    crate::kafka::base_config(config)
+        .set("client.id", "weir-control")
+        .set("linger.ms", "0")
+        .set("message.max.bytes", (MAX_RECORD + 4096).to_string())
+        .create()
+        .map_err(|source| ControlError::Kafka {
+            topic: topic.to_string(),
+            what: "cannot create a producer",
+            source: Box::new(source),
+        })
+}
+
+fn send(producer: &BaseProducer, topic: &str, record: &Record) -> Result<(), ControlError> {
+    let body = serde_json::to_vec(record).expect("control records serialize");
+    let kafka = |what| {
+        let topic = topic.to_string();
+        move |source| ControlError::Kafka {
+            topic,
+            what,
+            source: Box::new(source),
+        }
+    };
+    producer
+        .send(BaseRecord::<(), _>::to(topic).payload(&body))
+        .map_err(|(e, _)| e)
+        .map_err(kafka("cannot send"))?;
+    producer
+        .flush(Duration::from_secs(10))
+        .map_err(kafka("cannot deliver"))
+}
+
+/// A control record, if this is one (bounded, well-formed); `None` and a
+/// log line otherwise.
+fn parse(m: &rdkafka::message::BorrowedMessage<'_>, topic: &str) -> Option<Record> {
+    let payload = m.payload()?;
+    if payload.len() > MAX_RECORD {
+        tracing::warn!(
+            topic,
+            offset = m.offset(),
+            bytes = payload.len(),
+            "control record skipped: larger than {MAX_RECORD} bytes"
+        );
+        return None;
+    }
+    match serde_json::from_slice(payload) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::warn!(topic, offset = m.offset(), error = %e, "control record skipped: not a request or an answer");
+            None
+        }
+    }
+}
+
+/// Reads the control topic on its own thread and carries out the requests
+/// for this host's plugins.
+pub struct Listener {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Listener {
+    pub fn start(
+        config: &Config,
+        topic: &str,
+        view: Arc<HostView>,
+    ) -> Result<Listener, ControlError> {
+        let consumer = reader(config, topic, None)?;
+        let producer = writer(config, topic)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut handler = Handler {
+            view,
+            host: host_name(config),
+            wait: config.shutdown.drain_timeout + config.admin.control_timeout,
+            topic: topic.to_string(),
+            producer,
+            remembered: VecDeque::new(),
+        };
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("weir-control".into())
+            .spawn(move || {
+                while !flag.load(Ordering::SeqCst) {
+                    match consumer.poll(Duration::from_millis(200)) {
+                        Some(Ok(m)) => {
+                            if let Some(Record::Request(r)) = parse(&m, &handler.topic) {
+                                handler.handle(r);
+                            }
+                        }
+                        Some(Err(e)) => {
+                            tracing::debug!(error = %e, "control topic: read error (librdkafka retries)")
+                        }
+                        None => {}
+                    }
+                }
+            })
+            .map_err(|e| ControlError::Unavailable(format!("cannot start its thread: {e}")))?;
+        Ok(Listener {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Handler {
+    view: Arc<HostView>,
+    host: String,
+    wait: Duration,
+    topic: String,
+    producer: BaseProducer,
+    remembered: VecDeque<Remembered>,
+}
+
+/// A request this host acted on: the partitions it moved, or how its
+/// workers changed.
+struct Remembered {
+    id: String,
+    moved: BTreeSet<(String, i32)>,
+    workers: Option<WorkersDone>,
+}
+
+impl Handler {
+    fn handle(&mut self, request: Request) {
+        if now_ms() > request.expires_ms {
+            return;
+        }
+        let Some(plugin) = self.view.plugin(&request.plugin) else {
+            return;
+        };
+        if plugin.group.as_deref() != Some(request.group.as_str()) {
+            return;
+        }
+        let Some(source) = plugin.source.clone() else {
+            return;
+        };
+        if !self.remembered.iter().any(|r| r.id == request.id) {
+            if self.remembered.len() >= REMEMBERED {
+                self.remembered.pop_front();
+            }
+            self.remembered.push_back(Remembered {
+                id: request.id.clone(),
+                moved: BTreeSet::new(),
+                workers: None,
+            });
+        }
+        let entry = self
+            .remembered
+            .iter_mut()
+            .find(|r| r.id == request.id)
+            .expect("remembered above");
+        let mut answer = Answer {
+            id: request.id.clone(),
+            host: self.host.clone(),
+            seek: None,
+            workers: None,
+            error: None,
+        };
+        match request.op {
+            Op::Seek { targets } => {
+                let targets: BTreeMap<(String, i32), i64> = targets
+                    .into_iter()
+                    .take(10_000)
+                    .map(|m| ((m.topic, m.partition), m.to))
+                    .filter(|(tp, _)| !entry.moved.contains(tp))
+                    .collect();
+                let held: BTreeSet<(String, i32)> = source
+                    .partitions()
+                    .into_iter()
+                    .map(|p| (p.topic, p.partition))
+                    .collect();
+                if !targets.keys().any(|tp| held.contains(tp)) {
+                    // Nothing of it here (now): say so, so the requester knows this host.
+                    answer.seek = Some(SeekDone::default());
+                } else {
+                    let (reply, done) = std::sync::mpsc::channel();
+                    source.command(Command::Seek { targets, reply });
+                    match done.recv_timeout(self.wait) {
+                        Ok(done) => {
+                            entry
+                                .moved
+                                .extend(done.moved.iter().map(|m| (m.topic.clone(), m.partition)));
+                            answer.seek = Some(done);
+                        }
+                        Err(_) => {
+                            answer.error =
+                                Some("its pipeline stopped or did not answer in time".into())
+                        }
+                    }
+                }
+            }
+            Op::Workers { count } => {
+                if let Some(done) = entry.workers {
+                    answer.workers = Some(done);
+                } else {
+                    let (reply, done) = std::sync::mpsc::channel();
+                    source.command(Command::Workers { count, reply });
+                    match done.recv_timeout(self.wait) {
+                        Ok(done) => {
+                            plugin.workers.store(done.to, Ordering::SeqCst);
+                            entry.workers = Some(done);
+                            answer.workers = Some(done);
+                        }
+                        Err(_) => {
+                            answer.error =
+                                Some("its pipeline stopped or did not answer in time".into())
+                        }
+                    }
+                }
+            }
+        }
+        if let Err(e) = send(&self.producer, &self.topic, &Record::Answer(answer)) {
+            tracing::warn!(plugin = %request.plugin, error = %e, "cannot answer an operator's request");
+        }
+    }
+}
+
+/// What the hosts answered to one request.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Gathered {
+    pub answers: Vec<Answer>,
+    /// Partitions no host answered for in time.
+    pub missing: Vec<(String, i32)>,
+}
+
+/// Publish `op` for `plugin` in `group` and gather the answers (blocking).
+/// A seek is done once every target was moved by some host, asking again
+/// every few seconds for the partitions nobody moved, until `wait`; a change
+/// of workers gathers answers until no new one came for two seconds.
+pub fn request(
+    config: &Config,
+    topic: &str,
+    plugin: &str,
+    group: &str,
+    op: Op,
+    wait: Duration,
+) -> Result<Gathered, ControlError> {
+    let kafka = |what| {
+        let topic = topic.to_string();
+        move |source| ControlError::Kafka {
+            topic,
+            what,
+            source: Box::new(source),
+        }
+    };
+    let producer = writer(config, topic)?;
+    let probe = reader(config, topic, None)?;
+    let (_, start) = probe
+        .fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .map_err(kafka("cannot read its end"))?;
+    drop(probe);
+    let consumer = reader(config, topic, Some(start))?;
+    let id = format!(
+        "{:016x}{:016x}",
+        rand::random::<u64>(),
+        rand::random::<u64>()
+    );
+    let deadline = Instant::now() + wait;
+    let expires_ms = now_ms() + wait.as_millis() as i64;
+    let targets: BTreeMap<(String, i32), i64> = match &op {
+        Op::Seek { targets } => targets
+            .iter()
+            .map(|m| ((m.topic.clone(), m.partition), m.to))
+            .collect(),
+        Op::Workers { .. } => BTreeMap::new(),
+    };
+    let ask = |op: Op| {
+        send(
+            &producer,
+            topic,
+            &Record::Request(Request {
+                id: id.clone(),
+                plugin: plugin.to_string(),
+                group: group.to_string(),
+                op,
+                expires_ms,
+            }),
+        )
+    };
+    ask(op.clone())?;
+    let mut gathered = Gathered::default();
+    let mut moved: BTreeSet<(String, i32)> = BTreeSet::new();
+    let mut asked = Instant::now();
+    let mut last_answer: Option<Instant> = None;
+    loop {
+        let missing: Vec<(String, i32)> = targets
+            .keys()
+            .filter(|tp| !moved.contains(*tp))
+            .cloned()
+            .collect();
+        let done = match &op {
+            Op::Seek { .. } => missing.is_empty(),
+            Op::Workers { .. } => last_answer.is_some_and(|t| t.elapsed() > Duration::from_secs(2)),
+        };
+        if done || Instant::now() >= deadline {
+            gathered.missing = missing;
+            return Ok(gathered);
+        }
+        if matches!(op, Op::Seek { .. }) && asked.elapsed() >= ASK_AGAIN {
+            let again = missing
+                .iter()
+                .map(|tp| Moved {
+                    topic: tp.0.clone(),
+                    partition: tp.1,
+                    to: targets[tp],
+                })
+                .collect();
+            ask(Op::Seek { targets: again })?;
+            asked = Instant::now();
+        }
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            if let Some(Record::Answer(a)) = parse(&m, topic) {
+                if a.id == id {
+                    if let Some(done) = &a.seek {
+                        moved.extend(done.moved.iter().map(|m| (m.topic.clone(), m.partition)));
+                    }
+                    last_answer = Some(Instant::now());
+                    gathered.answers.push(a);
+                }
+            }
+        }
+    }
+}
