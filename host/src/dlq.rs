@@ -10,6 +10,12 @@
 //! then decides exactly. Every publish is acknowledged before the replay
 //! reports success. The dead-letter topic itself is left untouched.
 //!
+//! Each letter replayed is marked on the compacted `[dlq] replayed_topic`
+//! (keyed by the letter's own `topic/partition@offset`) once its publish is
+//! acknowledged; a later replay skips marked letters unless asked `again`.
+//! The dashboard lists letters newest first ([`browse`]) and replays one, a
+//! selection or all since a time through the same path.
+//!
 //! Anyone who can write a dead-letter topic can put any `weir-original-topic`
 //! there, so a letter goes back only to an input topic of a plugin in the
 //! plugin directory (never the schedule topic, another plugin's dead-letter
@@ -64,6 +70,10 @@ pub struct ReplayFilter {
     pub topics: Vec<String>,
     /// Report what would be replayed, publish nothing.
     pub dry_run: bool,
+    /// Only these letters (`dlq-topic/partition@offset`); all when empty.
+    pub letters: BTreeSet<String>,
+    /// Replay letters even if they were replayed before.
+    pub again: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -71,6 +81,8 @@ pub struct ReplayReport {
     pub read: usize,
     pub replayed: usize,
     pub skipped: usize,
+    /// Skipped because an earlier replay sent them (counted in `skipped`).
+    pub already_replayed: usize,
 }
 
 /// The dead-letter topics of the plugins in the configured directory.
@@ -124,6 +136,27 @@ pub async fn replay(config: &Config, filter: &ReplayFilter) -> Result<ReplayRepo
         .filter(|t| config.schedule_topic().map_or(true, |s| &s != t))
         .collect();
     let existing = crate::kafka::wait_for_broker(config).await?;
+    let marks_topic = config.replayed_topic()?;
+    let marks = if existing.contains(&marks_topic) {
+        let cfg = crate::kafka::base_config(config);
+        let topic = marks_topic.clone();
+        tokio::task::spawn_blocking(move || replayed(cfg, &topic))
+            .await
+            .map_err(BrokerError::from)??
+    } else {
+        BTreeSet::new()
+    };
+    let marking = filter.dry_run
+        || existing.contains(&marks_topic)
+        || crate::kafka::ensure_topics_with(
+            config,
+            &existing,
+            &BTreeSet::from([marks_topic.clone()]),
+            &[("cleanup.policy", "compact")],
+        )
+        .await
+        .inspect_err(|e| tracing::warn!(topic = %marks_topic, error = %e, "replayed letters cannot be marked: a later replay sends them again"))
+        .is_ok();
     let sink = Outputs::new(config)?;
     let mut report = ReplayReport::default();
     for topic in topics {
@@ -145,8 +178,17 @@ pub async fn replay(config: &Config, filter: &ReplayFilter) -> Result<ReplayRepo
                 report.skipped += 1;
                 continue;
             };
-            if !filter.matches(&letter) {
+            let id = format!("{topic}/{}@{}", letter.partition, letter.offset);
+            if !filter.matches(&letter)
+                || !(filter.letters.is_empty() || filter.letters.contains(&id))
+            {
                 report.skipped += 1;
+                continue;
+            }
+            if marks.contains(&id) && !filter.again {
+                tracing::info!(letter = %id, "already replayed: skipped (ask again to send it once more)");
+                report.skipped += 1;
+                report.already_replayed += 1;
                 continue;
             }
             if !inputs.contains(&target) {
@@ -182,7 +224,24 @@ pub async fn replay(config: &Config, filter: &ReplayFilter) -> Result<ReplayRepo
                         to: target.clone(),
                         source: Box::new(source),
                     })?;
-                tracing::info!(from = %format!("{topic}/{}@{}", letter.partition, letter.offset), to = %target, "dead letter replayed");
+                tracing::info!(from = %id, to = %target, "dead letter replayed");
+                if marking {
+                    let mark = serde_json::json!({
+                        "to": target,
+                        "at": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+                    });
+                    if let Err(e) = sink
+                        .send(
+                            &marks_topic,
+                            Some(id.as_bytes()),
+                            mark.to_string().as_bytes(),
+                            &[],
+                        )
+                        .await
+                    {
+                        tracing::warn!(letter = %id, error = %e, "replayed, but not marked: a later replay sends it again");
+                    }
+                }
             }
             report.replayed += 1;
         }
@@ -246,4 +305,103 @@ fn read_to_end(
         })
     })?;
     Ok(out)
+}
+
+/// The letters replayed before, as marked on `topic` (the newest mark of each
+/// key; at most a million).
+fn replayed(cfg: rdkafka::ClientConfig, topic: &str) -> Result<BTreeSet<String>, BrokerError> {
+    let mut out = BTreeSet::new();
+    crate::kafka::read_to_end(cfg, topic, "weir-dlq-replayed", |m| {
+        if out.len() < 1_000_000 {
+            if let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) {
+                if m.payload().is_some() {
+                    out.insert(key.to_string());
+                }
+            }
+        }
+    })?;
+    Ok(out)
+}
+
+/// One dead letter as the dashboard lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LetterView {
+    /// `dlq-topic/partition@offset`: what a replay names.
+    pub id: String,
+    pub failed_at: Option<String>,
+    pub error: Option<String>,
+    pub attempts: Option<String>,
+    /// `topic/partition@offset` of the event that failed.
+    pub original: String,
+    pub key: Option<String>,
+    /// The payload's first 200 bytes (lossy UTF-8), and its size.
+    pub preview: String,
+    pub bytes: usize,
+    pub replayed: bool,
+}
+
+/// The newest `limit` dead letters of `plugin` (at most 500), newest first.
+pub async fn browse(
+    config: &Config,
+    plugin: &str,
+    limit: usize,
+) -> Result<Vec<LetterView>, DlqError> {
+    use crate::pipeline::outputs::{H_ATTEMPTS, H_ERROR, H_OFFSET, H_PARTITION};
+    let limit = limit.clamp(1, 500);
+    let topics = dlq_topics(config, Some(plugin))?;
+    let existing = crate::kafka::wait_for_broker(config).await?;
+    let marks_topic = config.replayed_topic()?;
+    let (cfg, read): (_, BTreeSet<String>) = (crate::kafka::base_config(config), topics);
+    let (plugin, marks_exist) = (plugin.to_string(), existing.contains(&marks_topic));
+    let letters = tokio::task::spawn_blocking(move || -> Result<Vec<LetterView>, BrokerError> {
+        let marks = if marks_exist {
+            replayed(cfg.clone(), &marks_topic)?
+        } else {
+            BTreeSet::new()
+        };
+        let mut out: Vec<(i64, LetterView)> = Vec::new();
+        for topic in read.iter().filter(|t| existing.contains(*t)) {
+            crate::kafka::read_tail(cfg.clone(), topic, "weir-dlq-browse", limit as i64, |m| {
+                let headers = crate::kafka::headers_of(m);
+                let header = |name: &str| {
+                    headers.iter().find(|(k, _)| k == name).map(|(_, v)| {
+                        String::from_utf8_lossy(v)
+                            .chars()
+                            .take(1000)
+                            .collect::<String>()
+                    })
+                };
+                if header(H_PLUGIN).is_some_and(|p| p != plugin) {
+                    return;
+                }
+                let id = format!("{topic}/{}@{}", m.partition(), m.offset());
+                let payload = m.payload().unwrap_or_default();
+                let view = LetterView {
+                    replayed: marks.contains(&id),
+                    id,
+                    failed_at: header(H_FAILED_AT),
+                    error: header(H_ERROR),
+                    attempts: header(H_ATTEMPTS),
+                    original: format!(
+                        "{}/{}@{}",
+                        header(H_TOPIC).unwrap_or_default(),
+                        header(H_PARTITION).unwrap_or_default(),
+                        header(H_OFFSET).unwrap_or_default()
+                    ),
+                    key: m
+                        .key()
+                        .map(|k| String::from_utf8_lossy(&k[..k.len().min(200)]).into_owned()),
+                    preview: String::from_utf8_lossy(&payload[..payload.len().min(200)])
+                        .into_owned(),
+                    bytes: payload.len(),
+                };
+                out.push((m.timestamp().to_millis().unwrap_or(0), view));
+            })?;
+        }
+        out.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| b.1.id.cmp(&a.1.id)));
+        Ok(out.into_iter().take(limit).map(|(_, v)| v).collect())
+    })
+    .await
+    .map_err(BrokerError::from)??;
+    Ok(letters)
 }

@@ -268,6 +268,9 @@ enum DlqCommand {
         /// Show what would be replayed; publish nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Send letters an earlier replay sent already (marked on `[dlq] replayed_topic`).
+        #[arg(long)]
+        again: bool,
     },
 }
 
@@ -330,6 +333,7 @@ fn main() -> ExitCode {
                     until,
                     topics,
                     dry_run,
+                    again,
                 },
         } => dlq_replay(
             &rt,
@@ -340,6 +344,8 @@ fn main() -> ExitCode {
                 until,
                 topics,
                 dry_run,
+                letters: Default::default(),
+                again,
             },
         ),
         Command::New { name, lang, dir } => new(&name, lang, dir),
@@ -471,11 +477,12 @@ fn dlq_replay(rt: &Rt, config: &std::path::Path, filter: weir_host::dlq::ReplayF
     match rt.block_on(weir_host::dlq::replay(&config, &filter)) {
         Ok(r) => {
             println!(
-                "{} {} of {} dead letter(s) ({} skipped: by the filters, or not to be sent back, see the log)",
+                "{} {} of {} dead letter(s) ({} skipped: by the filters, already replayed ({}; --again sends them), or not to be sent back, see the log)",
                 if dry_run { "would replay" } else { "replayed" },
                 r.replayed,
                 r.read,
-                r.skipped
+                r.skipped,
+                r.already_replayed
             );
             ExitCode::SUCCESS
         }

@@ -202,6 +202,44 @@ impl Browser {
         .unwrap();
     }
 
+    /// Run `script` in the page with `args`; its value.
+    async fn execute(&self, script: &str, args: Value) -> Value {
+        self.session(
+            "POST",
+            "/execute/sync",
+            Some(json!({ "script": script, "args": args })),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{script}: {e}"))
+    }
+
+    /// Set the value of the input `css` (a datetime-local or number field).
+    async fn set_value(&self, css: &str, value: &str) {
+        let found = self
+            .execute(
+                "const e = document.querySelector(arguments[0]); if (!e) return false; e.value = arguments[1]; return true;",
+                json!([css, value]),
+            )
+            .await;
+        assert_eq!(found, json!(true), "no {css}");
+    }
+
+    /// Wait until the text of `css` contains `want`.
+    async fn wait_contains(&self, css: &str, want: &str) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let got = self.text(css).await.unwrap_or_default();
+            if got.contains(want) {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{css} never contained {want:?} (last {got:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     async fn screenshot(&self, path: &std::path::Path) {
         let png = self.session("GET", "/screenshot", None).await.unwrap();
         let bytes = base64::engine::general_purpose::STANDARD
@@ -347,4 +385,243 @@ async fn the_dashboard_shows_the_plugins_and_pauses_and_resumes_one_with_a_click
         "dashboard: echo paused and resumed by clicks while other kept going; 30 + 30 events, 0 lost; screenshot {}",
         shot.display()
     );
+}
+
+/// A time as a `datetime-local` input holds it, in the browser's own zone.
+async fn local_time(browser: &Browser, at: std::time::SystemTime) -> String {
+    let ms = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as f64;
+    browser
+        .execute(
+            "const d = new Date(arguments[0]); const p = (n) => String(n).padStart(2, '0'); \
+             return d.getFullYear() + '-' + p(d.getMonth() + 1) + '-' + p(d.getDate()) + 'T' + \
+             p(d.getHours()) + ':' + p(d.getMinutes()) + ':' + p(d.getSeconds());",
+            json!([ms]),
+        )
+        .await
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Wait until `topic` holds at least `n` records.
+async fn wait_count(b: &TestBroker, topic: &str, n: i64) {
+    let deadline = Instant::now() + PATIENCE;
+    while b.count(topic) < n {
+        assert!(
+            Instant::now() < deadline,
+            "{topic} holds {}, not {n}",
+            b.count(topic)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Apache Kafka (`just kafka`), chromium and chromedriver (`just chromium`); `just test` installs it and runs the ignored tests"]
+async fn the_dashboard_resets_rewinds_changes_workers_replays_a_dead_letter_and_draws_the_charts() {
+    let Some(broker) = broker() else { return };
+    let Some((driver, chromium)) = browser() else {
+        return;
+    };
+    let b = &broker;
+    b.create_topics(&["dops-in", "dops-out", "dops-in.dlq"], 3)
+        .await;
+    let files = HostFiles::echo(&b.bootstrap(), "dops", "[retry]\nattempts = 1\n");
+    std::fs::write(files.dir.path().join("admin-token"), "ops-token\n").unwrap();
+    files.write_config(
+        &b.bootstrap(),
+        "dops",
+        "token_file = \"admin-token\"\nhistory_interval = \"1s\"",
+    );
+    let host = InProcessHost::start(files.load());
+    wait_ready(files.admin_port, "the host", String::new).await;
+    let producer = b.producer();
+    for seq in 0..10 {
+        let mode = if seq == 3 { "reject" } else { "ok" };
+        produce(
+            &producer,
+            "dops-in",
+            &format!("k{seq}"),
+            json!({"seq": seq, "mode": mode}),
+        )
+        .await;
+    }
+    wait_count(b, "dops-out", 9).await;
+    wait_count(b, "dops-in.dlq", 1).await;
+
+    let browser = Browser::start(&driver, &chromium).await;
+    browser
+        .open(&format!("http://127.0.0.1:{}/", files.admin_port))
+        .await;
+    browser.type_into("#token", "ops-token").await;
+    browser.click("#save-token").await;
+    let panel = "section[data-plugin=\"echo\"]";
+    browser.wait_text(&format!("{panel} h2"), "echo").await;
+
+    // Reset to earliest: a dry run shows the plan, Apply moves it; every
+    // event is handled again (the rejected one dead-lettered again).
+    browser.click(&format!("{panel} .reset-earliest")).await;
+    browser
+        .wait_contains(&format!("{panel} .result"), "Would move to earliest")
+        .await;
+    assert_eq!(b.count("dops-out"), 9, "the plan moves nothing");
+    browser.click(&format!("{panel} .result .apply")).await;
+    browser
+        .wait_contains(
+            &format!("{panel} .result"),
+            "moved 3 partition(s) to earliest on 1 host(s)",
+        )
+        .await;
+    wait_count(b, "dops-out", 18).await;
+    wait_count(b, "dops-in.dlq", 2).await;
+
+    // Rewind to a time: only the events after it are handled again.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let since = std::time::SystemTime::now() - Duration::from_millis(500);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    for seq in 10..15 {
+        produce(
+            &producer,
+            "dops-in",
+            &format!("k{seq}"),
+            json!({"seq": seq}),
+        )
+        .await;
+    }
+    wait_count(b, "dops-out", 23).await;
+    let value = local_time(&browser, since).await;
+    browser
+        .set_value(&format!("{panel} .rewind-time"), &value)
+        .await;
+    browser.click(&format!("{panel} .rewind")).await;
+    browser
+        .wait_contains(&format!("{panel} .result"), "Would move to the time")
+        .await;
+    browser.click(&format!("{panel} .result .apply")).await;
+    browser
+        .wait_contains(&format!("{panel} .result"), "moved")
+        .await;
+    wait_count(b, "dops-out", 28).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        b.count("dops-out"),
+        28,
+        "only the 5 events after the time again"
+    );
+
+    // Workers changed under load: order per key kept, nothing lost.
+    let feed = {
+        let producer = producer.clone();
+        tokio::spawn(async move {
+            for chunk in 0..4 {
+                let sends = (1000 + chunk * 500..1000 + (chunk + 1) * 500).map(|seq| {
+                    let producer = producer.clone();
+                    async move {
+                        let key = format!("w{}", seq % 50);
+                        produce(&producer, "dops-in", &key, json!({"seq": seq})).await
+                    }
+                });
+                futures::future::join_all(sends).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    browser
+        .set_value(&format!("{panel} .workers-count"), "3")
+        .await;
+    browser.click(&format!("{panel} .set-workers")).await;
+    browser
+        .wait_contains(&format!("{panel} .result"), "3 worker(s) on 1 host(s)")
+        .await;
+    browser
+        .wait_text("tr[data-plugin=\"echo\"] td.workers", "3")
+        .await;
+    feed.await.unwrap();
+    wait_count(b, "dops-out", 28 + 2000).await;
+    let out = b.read("dops-out", 2028);
+    let loaded: Vec<_> = out
+        .iter()
+        .filter(|r| r.json()["seq"].as_u64().unwrap() >= 1000)
+        .cloned()
+        .collect();
+    let (seen, duplicates) = seqs(&loaded);
+    assert_eq!(
+        (seen.len(), duplicates),
+        (2000, 0),
+        "under load: none lost, none twice"
+    );
+    assert_key_order(&loaded);
+
+    // Dead letters: listed newest first; one replayed, then not again.
+    browser.click(&format!("{panel} .show-letters")).await;
+    browser
+        .wait_contains(
+            &format!("{panel} .letters"),
+            "2 newest dead letter(s) of echo",
+        )
+        .await;
+    let oldest = browser
+        .execute(
+            "const rows = document.querySelectorAll(arguments[0] + ' tr[data-letter]'); return rows[rows.length - 1].dataset.letter;",
+            json!([panel]),
+        )
+        .await;
+    let oldest = oldest.as_str().unwrap().to_string();
+    assert!(oldest.starts_with("dops-in.dlq/"), "{oldest}");
+    let before = b.count("dops-in");
+    let row = format!("{panel} tr[data-letter=\"{oldest}\"]");
+    browser.click(&format!("{row} .replay-one")).await;
+    browser
+        .wait_contains(&format!("{panel} .result"), "replayed 1 dead letter(s)")
+        .await;
+    wait_count(b, "dops-in", before + 1).await;
+    browser
+        .wait_text(&format!("{row} td.state-of"), "replayed")
+        .await;
+    browser.click(&format!("{row} .replay-one")).await;
+    browser
+        .wait_contains(
+            &format!("{panel} .result"),
+            "1 already replayed before (not sent again)",
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        b.count("dops-in"),
+        before + 1,
+        "a replayed letter is not sent twice"
+    );
+
+    // The charts have their lines; a screenshot of them for the docs.
+    let deadline = Instant::now() + PATIENCE;
+    while browser
+        .find(&format!(
+            "{panel} svg.rates polyline[data-series=\"handled\"]"
+        ))
+        .await
+        .is_none()
+        || browser
+            .find(&format!("{panel} svg.lag polyline"))
+            .await
+            .is_none()
+    {
+        assert!(Instant::now() < deadline, "the charts were never drawn");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    browser
+        .execute(
+            "document.querySelector(arguments[0]).scrollIntoView();",
+            json!([format!("{panel} .charts")]),
+        )
+        .await;
+    let shot = std::env::var_os("WEIR_SCREENSHOTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::support::workspace_root().join("target"))
+        .join("dashboard-charts.png");
+    browser.screenshot(&shot).await;
+    host.stop().await;
+    println!("dashboard operations: reset, rewind, workers under load (2000 events, 0 lost), a dead letter replayed once; screenshot {}", shot.display());
 }

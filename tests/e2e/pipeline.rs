@@ -459,6 +459,16 @@ async fn dlq_replay_brings_dead_letters_back_to_their_topic() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("replayed 1 of 1 dead letter(s)"), "{text}");
+    // Marked as replayed: a second replay does not send it again.
+    let twice = weir(&["dlq", "replay", "--config", config, "--plugin", "echo"]);
+    let text = String::from_utf8_lossy(&twice.stdout);
+    assert!(
+        text.contains(
+            "replayed 0 of 1 dead letter(s) (1 skipped: by the filters, already replayed (1;"
+        ),
+        "{text}{}",
+        String::from_utf8_lossy(&twice.stderr)
+    );
     let input = b.read("replay-in", 3);
     assert_eq!(input.len(), 3);
     let replayed = input

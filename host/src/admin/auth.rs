@@ -147,6 +147,7 @@ fn route_group(path: &str) -> &'static str {
         || path.ends_with("/resume")
         || path.ends_with("/workers")
         || path.contains("/offsets/")
+        || path.ends_with("/dead-letters/replay")
     {
         "control"
     } else {

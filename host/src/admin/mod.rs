@@ -11,6 +11,8 @@
 //! | `GET /plugins`, `GET /plugins/{name}` | status, counters, in-flight events, partitions and lag |
 //! | `POST /plugins/{name}/pause`, `.../resume` | stop / restart fetching for that plugin (in-flight events finish; the consumer stays in its group) |
 //! | `GET /plugins/{name}/offsets`, `POST .../offsets/reset`, `.../offsets/rewind`, `.../workers` | its group's offsets, moved on every host; its workers changed on every host: see [`operate`] |
+//! | `GET /plugins/{name}/dead-letters`, `POST .../dead-letters/replay` | its newest dead letters; replay some (see [`operate`]) |
+//! | `GET /plugins/{name}/history` | the last hour at 5 s: handled, retried, dead-lettered per second, lag per partition (see [`history`]) |
 //!
 //! With an admin token set, routes outside `[admin] open` need it: see [`auth`].
 //! No request waits on the supervisor: see [`view`].
@@ -18,6 +20,7 @@
 pub mod auth;
 pub mod client;
 pub mod control;
+pub mod history;
 pub mod metrics;
 pub mod offsets;
 mod operate;
@@ -47,6 +50,7 @@ struct AppState {
     auth: Arc<auth::Auth>,
     /// The last broker and cache checks of `/health`, and when they were made.
     probes: Arc<tokio::sync::Mutex<Option<(std::time::Instant, Value, Value)>>>,
+    history: Arc<history::History>,
 }
 
 /// How long `/health` answers from its last broker and cache checks: each
@@ -60,6 +64,7 @@ pub struct AdminServer {
     addr: SocketAddr,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
+    sampler: tokio::task::JoinHandle<()>,
 }
 
 /// The admin API could not listen.
@@ -102,11 +107,18 @@ impl AdminServer {
         );
         let protected = auth.has_token();
         let auth = Arc::new(auth);
+        let admin = &view.config().admin;
+        let history = Arc::new(history::History::new(
+            admin.history_interval,
+            admin.history_length,
+        ));
+        let sampler = history::spawn(history.clone(), view.clone());
         let state = AppState {
             registry: Arc::new(registry),
             view,
             auth: auth.clone(),
             probes: Arc::default(),
+            history,
         };
         let app = router(state).layer(axum::middleware::from_fn_with_state(auth, auth::layer));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -125,7 +137,12 @@ impl AdminServer {
             token = if protected { "required" } else { "none" },
             "admin API listening (/health, /metrics, /plugins)"
         );
-        Ok(AdminServer { addr, stop, task })
+        Ok(AdminServer {
+            addr,
+            stop,
+            task,
+            sampler,
+        })
     }
 
     /// The address it listens on (the real port when `listen` asked for port 0).
@@ -134,6 +151,7 @@ impl AdminServer {
     }
 
     pub async fn stop(self) {
+        self.sampler.abort();
         let _ = self.stop.send(());
         let _ = self.task.await;
     }
@@ -154,6 +172,9 @@ fn router(state: AppState) -> Router {
         .route("/plugins/{name}/offsets/reset", post(operate::reset))
         .route("/plugins/{name}/offsets/rewind", post(operate::rewind))
         .route("/plugins/{name}/workers", post(operate::workers))
+        .route("/plugins/{name}/dead-letters", get(operate::dead_letters))
+        .route("/plugins/{name}/history", get(plugin_history))
+        .route("/plugins/{name}/dead-letters/replay", post(operate::replay))
         .with_state(state)
 }
 
@@ -198,13 +219,14 @@ fn dashboard_row(r: &view::PluginReport) -> String {
         "<tr data-plugin=\"{name}\"><td class=\"name\">{name}</td><td class=\"state state-{state}\">{state}</td>\
          <td>{hash}</td><td class=\"num lag\">{lag}</td><td class=\"num in-flight\">{in_flight}</td>\
          <td class=\"num handled\">–</td><td class=\"num\">–</td><td class=\"num\">–</td>\
-         <td class=\"delivery\">{delivery}</td><td class=\"error\">{error}</td><td><button type=\"button\">{action}</button></td></tr>",
+         <td class=\"num workers\">{workers}</td><td class=\"delivery\">{delivery}</td><td class=\"error\">{error}</td><td><button type=\"button\">{action}</button></td></tr>",
         delivery = escape(s.delivery.as_deref().unwrap_or("–")),
         name = escape(&s.name),
         state = escape(&s.state),
         hash = escape(s.sha256.as_deref().map_or("–", |h| &h[..12.min(h.len())])),
         lag = r.lag,
         in_flight = r.in_flight,
+        workers = r.workers,
         error = escape(&error),
     )
 }
@@ -429,6 +451,19 @@ async fn plugin(State(s): State<AppState>, Path(name): Path<String>) -> Response
         Some(v) => Json(v.report()).into_response(),
         None => unknown(&name),
     }
+}
+
+async fn plugin_history(State(s): State<AppState>, Path(name): Path<String>) -> Response {
+    if s.view.plugin(&name).is_none() {
+        return unknown(&name);
+    }
+    let points = s.history.points(&name).unwrap_or_default();
+    Json(json!({
+        "plugin": name,
+        "interval_ms": s.history.interval().as_millis() as u64,
+        "points": points,
+    }))
+    .into_response()
 }
 
 async fn set_paused(s: &AppState, name: &str, paused: bool) -> Response {

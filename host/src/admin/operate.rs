@@ -10,8 +10,10 @@
 //! | `POST /plugins/{name}/offsets/rewind?time=RFC3339` | move every partition to its first record at or after the time |
 //! | `POST /plugins/{name}/offsets/rewind?offsets=topic/0=42,...` | move the named partitions |
 //! | `POST /plugins/{name}/workers?count=N` | run N workers (1 to 64) on every host |
+//! | `GET /plugins/{name}/dead-letters?limit=N` | its newest dead letters (50, at most 500), newest first |
+//! | `POST /plugins/{name}/dead-letters/replay?ids=a,b\|since=RFC3339\|all=true` | send them back to their topics, as `weir dlq replay` does |
 //!
-//! `&dry_run=true` answers what would move and moves nothing.
+//! `&dry_run=true` answers what would move (or be replayed) and changes nothing.
 
 use super::control::{self, Op};
 use super::offsets::{self, OffsetsError, Target};
@@ -307,5 +309,93 @@ pub(super) async fn workers(
         .into_response(),
         Ok(Err(e)) => error(StatusCode::BAD_GATEWAY, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct LettersQuery {
+    limit: Option<usize>,
+}
+
+pub(super) async fn dead_letters(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<LettersQuery>,
+) -> Response {
+    if s.view.plugin(&name).is_none() {
+        return super::unknown(&name);
+    }
+    let config = s.view.config().clone();
+    match crate::dlq::browse(&config, &name, q.limit.unwrap_or(50)).await {
+        Ok(letters) => Json(json!({ "plugin": name, "letters": letters })).into_response(),
+        Err(e) => error(StatusCode::BAD_GATEWAY, e.to_string()),
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct ReplayQuery {
+    ids: Option<String>,
+    since: Option<String>,
+    #[serde(default)]
+    all: bool,
+    #[serde(default)]
+    again: bool,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+pub(super) async fn replay(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<ReplayQuery>,
+) -> Response {
+    if s.view.plugin(&name).is_none() {
+        return super::unknown(&name);
+    }
+    let mut filter = crate::dlq::ReplayFilter {
+        plugin: Some(name.clone()),
+        dry_run: q.dry_run,
+        again: q.again,
+        ..Default::default()
+    };
+    match (&q.ids, &q.since, q.all) {
+        (Some(ids), None, false) => {
+            filter.letters = ids
+                .split(',')
+                .map(str::trim)
+                .filter(|i| !i.is_empty())
+                .map(str::to_string)
+                .take(1000)
+                .collect();
+            if filter.letters.is_empty() {
+                return error(StatusCode::BAD_REQUEST, "ids names no letter".into());
+            }
+        }
+        (None, Some(since), false) => match humantime::parse_rfc3339_weak(since.trim()) {
+            Ok(t) => filter.since = Some(t),
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "since {:?} is not RFC 3339 (like 2026-12-03T10:00:00Z): {e}",
+                        since.chars().take(100).collect::<String>()
+                    ),
+                )
+            }
+        },
+        (None, None, true) => {}
+        _ => return error(
+            StatusCode::BAD_REQUEST,
+            "replay needs exactly one of ids=topic/partition@offset,..., since=RFC3339 or all=true"
+                .into(),
+        ),
+    }
+    tracing::info!(plugin = %name, letters = filter.letters.len(), since = ?filter.since, dry_run = filter.dry_run, "dead letters replayed through the admin API");
+    let config = s.view.config().clone();
+    match crate::dlq::replay(&config, &filter).await {
+        Ok(report) => {
+            Json(json!({ "plugin": name, "dry_run": q.dry_run, "report": report })).into_response()
+        }
+        Err(e) => error(StatusCode::BAD_GATEWAY, e.to_string()),
     }
 }

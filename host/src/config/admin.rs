@@ -30,6 +30,13 @@ pub struct AdminConfig {
     /// `shutdown.drain_timeout` (the events in flight they wait for).
     #[serde(with = "humantime_serde")]
     pub control_timeout: Duration,
+    /// How often the dashboard's history samples each plugin, and how far
+    /// back it goes (kept in memory: `history_length / history_interval`
+    /// samples per plugin).
+    #[serde(with = "humantime_serde")]
+    pub history_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub history_length: Duration,
 }
 
 impl Default for AdminConfig {
@@ -43,6 +50,8 @@ impl Default for AdminConfig {
             allow_unauthenticated: false,
             control_topic: "weir-control".into(),
             control_timeout: Duration::from_secs(15),
+            history_interval: Duration::from_secs(5),
+            history_length: Duration::from_secs(3600),
         }
     }
 }

@@ -33,12 +33,16 @@ pub struct DlqConfig {
     /// topic, `{plugin}` the plugin, plus the `[topics]` variables. Seed 003's shared
     /// topic: `template = "{prefix}-dlq-events"`.
     pub template: String,
+    /// The compacted topic (named like the plugins' topics) that marks dead
+    /// letters already replayed, so a second replay does not send them again.
+    pub replayed_topic: String,
 }
 
 impl Default for DlqConfig {
     fn default() -> Self {
         DlqConfig {
             template: "{topic}.dlq".into(),
+            replayed_topic: "weir-dlq-replayed".into(),
         }
     }
 }

@@ -357,6 +357,11 @@ impl Config {
         Ok(self.namer()?.full_name(&self.admin.control_topic))
     }
 
+    /// The full name of the topic that marks replayed dead letters.
+    pub fn replayed_topic(&self) -> Result<String, TemplateError> {
+        Ok(self.namer()?.full_name(&self.dlq.replayed_topic))
+    }
+
     /// The full name of the schedule topic.
     pub fn schedule_topic(&self) -> Result<String, TemplateError> {
         Ok(self.namer()?.full_name(&self.storage.schedule_topic))

@@ -339,10 +339,33 @@ pub fn read_to_end(
 /// [`read_to_end`] from the first record of each partition whose timestamp is
 /// at or after `since` (ListOffsets by time); partitions with none are skipped.
 pub fn read_to_end_since(
+    cfg: ClientConfig,
+    topic: &str,
+    group: &str,
+    since: Option<std::time::SystemTime>,
+    visit: impl FnMut(&BorrowedMessage<'_>),
+) -> Result<u64, BrokerError> {
+    read_partitions(cfg, topic, group, since, None, visit)
+}
+
+/// The last `last` records (at most) of each partition of `topic`, up to its
+/// end as of now.
+pub fn read_tail(
+    cfg: ClientConfig,
+    topic: &str,
+    group: &str,
+    last: i64,
+    visit: impl FnMut(&BorrowedMessage<'_>),
+) -> Result<u64, BrokerError> {
+    read_partitions(cfg, topic, group, None, Some(last), visit)
+}
+
+fn read_partitions(
     mut cfg: ClientConfig,
     topic: &str,
     group: &str,
     since: Option<std::time::SystemTime>,
+    tail: Option<i64>,
     mut visit: impl FnMut(&BorrowedMessage<'_>),
 ) -> Result<u64, BrokerError> {
     let read_error = |source| BrokerError::Read {
@@ -377,7 +400,8 @@ pub fn read_to_end_since(
             .map_err(read_error)?;
         if hi > lo {
             ends.insert(p.id(), hi);
-            tpl.add_partition_offset(topic, p.id(), Offset::Offset(lo))
+            let start = tail.map_or(lo, |n| (hi - n).max(lo));
+            tpl.add_partition_offset(topic, p.id(), Offset::Offset(start))
                 .map_err(read_error)?;
         }
     }
