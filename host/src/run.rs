@@ -151,12 +151,20 @@ pub async fn run_with(
     let mut result = Ok(());
     let mut control = None;
     if loaded {
-        control = listen_for_operators(&config, &view).await;
+        // In the background: creating the topic and reading its end take a
+        // moment, which neither consumption nor reloads wait for.
+        control = Some(tokio::spawn(listen_for_operators(
+            config.clone(),
+            view.clone(),
+        )));
         view.set_phase(Phase::Running);
         result = reload_until(&config, &mut supervisor, shutdown.as_mut()).await;
     }
-    if let Some(listener) = control {
-        let _ = tokio::task::spawn_blocking(move || listener.stop()).await;
+    if let Some(control) = control {
+        control.abort();
+        if let Ok(Some(listener)) = control.await {
+            let _ = tokio::task::spawn_blocking(move || listener.stop()).await;
+        }
     }
     tracing::info!("shutting down: draining in-flight events");
     view.set_phase(Phase::Stopping);
@@ -173,14 +181,21 @@ pub async fn run_with(
 /// under `[topics] create`. Without it the host runs on: moving offsets and
 /// changing workers answer why they cannot.
 async fn listen_for_operators(
-    config: &Config,
-    view: &Arc<HostView>,
+    config: Config,
+    view: Arc<HostView>,
 ) -> Option<crate::admin::control::Listener> {
     use crate::admin::control;
-    let started = match control::ensure_topic(config).await {
-        Ok(topic) => control::Listener::start(config, &topic, view.clone())
-            .map(|l| (topic, l))
-            .map_err(|e| e.to_string()),
+    let started = match control::ensure_topic(&config).await {
+        Ok(topic) => {
+            let (config, view) = (config.clone(), view.clone());
+            tokio::task::spawn_blocking(move || {
+                control::Listener::start(&config, &topic, view)
+                    .map(|l| (topic, l))
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()))
+        }
         Err(why) => Err(why),
     };
     match started {

@@ -617,10 +617,13 @@ async fn the_dashboard_resets_rewinds_changes_workers_replays_a_dead_letter_and_
             json!([format!("{panel} .charts")]),
         )
         .await;
-    let shot = std::env::var_os("WEIR_SCREENSHOTS")
+    // WEIR_SCREENSHOTS=docs refreshes the one the README shows.
+    let dir = std::env::var_os("WEIR_SCREENSHOTS")
+        .or_else(|| std::env::var_os("CARGO_TARGET_DIR"))
         .map(PathBuf::from)
-        .unwrap_or_else(|| crate::support::workspace_root().join("target"))
-        .join("dashboard-charts.png");
+        .unwrap_or_else(|| crate::support::workspace_root().join("target"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let shot = dir.join("dashboard-charts.png");
     browser.screenshot(&shot).await;
     host.stop().await;
     println!("dashboard operations: reset, rewind, workers under load (2000 events, 0 lost), a dead letter replayed once; screenshot {}", shot.display());

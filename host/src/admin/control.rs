@@ -277,11 +277,19 @@ impl Listener {
         })
     }
 
+    /// Stop reading and wait for the thread (it answers the request at hand first).
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+impl Drop for Listener {
+    /// Dropped without [`Listener::stop`]: its thread stops on its own soon.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
     }
 }
 
