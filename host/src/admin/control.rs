@@ -12,6 +12,12 @@
 //! nobody answered for (a rebalance moved them meanwhile) are asked for again
 //! under the same id; a host never moves a partition twice for one request.
 //! Records are bounded and checked: a malformed one is logged and skipped.
+//!
+//! Whoever can write the topic could ask for a reset, so with an admin token
+//! every record carries an HMAC-SHA256 of itself keyed by the token, and a
+//! host with a token acts only on requests (and counts only answers) that
+//! carry a valid one: the hosts of a group share their token, as they share
+//! their config. Without a token (a loopback-only API) records are unsigned.
 
 use super::view::HostView;
 use crate::config::Config;
@@ -53,6 +59,9 @@ pub struct Request {
     pub op: Op,
     /// Milliseconds since the epoch after which no host acts on it.
     pub expires_ms: i64,
+    /// HMAC-SHA256 (hex) of the request without it, keyed by the admin token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +84,54 @@ pub struct Answer {
     pub workers: Option<WorkersDone>,
     #[serde(default)]
     pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+/// The MAC of a record (with its own `mac` empty) under `token`.
+fn mac_of(token: &str, record: &Record) -> String {
+    use hmac::Mac;
+    let mut bare = record.clone();
+    match &mut bare {
+        Record::Request(r) => r.mac = None,
+        Record::Answer(a) => a.mac = None,
+    }
+    let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(token.as_bytes())
+        .expect("HMAC takes a key of any length");
+    m.update(&serde_json::to_vec(&bare).expect("control records serialize"));
+    hex::encode(m.finalize().into_bytes())
+}
+
+/// Sign `record` with `token` (nothing without a token).
+fn sign(token: Option<&str>, mut record: Record) -> Record {
+    if let Some(token) = token {
+        let mac = mac_of(token, &record);
+        match &mut record {
+            Record::Request(r) => r.mac = Some(mac),
+            Record::Answer(a) => a.mac = Some(mac),
+        }
+    }
+    record
+}
+
+/// Whether `record` may be trusted by a host with `token`: signed with it
+/// (any record, without a token).
+fn trusted(token: Option<&str>, record: &Record) -> bool {
+    let Some(token) = token else {
+        return true;
+    };
+    let given = match record {
+        Record::Request(r) => r.mac.as_deref(),
+        Record::Answer(a) => a.mac.as_deref(),
+    };
+    given.is_some_and(|g| {
+        let want = mac_of(token, record);
+        g.len() == want.len()
+            && g.bytes()
+                .zip(want.bytes())
+                .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+                == 0
+    })
 }
 
 /// Why a request could not be sent or answered.
@@ -244,7 +301,10 @@ impl Listener {
         let consumer = reader(config, topic, None)?;
         let producer = writer(config, topic)?;
         let stop = Arc::new(AtomicBool::new(false));
+        let token = config.admin.resolved_token().ok().flatten();
         let mut handler = Handler {
+            token,
+            refused_at: None,
             view,
             host: host_name(config),
             wait: config.shutdown.drain_timeout + config.admin.control_timeout,
@@ -259,8 +319,8 @@ impl Listener {
                 while !flag.load(Ordering::SeqCst) {
                     match consumer.poll(Duration::from_millis(200)) {
                         Some(Ok(m)) => {
-                            if let Some(Record::Request(r)) = parse(&m, &handler.topic) {
-                                handler.handle(r);
+                            if let Some(record) = parse(&m, &handler.topic) {
+                                handler.take(record, m.offset());
                             }
                         }
                         Some(Err(e)) => {
@@ -294,6 +354,9 @@ impl Drop for Listener {
 }
 
 struct Handler {
+    token: Option<String>,
+    /// When an unsigned request was last logged (at most one line a minute).
+    refused_at: Option<Instant>,
     view: Arc<HostView>,
     host: String,
     wait: Duration,
@@ -311,6 +374,26 @@ struct Remembered {
 }
 
 impl Handler {
+    fn take(&mut self, record: Record, offset: i64) {
+        let Record::Request(request) = &record else {
+            return;
+        };
+        if !trusted(self.token.as_deref(), &record) {
+            if self
+                .refused_at
+                .is_none_or(|t| t.elapsed() > Duration::from_secs(60))
+            {
+                tracing::warn!(topic = %self.topic, offset, plugin = %request.plugin.chars().take(100).collect::<String>(), "control request refused: not signed with this host's admin token (do the hosts share one?)");
+                self.refused_at = Some(Instant::now());
+            }
+            return;
+        }
+        let Record::Request(request) = record else {
+            return;
+        };
+        self.handle(request);
+    }
+
     fn handle(&mut self, request: Request) {
         if now_ms() > request.expires_ms {
             return;
@@ -345,6 +428,7 @@ impl Handler {
             seek: None,
             workers: None,
             error: None,
+            mac: None,
         };
         match request.op {
             Op::Seek { targets } => {
@@ -399,7 +483,8 @@ impl Handler {
                 }
             }
         }
-        if let Err(e) = send(&self.producer, &self.topic, &Record::Answer(answer)) {
+        let answer = sign(self.token.as_deref(), Record::Answer(answer));
+        if let Err(e) = send(&self.producer, &self.topic, &answer) {
             tracing::warn!(plugin = %request.plugin, error = %e, "cannot answer an operator's request");
         }
     }
@@ -454,18 +539,17 @@ pub fn request(
             .collect(),
         Op::Workers { .. } => BTreeMap::new(),
     };
+    let token = config.admin.resolved_token().ok().flatten();
     let ask = |op: Op| {
-        send(
-            &producer,
-            topic,
-            &Record::Request(Request {
-                id: id.clone(),
-                plugin: plugin.to_string(),
-                group: group.to_string(),
-                op,
-                expires_ms,
-            }),
-        )
+        let request = Record::Request(Request {
+            id: id.clone(),
+            plugin: plugin.to_string(),
+            group: group.to_string(),
+            op,
+            expires_ms,
+            mac: None,
+        });
+        send(&producer, topic, &sign(token.as_deref(), request))
     };
     ask(op.clone())?;
     let mut gathered = Gathered::default();
@@ -499,7 +583,8 @@ pub fn request(
             asked = Instant::now();
         }
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            if let Some(Record::Answer(a)) = parse(&m, topic) {
+            let record = parse(&m, topic).filter(|r| trusted(token.as_deref(), r));
+            if let Some(Record::Answer(a)) = record {
                 if a.id == id {
                     if let Some(done) = &a.seek {
                         moved.extend(done.moved.iter().map(|m| (m.topic.clone(), m.partition)));
@@ -508,6 +593,66 @@ pub fn request(
                     gathered.answers.push(a);
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(mac: Option<String>) -> Record {
+        Record::Request(Request {
+            id: "1".into(),
+            plugin: "echo".into(),
+            group: "dev-echo".into(),
+            op: Op::Seek {
+                targets: vec![Moved {
+                    topic: "dev-in".into(),
+                    partition: 0,
+                    to: 5,
+                }],
+            },
+            expires_ms: 1,
+            mac,
+        })
+    }
+
+    #[test]
+    fn with_a_token_only_records_signed_with_it_are_trusted() {
+        let signed = sign(Some("secret"), request(None));
+        assert!(trusted(Some("secret"), &signed));
+        assert!(!trusted(Some("other"), &signed), "another token");
+        assert!(!trusted(Some("secret"), &request(None)), "unsigned");
+        assert!(
+            !trusted(Some("secret"), &request(Some("00".repeat(32)))),
+            "forged"
+        );
+        // Changed after signing: the target moved.
+        let Record::Request(mut r) = signed.clone() else {
+            unreachable!()
+        };
+        r.op = Op::Seek { targets: vec![] };
+        assert!(!trusted(Some("secret"), &Record::Request(r)));
+        // Without a token, anything (a loopback-only API, no token to share).
+        assert!(trusted(None, &request(None)));
+        // It survives the wire.
+        let wire: Record = serde_json::from_slice(&serde_json::to_vec(&signed).unwrap()).unwrap();
+        assert!(trusted(Some("secret"), &wire));
+    }
+
+    #[test]
+    fn records_parse_strictly() {
+        let text = serde_json::to_string(&request(None)).unwrap();
+        assert!(text.contains("\"kind\":\"request\""), "{text}");
+        assert!(text.contains("\"op\":\"seek\""), "{text}");
+        for bad in [
+            r#"{"kind":"request"}"#,
+            r#"{"kind":"reset-everything","id":"1"}"#,
+            r#"{"kind":"request","id":"1","plugin":"p","group":"g","op":"seek","targets":"all","expires_ms":1}"#,
+            "not json",
+        ] {
+            assert!(serde_json::from_str::<Record>(bad).is_err(), "{bad}");
         }
     }
 }
