@@ -387,6 +387,46 @@ async fn the_dashboard_shows_the_plugins_and_pauses_and_resumes_one_with_a_click
     );
 }
 
+/// A reverse proxy like nginx's `location /weir/ { proxy_pass http://upstream/;
+/// proxy_set_header Host $host; }`: requests under `/weir/` go to the admin API
+/// on `upstream` without the prefix, headers (Host included) as they came.
+/// Its port.
+async fn reverse_proxy(upstream: u16) -> u16 {
+    use axum::body::Body;
+    use axum::response::IntoResponse;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let forward = move |request: axum::extract::Request| async move {
+        let (parts, body) = request.into_parts();
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let Some(rest) = path.strip_prefix("/weir") else {
+            return (axum::http::StatusCode::NOT_FOUND, "not under /weir/").into_response();
+        };
+        let body = body.collect().await.unwrap().to_bytes();
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", upstream))
+            .await
+            .unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let mut out = hyper::Request::builder().method(parts.method).uri(rest);
+        for (k, v) in &parts.headers {
+            out = out.header(k, v);
+        }
+        let answer = sender
+            .send_request(out.body(Full::new(body)).unwrap())
+            .await
+            .unwrap();
+        let (parts, body) = answer.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        axum::http::Response::from_parts(parts, Body::from(body)).into_response()
+    };
+    let app = axum::Router::new().fallback(forward);
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    port
+}
+
 /// A time as a `datetime-local` input holds it, in the browser's own zone.
 async fn local_time(browser: &Browser, at: std::time::SystemTime) -> String {
     let ms = at
@@ -452,9 +492,11 @@ async fn the_dashboard_resets_rewinds_changes_workers_replays_a_dead_letter_and_
     wait_count(b, "dops-out", 9).await;
     wait_count(b, "dops-in.dlq", 1).await;
 
+    // Behind a reverse proxy that serves it under /weir/.
+    let proxy = reverse_proxy(files.admin_port).await;
     let browser = Browser::start(&driver, &chromium).await;
     browser
-        .open(&format!("http://127.0.0.1:{}/", files.admin_port))
+        .open(&format!("http://127.0.0.1:{proxy}/weir/"))
         .await;
     browser.type_into("#token", "ops-token").await;
     browser.click("#save-token").await;
@@ -626,5 +668,5 @@ async fn the_dashboard_resets_rewinds_changes_workers_replays_a_dead_letter_and_
     let shot = dir.join("dashboard-charts.png");
     browser.screenshot(&shot).await;
     host.stop().await;
-    println!("dashboard operations: reset, rewind, workers under load (2000 events, 0 lost), a dead letter replayed once; screenshot {}", shot.display());
+    println!("dashboard operations behind a reverse proxy, with a token: reset, rewind, workers under load (2000 events, 0 lost), a dead letter replayed once; screenshot {}", shot.display());
 }

@@ -346,3 +346,62 @@ async fn workers_change_under_load_without_losing_duplicating_or_reordering_an_e
         logs()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Apache Kafka (`just kafka`); `just test` installs it and runs the ignored tests"]
+async fn an_exactly_once_plugin_reset_to_earliest_handles_each_event_exactly_once_more() {
+    let Some(b) = broker() else { return };
+    b.create_topics(&["opx-in", "opx-out", "opx-in.dlq"], 3)
+        .await;
+    let files = HostFiles::echo(
+        &b.bootstrap(),
+        "opx",
+        "[consumer]\ndelivery = \"exactly-once\"\n",
+    );
+    let port = weir_devkit::free_port();
+    let host = BinaryHost::start_with(
+        &files,
+        "x",
+        &[("WEIR_ADMIN__LISTEN", &format!("127.0.0.1:{port}"))],
+    );
+    let logs = || host.log_text();
+    wait_ready(port, "the host", logs).await;
+    let producer = b.producer();
+    for seq in 0..40 {
+        produce(
+            &producer,
+            "opx-in",
+            &format!("k{}", seq % 7),
+            json!({"seq": seq}),
+        )
+        .await;
+    }
+    assert_eq!(b.read("opx-out", 40).len(), 40);
+    wait_committed_to_end(&b, "opx-echo", "opx-in", logs).await;
+
+    let (code, reset) = weir(
+        &files,
+        port,
+        &["offsets", "reset", "echo", "--to", "earliest"],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{reset}\n{}", logs());
+    let out = b.read("opx-out", 80);
+    wait_committed_to_end(&b, "opx-echo", "opx-in", logs).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let out_again = b.read("opx-out", 80);
+    assert_eq!(
+        (out.len(), out_again.len()),
+        (80, 80),
+        "read_committed: each event once more, no more"
+    );
+    let mut counts = std::collections::BTreeMap::<u64, usize>::new();
+    for r in &out_again {
+        *counts.entry(r.json()["seq"].as_u64().unwrap()).or_default() += 1;
+    }
+    assert!(
+        counts.values().all(|n| *n == 2),
+        "every seq twice: {counts:?}"
+    );
+    assert_key_order(&out_again);
+}
