@@ -46,6 +46,17 @@ pub(super) struct WorkersQuery {
     count: usize,
 }
 
+/// Operator requests carried out at once: each holds a thread while the hosts
+/// drain, so a flood of them is refused instead of queued.
+static AT_ONCE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
+fn busy() -> Response {
+    error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "4 operator requests are being carried out on this host already: ask again once one has answered".into(),
+    )
+}
+
 fn error(code: StatusCode, message: String) -> Response {
     (code, Json(json!({ "error": message }))).into_response()
 }
@@ -183,6 +194,9 @@ async fn move_offsets(s: &AppState, name: &str, target: Target, dry_run: bool) -
             )
         }
     };
+    let Ok(_turn) = AT_ONCE.try_acquire() else {
+        return busy();
+    };
     let targets: Vec<Moved> = plan
         .iter()
         .filter(|m| m.now.committed != Some(m.to))
@@ -281,6 +295,9 @@ pub(super) async fn workers(
                 control::ControlError::Unavailable(why).to_string(),
             )
         }
+    };
+    let Ok(_turn) = AT_ONCE.try_acquire() else {
+        return busy();
     };
     tracing::info!(plugin = %name, count = q.count, "change of workers asked through the admin API");
     let config = s.view.config().clone();
@@ -390,6 +407,9 @@ pub(super) async fn replay(
                 .into(),
         ),
     }
+    let Ok(_turn) = AT_ONCE.try_acquire() else {
+        return busy();
+    };
     tracing::info!(plugin = %name, letters = filter.letters.len(), since = ?filter.since, dry_run = filter.dry_run, "dead letters replayed through the admin API");
     let config = s.view.config().clone();
     match crate::dlq::replay(&config, &filter).await {
