@@ -502,6 +502,14 @@ async fn the_dashboard_resets_rewinds_changes_workers_replays_a_dead_letter_and_
     browser.click("#save-token").await;
     let panel = "section[data-plugin=\"echo\"]";
     browser.wait_text(&format!("{panel} h2"), "echo").await;
+    // The group's offsets, per partition.
+    browser.click(&format!("{panel} .show-offsets")).await;
+    browser
+        .wait_contains(&format!("{panel} .result"), "Offsets of group dops-echo")
+        .await;
+    browser
+        .wait_contains(&format!("{panel} .result table.offsets"), "dops-in/2")
+        .await;
 
     // Reset to earliest: a dry run shows the plan, Apply moves it; every
     // event is handled again (the rejected one dead-lettered again).
@@ -554,6 +562,30 @@ async fn the_dashboard_resets_rewinds_changes_workers_replays_a_dead_letter_and_
         "only the 5 events after the time again"
     );
 
+    // Explicit offsets: one partition back by one record.
+    let (p, high) = b
+        .positions("dops-echo", "dops-in", 3)
+        .into_iter()
+        .enumerate()
+        .map(|(p, (_, high))| (p, high))
+        .max_by_key(|(_, high)| *high)
+        .unwrap();
+    browser
+        .set_value(
+            &format!("{panel} .rewind-offsets"),
+            &format!("in/{p}={}", high - 1),
+        )
+        .await;
+    browser.click(&format!("{panel} .rewind-to-offsets")).await;
+    browser
+        .wait_contains(&format!("{panel} .result"), "1 again")
+        .await;
+    browser.click(&format!("{panel} .result .apply")).await;
+    browser
+        .wait_contains(&format!("{panel} .result"), "moved 1 partition(s)")
+        .await;
+    wait_count(b, "dops-out", 29).await;
+
     // Workers changed under load: order per key kept, nothing lost.
     let feed = {
         let producer = producer.clone();
@@ -582,8 +614,8 @@ async fn the_dashboard_resets_rewinds_changes_workers_replays_a_dead_letter_and_
         .wait_text("tr[data-plugin=\"echo\"] td.workers", "3")
         .await;
     feed.await.unwrap();
-    wait_count(b, "dops-out", 28 + 2000).await;
-    let out = b.read("dops-out", 2028);
+    wait_count(b, "dops-out", 29 + 2000).await;
+    let out = b.read("dops-out", 2029);
     let loaded: Vec<_> = out
         .iter()
         .filter(|r| r.json()["seq"].as_u64().unwrap() >= 1000)
@@ -653,12 +685,15 @@ async fn the_dashboard_resets_rewinds_changes_workers_replays_a_dead_letter_and_
         assert!(Instant::now() < deadline, "the charts were never drawn");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    browser
-        .execute(
-            "document.querySelector(arguments[0]).scrollIntoView();",
-            json!([format!("{panel} .charts")]),
+    // Tall enough for the table and the panel.
+    let _ = browser
+        .session(
+            "POST",
+            "/window/rect",
+            Some(json!({"width": 1400, "height": 1150})),
         )
         .await;
+    browser.execute("window.scrollTo(0, 0);", json!([])).await;
     // WEIR_SCREENSHOTS=docs refreshes the one the README shows.
     let dir = std::env::var_os("WEIR_SCREENSHOTS")
         .or_else(|| std::env::var_os("CARGO_TARGET_DIR"))
