@@ -229,17 +229,24 @@ fn cache_key(path: &Path) -> Result<[u8; 32], CompileCacheError> {
     };
     let mut fresh = [0u8; 32];
     rand::fill(&mut fresh);
-    match std::fs::File::options()
+    // Written whole to a file of its own, then linked in place: a host
+    // starting at the same moment (sharing the data directory) sees no key
+    // or all of it, never a file half written.
+    let tmp = path.with_extension(format!(
+        "key.{}.{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let written = std::fs::File::options()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(path)
-    {
-        Ok(mut file) => {
-            file.write_all(hex::encode(fresh).as_bytes())
-                .map_err(|e| problem(&e))?;
-            return Ok(fresh);
-        }
+        .open(&tmp)
+        .and_then(|mut file| file.write_all(hex::encode(fresh).as_bytes()));
+    let linked = written.and_then(|()| std::fs::hard_link(&tmp, path));
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => return Ok(fresh),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(problem(&e)),
     }
@@ -323,6 +330,21 @@ fn own_and_private(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_making_the_key_at_the_same_moment_all_get_the_same_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("compile-cache.key");
+        let keys: Vec<[u8; 32]> = std::thread::scope(|s| {
+            let racers: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| cache_key(&path).unwrap()))
+                .collect();
+            racers.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        assert!(keys.windows(2).all(|w| w[0] == w[1]), "one key for all");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "no temporary file left");
+    }
 
     /// A component of nothing (the component model's smallest).
     const EMPTY: &[u8] = b"\0asm\x0d\0\x01\0";
