@@ -178,38 +178,42 @@ pub async fn run_with(
 }
 
 /// Read the control topic (operators' requests to every host), creating it
-/// under `[topics] create`. Without it the host runs on: moving offsets and
-/// changing workers answer why they cannot.
+/// under `[topics] create`; tried again every 10 s until it works. Until then
+/// the host runs on, and moving offsets or changing workers answers why not.
 async fn listen_for_operators(
     config: Config,
     view: Arc<HostView>,
 ) -> Option<crate::admin::control::Listener> {
     use crate::admin::control;
-    let started = match control::ensure_topic(&config).await {
-        Ok(topic) => {
-            let (config, view) = (config.clone(), view.clone());
-            tokio::task::spawn_blocking(move || {
-                control::Listener::start(&config, &topic, view)
-                    .map(|l| (topic, l))
-                    .map_err(|e| e.to_string())
-            })
-            .await
-            .unwrap_or_else(|e| Err(e.to_string()))
-        }
-        Err(why) => Err(why),
-    };
-    match started {
-        Ok((topic, listener)) => {
-            tracing::info!(topic = %topic, "reading the control topic (offsets and workers changed by operators)");
-            view.set_control_topic(Ok(topic));
-            Some(listener)
-        }
-        Err(why) => {
-            tracing::warn!(
-                "no control topic, so operators cannot move offsets or change workers: {why}"
-            );
-            view.set_control_topic(Err(why));
-            None
+    let mut warned = false;
+    loop {
+        let started = match control::ensure_topic(&config).await {
+            Ok(topic) => {
+                let (config, view) = (config.clone(), view.clone());
+                tokio::task::spawn_blocking(move || {
+                    control::Listener::start(&config, &topic, view)
+                        .map(|l| (topic, l))
+                        .map_err(|e| e.to_string())
+                })
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()))
+            }
+            Err(why) => Err(why),
+        };
+        match started {
+            Ok((topic, listener)) => {
+                tracing::info!(topic = %topic, "reading the control topic (offsets and workers changed by operators)");
+                view.set_control_topic(Ok(topic));
+                return Some(listener);
+            }
+            Err(why) => {
+                if !warned {
+                    tracing::warn!("no control topic yet, so operators cannot move offsets or change workers (tried again every 10 s): {why}");
+                    warned = true;
+                }
+                view.set_control_topic(Err(why));
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
         }
     }
 }

@@ -405,3 +405,99 @@ async fn an_exactly_once_plugin_reset_to_earliest_handles_each_event_exactly_onc
     );
     assert_key_order(&out_again);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Apache Kafka (`just kafka`); `just test` installs it and runs the ignored tests"]
+async fn a_reset_during_a_rebalance_moves_every_partition_once() {
+    let Some(b) = broker() else { return };
+    b.create_topics(&["opr-in", "opr-out", "opr-in.dlq"], 3)
+        .await;
+    // An event waiting for its retries keeps its host's hold (the reset waits
+    // for it) for several seconds, while a third host joins and the group
+    // rebalances.
+    let files = HostFiles::echo(
+        &b.bootstrap(),
+        "opr",
+        "[retry]\nattempts = 5\ninitial_backoff = \"3s\"\nmax_backoff = \"6s\"\n",
+    );
+    let ports = [
+        weir_devkit::free_port(),
+        weir_devkit::free_port(),
+        weir_devkit::free_port(),
+    ];
+    let listen = |i: usize| format!("127.0.0.1:{}", ports[i]);
+    let a = BinaryHost::start_with(&files, "a", &[("WEIR_ADMIN__LISTEN", &listen(0))]);
+    let b_host = BinaryHost::start_with(&files, "b", &[("WEIR_ADMIN__LISTEN", &listen(1))]);
+    let logs = || format!("--- a:\n{}\n--- b:\n{}", a.log_text(), b_host.log_text());
+    wait_ready(ports[0], "host a", logs).await;
+    wait_ready(ports[1], "host b", logs).await;
+    let producer = b.producer();
+    let n = 90;
+    for seq in 0..n {
+        produce(
+            &producer,
+            "opr-in",
+            &format!("k{}", seq % 9),
+            json!({"seq": seq}),
+        )
+        .await;
+    }
+    wait_records(&b, "opr-out", n as i64, logs).await;
+    wait_committed_to_end(&b, "opr-echo", "opr-in", logs).await;
+
+    produce(
+        &producer,
+        "opr-in",
+        "slow",
+        json!({"seq": n, "mode": "fail-twice"}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let reset = {
+        let config = files.config();
+        let port = ports[0];
+        tokio::spawn(async move {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+                .args(["offsets", "reset", "echo", "--to", "earliest", "--config"])
+                .arg(config)
+                .env("WEIR_ADMIN__LISTEN", format!("127.0.0.1:{port}"))
+                .output()
+                .await
+                .unwrap();
+            (
+                out.status.code(),
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            )
+        })
+    };
+    let c = BinaryHost::start_with(&files, "c", &[("WEIR_ADMIN__LISTEN", &listen(2))]);
+    let (code, text) = reset.await.unwrap();
+    let all_logs = || format!("{}\n--- c:\n{}", logs(), c.log_text());
+    assert_eq!(code, Some(0), "{text}\n{}", all_logs());
+    // Every event once more (the slow one too), and none a third time.
+    let total = 2 * (n as i64 + 1);
+    wait_records(&b, "opr-out", total, all_logs).await;
+    wait_committed_to_end(&b, "opr-echo", "opr-in", all_logs).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let out = b.read("opr-out", total as usize);
+    let mut counts = std::collections::BTreeMap::<u64, usize>::new();
+    for r in &out {
+        *counts.entry(r.json()["seq"].as_u64().unwrap()).or_default() += 1;
+    }
+    let wrong: Vec<_> = counts.iter().filter(|(_, c)| **c != 2).collect();
+    assert!(
+        wrong.is_empty() && counts.len() == n as usize + 1,
+        "every event exactly twice; these were not: {wrong:?}\n{text}\n{}",
+        all_logs()
+    );
+    let asked_again = a.log_text().contains("asking the hosts again");
+    println!(
+        "reset during a rebalance: {} events twice each; partitions asked for again: {asked_again}; {}",
+        n + 1,
+        text.lines().filter(|l| l.starts_with("host ")).collect::<Vec<_>>().join("; ")
+    );
+}

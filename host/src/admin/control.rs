@@ -217,18 +217,30 @@ fn reader(config: &Config, topic: &str, from: Option<i64>) -> Result<BaseConsume
         .map_err(kafka("cannot create a reader"))?;
     let from = match from {
         Some(o) => Offset::Offset(o),
-        None => {
-            let (_, high) = consumer
-                .fetch_watermarks(topic, 0, Duration::from_secs(10))
-                .map_err(kafka("cannot read its end"))?;
-            Offset::Offset(high)
-        }
+        None => Offset::Offset(end_of(&consumer, topic).map_err(kafka("cannot read its end"))?),
     };
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, 0, from)
         .map_err(kafka("cannot assign it"))?;
     consumer.assign(&tpl).map_err(kafka("cannot assign it"))?;
     Ok(consumer)
+}
+
+/// The control topic's end. A topic just created (by this host or another
+/// starting with it) is unknown to the broker's metadata for a moment: asked
+/// again for up to 30 s.
+fn end_of(consumer: &BaseConsumer, topic: &str) -> rdkafka::error::KafkaResult<i64> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match consumer.fetch_watermarks(topic, 0, Duration::from_secs(10)) {
+            Ok((_, high)) => return Ok(high),
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(topic, error = %e, "control topic not ready yet");
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 fn writer(config: &Config, topic: &str) -> Result<BaseProducer, ControlError> {
@@ -520,9 +532,7 @@ pub fn request(
     };
     let producer = writer(config, topic)?;
     let probe = reader(config, topic, None)?;
-    let (_, start) = probe
-        .fetch_watermarks(topic, 0, Duration::from_secs(10))
-        .map_err(kafka("cannot read its end"))?;
+    let start = end_of(&probe, topic).map_err(kafka("cannot read its end"))?;
     drop(probe);
     let consumer = reader(config, topic, Some(start))?;
     let id = format!(
@@ -579,6 +589,7 @@ pub fn request(
                     to: targets[tp],
                 })
                 .collect();
+            tracing::info!(plugin, partitions = missing.len(), "asking the hosts again for the partitions nobody moved yet (a rebalance moved them?)");
             ask(Op::Seek { targets: again })?;
             asked = Instant::now();
         }
