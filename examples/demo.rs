@@ -315,6 +315,51 @@ async fn show_admin(config: &Config) -> anyhow::Result<()> {
         "POST /plugins/audio-uploaded/resume  -> {}",
         resumed["state"].as_str().unwrap_or("?")
     );
+    // Offsets moved on every host of the group: first what would move, then the move.
+    let reset = "/plugins/envelope-router/offsets/reset?to=earliest";
+    let (code, plan) = client::call(&addr, "POST", &format!("{reset}&dry_run=true")).await?;
+    let plan: serde_json::Value = serde_json::from_str(&plan)?;
+    if code != 200 {
+        println!("POST {reset}&dry_run=true  -> {code}: {}", plan["error"]);
+        return Ok(());
+    }
+    println!("POST {reset}&dry_run=true");
+    for p in plan["partitions"].as_array().into_iter().flatten() {
+        let committed = p["committed"]
+            .as_i64()
+            .map_or("none".into(), |c| c.to_string());
+        println!(
+            "    {}/{}  committed {committed}  -> {}",
+            p["topic"].as_str().unwrap_or(""),
+            p["partition"],
+            p["to"]
+        );
+    }
+    let (code, moved) = client::call(&addr, "POST", reset).await?;
+    let moved: serde_json::Value = serde_json::from_str(&moved)?;
+    if code != 200 {
+        println!("POST {reset}  -> {code}: {}", moved["error"]);
+        return Ok(());
+    }
+    let partitions: usize = moved["hosts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|h| h["seek"]["moved"].as_array().map_or(0, Vec::len))
+        .sum();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let handled = loop {
+        let (_, body) = client::call(&addr, "GET", "/plugins/envelope-router").await?;
+        let v: serde_json::Value = serde_json::from_str(&body)?;
+        let handled = v["stats"]["handled"].as_u64().unwrap_or(0);
+        if handled >= 6 || std::time::Instant::now() > deadline {
+            break handled;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!(
+        "POST {reset}  -> {partitions} partition(s) moved; envelope-router has now handled {handled} events (its 3, again)"
+    );
     Ok(())
 }
 
