@@ -692,53 +692,10 @@ fn print_plugin(p: &PluginReport) {
 /// `weir pause` / `weir resume`: exit 0 with the plugin's new state, 1 if the host
 /// refused (unknown plugin), 2 if it cannot be reached.
 fn set_paused(rt: &Rt, config: &std::path::Path, plugin: &str, action: &str) -> ExitCode {
-    init_logging("error", "text");
-    let config = match load_config(config) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let addr = match client::address(&config) {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let token = match config.admin.resolved_token() {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
     let path = format!("/plugins/{plugin}/{action}");
-    match rt.block_on(client::call_with_token(
-        &addr,
-        "POST",
-        &path,
-        token.as_deref(),
-    )) {
-        Ok((200, body)) => {
-            let state = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v["state"].as_str().map(str::to_string))
-                .unwrap_or_default();
-            println!("{plugin}: {state}");
-            ExitCode::SUCCESS
-        }
-        Ok((_, body)) => {
-            let why = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v["error"].as_str().map(str::to_string))
-                .unwrap_or(body);
-            eprintln!("error: {why}");
-            ExitCode::from(1)
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(2)
-        }
-    }
+    operate(rt, config, "POST", &path, false, |v| {
+        println!("{plugin}: {}", v["state"].as_str().unwrap_or_default());
+    })
 }
 
 fn offsets(rt: &Rt, command: OffsetsCommand) -> ExitCode {
