@@ -197,16 +197,22 @@ pub async fn ensure_topic(config: &Config) -> Result<String, String> {
     Ok(topic)
 }
 
+/// A librdkafka error of `what` was done with the control topic.
+fn kafka_error(
+    topic: &str,
+    what: &'static str,
+) -> impl FnOnce(rdkafka::error::KafkaError) -> ControlError {
+    let topic = topic.to_string();
+    move |source| ControlError::Kafka {
+        topic,
+        what,
+        source: Box::new(source),
+    }
+}
+
 /// A reader of the control topic from `from` (its end when `None`).
 fn reader(config: &Config, topic: &str, from: Option<i64>) -> Result<BaseConsumer, ControlError> {
-    let kafka = |what| {
-        let topic = topic.to_string();
-        move |source| ControlError::Kafka {
-            topic,
-            what,
-            source: Box::new(source),
-        }
-    };
+    let kafka = |what| kafka_error(topic, what);
     let consumer: BaseConsumer = crate::kafka::base_config(config)
         .set("group.id", "weir-control-reader")
         .set("client.id", "weir-control")
@@ -249,23 +255,12 @@ fn writer(config: &Config, topic: &str) -> Result<BaseProducer, ControlError> {
         .set("linger.ms", "0")
         .set("message.max.bytes", (MAX_RECORD + 4096).to_string())
         .create()
-        .map_err(|source| ControlError::Kafka {
-            topic: topic.to_string(),
-            what: "cannot create a producer",
-            source: Box::new(source),
-        })
+        .map_err(kafka_error(topic, "cannot create a producer"))
 }
 
 fn send(producer: &BaseProducer, topic: &str, record: &Record) -> Result<(), ControlError> {
     let body = serde_json::to_vec(record).expect("control records serialize");
-    let kafka = |what| {
-        let topic = topic.to_string();
-        move |source| ControlError::Kafka {
-            topic,
-            what,
-            source: Box::new(source),
-        }
-    };
+    let kafka = |what| kafka_error(topic, what);
     producer
         .send(BaseRecord::<(), _>::to(topic).payload(&body))
         .map_err(|(e, _)| e)
@@ -522,14 +517,7 @@ pub fn request(
     op: Op,
     wait: Duration,
 ) -> Result<Gathered, ControlError> {
-    let kafka = |what| {
-        let topic = topic.to_string();
-        move |source| ControlError::Kafka {
-            topic,
-            what,
-            source: Box::new(source),
-        }
-    };
+    let kafka = |what| kafka_error(topic, what);
     let producer = writer(config, topic)?;
     let probe = reader(config, topic, None)?;
     let start = end_of(&probe, topic).map_err(kafka("cannot read its end"))?;
