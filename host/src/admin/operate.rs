@@ -57,6 +57,18 @@ fn busy() -> Response {
     )
 }
 
+/// A request that took longer than the hosts are given (the broker is slow
+/// or unreachable).
+fn too_slow(s: &AppState, what: &str) -> Response {
+    error(
+        StatusCode::GATEWAY_TIMEOUT,
+        format!(
+            "{what} took longer than {} s (shutdown.drain_timeout + admin.control_timeout): is the broker reachable?",
+            patience(s).as_secs()
+        ),
+    )
+}
+
 fn error(code: StatusCode, message: String) -> Response {
     (code, Json(json!({ "error": message }))).into_response()
 }
@@ -82,6 +94,16 @@ fn running(s: &AppState, name: &str) -> Result<(String, Vec<String>), Refusal> {
             ),
         )),
     }
+}
+
+/// The control topic requests go through, or why there is none.
+fn control_topic(s: &AppState) -> Result<String, Refusal> {
+    s.view.control_topic().map_err(|why| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            control::ControlError::Unavailable(why).to_string(),
+        )
+    })
 }
 
 fn offsets_error(e: OffsetsError) -> Response {
@@ -185,14 +207,9 @@ async fn move_offsets(s: &AppState, name: &str, target: Target, dry_run: bool) -
     if dry_run {
         return Json(body).into_response();
     }
-    let topic = match s.view.control_topic() {
+    let topic = match control_topic(s) {
         Ok(t) => t,
-        Err(why) => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                control::ControlError::Unavailable(why).to_string(),
-            )
-        }
+        Err((code, why)) => return error(code, why),
     };
     let Ok(_turn) = AT_ONCE.try_acquire() else {
         return busy();
@@ -287,14 +304,9 @@ pub(super) async fn workers(
         Ok(r) => r,
         Err((code, why)) => return error(code, why),
     };
-    let topic = match s.view.control_topic() {
+    let topic = match control_topic(&s) {
         Ok(t) => t,
-        Err(why) => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                control::ControlError::Unavailable(why).to_string(),
-            )
-        }
+        Err((code, why)) => return error(code, why),
     };
     let Ok(_turn) = AT_ONCE.try_acquire() else {
         return busy();
@@ -343,9 +355,15 @@ pub(super) async fn dead_letters(
         return super::unknown(&name);
     }
     let config = s.view.config().clone();
-    match crate::dlq::browse(&config, &name, q.limit.unwrap_or(50)).await {
-        Ok(letters) => Json(json!({ "plugin": name, "letters": letters })).into_response(),
-        Err(e) => error(StatusCode::BAD_GATEWAY, e.to_string()),
+    let browsed = tokio::time::timeout(
+        patience(&s),
+        crate::dlq::browse(&config, &name, q.limit.unwrap_or(50)),
+    )
+    .await;
+    match browsed {
+        Ok(Ok(letters)) => Json(json!({ "plugin": name, "letters": letters })).into_response(),
+        Ok(Err(e)) => error(StatusCode::BAD_GATEWAY, e.to_string()),
+        Err(_) => too_slow(&s, "reading the dead letters"),
     }
 }
 
@@ -412,10 +430,14 @@ pub(super) async fn replay(
     };
     tracing::info!(plugin = %name, letters = filter.letters.len(), since = ?filter.since, dry_run = filter.dry_run, "dead letters replayed through the admin API");
     let config = s.view.config().clone();
-    match crate::dlq::replay(&config, &filter).await {
-        Ok(report) => {
+    match tokio::time::timeout(patience(&s), crate::dlq::replay(&config, &filter)).await {
+        Ok(Ok(report)) => {
             Json(json!({ "plugin": name, "dry_run": q.dry_run, "report": report })).into_response()
         }
-        Err(e) => error(StatusCode::BAD_GATEWAY, e.to_string()),
+        Ok(Err(e)) => error(StatusCode::BAD_GATEWAY, e.to_string()),
+        Err(_) => too_slow(
+            &s,
+            "the replay (what it sent is marked: ask again and it goes on with the rest)",
+        ),
     }
 }
